@@ -1,0 +1,106 @@
+"""The ``tierlab`` command line: parses arguments, sets up what a person sees, maps errors to exit codes.
+
+Exit codes: 0 success, 2 a user error (one plain line, no traceback), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .config import TrainConfig, _type_hints, field_help, load_config_file, parse_model_arg
+from .errors import UserError
+
+log = logging.getLogger("tierlab")
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        sys.stderr.write(f"tierlab: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="tierlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"tierlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    train = sub.add_parser("train", help="train a model (the built-in tiny GPT on built-in data by default)",
+                           description="Train a causal language model in mixed precision. Any option can also "
+                                       "come from --config FILE (TOML or JSON); command-line values win.")
+    train.add_argument("--config", metavar="FILE", help="TOML or JSON file of options (e.g. a run's config.json)")
+    _add_config_options(train)
+    return parser
+
+
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    helps, hints = field_help(), _type_hints()
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "model_args":
+            parser.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
+                                default=argparse.SUPPRESS,
+                                help="argument for the model factory (repeatable; VALUE read as JSON when it parses)")
+            continue
+        types, _ = hints[f.name]
+        default_text = f" (default: {f.default})" if f.default is not None else ""
+        if bool in types:
+            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=helps[f.name])
+        else:
+            kind = float if float in types else types[0]
+            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                                help=helps[f.name] + default_text.replace("%", "%%"))
+
+
+def config_from_args(ns: argparse.Namespace) -> TrainConfig:
+    """File values first, then the options given on the command line."""
+    given: dict[str, Any] = {k: v for k, v in vars(ns).items() if k not in ("command", "config")}
+    values = load_config_file(ns.config) if ns.config else {}
+    model_args = dict(values.get("model_args") or {})
+    for item in given.pop("model_args", []):
+        key, value = parse_model_arg(item)
+        model_args[key] = value
+    values.update(given)
+    values["model_args"] = model_args
+    return TrainConfig.from_mapping(values, ns.config or "the command line")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        if ns.command == "train":
+            return _train(ns)
+    except UserError as err:
+        sys.stderr.write(f"tierlab: error: {err}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("tierlab: interrupted\n")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _train(ns: argparse.Namespace) -> int:
+    from .progress import console  # imports tqdm only when needed
+    from .train import train
+
+    cfg = config_from_args(ns)
+    with console(quiet=cfg.quiet) as progress:
+        run = train(None, None, cfg, progress=progress)
+    if not cfg.quiet:
+        s = run.summary
+        val = f"{s['final_val_loss']:.4f}" if s["final_val_loss"] is not None else "n/a"
+        loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"
+        tps = f"{s['median_tokens_per_s']:.0f}" if s["median_tokens_per_s"] else "n/a"
+        print(f"done: {run.dir}  steps {s['steps']}  loss {loss}  val_loss {val}  precision {s['precision']}  "
+              f"skipped {s['skipped_steps']}  {tps} tokens/s")
+    return 0

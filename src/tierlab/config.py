@@ -1,0 +1,243 @@
+"""Typed training configuration: defaults, validation and loading from TOML/JSON files.
+
+One dataclass holds every option of ``tierlab train``.  The CLI builds its options from the
+fields below (their ``help`` metadata), so a setting has one name everywhere: in a config
+file (``lr = 3e-4`` or ``"lr": 3e-4``), on the command line (``--lr 3e-4``) and in Python
+(``TrainConfig(lr=3e-4)``).  Bad values are rejected at construction with a message that
+says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class TrainConfig:
+    # --- what to train on -------------------------------------------------------------
+    model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]")
+    model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory"})
+    data: str = _opt("demo", "demo (built in), a UTF-8 .txt file, a directory of .txt files, or .jsonl with a \"text\" field")
+    tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
+    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
+    # --- precision and device ---------------------------------------------------------
+    precision: str = _opt("auto", "auto, fp32, bf16 or fp16 (fp16 uses a GradScaler)")
+    strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
+    device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    # --- how long ---------------------------------------------------------------------
+    max_steps: int | None = _opt(None, "optimizer steps to run (default 400 unless --epochs is given)")
+    epochs: float | None = _opt(None, "passes over the training tokens (alternative to --max-steps)")
+    # --- batch ------------------------------------------------------------------------
+    batch_size: int = _opt(16, "sequences per micro-batch")
+    grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    seq_len: int = _opt(128, "tokens per sequence")
+    # --- optimizer and schedule -------------------------------------------------------
+    lr: float = _opt(1e-3, "peak learning rate (AdamW)")
+    min_lr: float | None = _opt(None, "final learning rate of the cosine decay (default lr/10)")
+    warmup_steps: int | None = _opt(None, "linear warm-up steps (default 5%% of the run, at most 100)")
+    weight_decay: float = _opt(0.1, "AdamW weight decay, applied to matrices only (not biases, norms)")
+    beta1: float = _opt(0.9, "AdamW beta1")
+    beta2: float = _opt(0.95, "AdamW beta2")
+    clip_grad: float = _opt(1.0, "clip the global gradient norm to this value (0 disables clipping)")
+    loss_scale_init: float = _opt(2.0**16, "initial fp16 loss scale")
+    loss_scale_growth_interval: int = _opt(2000, "fp16: steps without overflow before the scale doubles")
+    # --- observation ------------------------------------------------------------------
+    log_every: int = _opt(10, "optimizer steps between metric records (the only host syncs)")
+    eval_every: int = _opt(100, "optimizer steps between evaluations (0 disables evaluation)")
+    eval_batches: int = _opt(20, "batches of the validation split per evaluation")
+    # --- where ------------------------------------------------------------------------
+    out: str = _opt("runs", "parent directory of run directories")
+    name: str | None = _opt(None, "run name (default: run-<date>-<time>)")
+    seed: int = _opt(1337, "seed for model init and batch sampling")
+    quiet: bool = _opt(False, "print nothing but errors")
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        self._check_values()
+
+    # ------------------------------------------------------------------ validation
+    def _check_types(self) -> None:
+        hints = _type_hints()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            want = hints[f.name]
+            ok_types, optional = want
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) and bool not in ok_types:
+                raise ConfigError(f"Option {_flag(f.name)} must be {_describe(ok_types)}, got {value!r}.")
+            if float in ok_types and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, f.name, float(value))
+                continue
+            if not isinstance(value, ok_types):
+                raise ConfigError(f"Option {_flag(f.name)} must be {_describe(ok_types)}, got {value!r}.")
+
+    def _check_values(self) -> None:
+        def need(cond: bool, problem: str, fix: str) -> None:
+            if not cond:
+                raise ConfigError(problem, fix)
+
+        need(self.precision in PRECISIONS, f"--precision {self.precision!r} is not a precision.",
+             f"use one of {', '.join(PRECISIONS)}.")
+        need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
+             or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+             f"--device {self.device!r} is not a device.", "use auto, cpu, cuda or cuda:N.")
+        need(self.max_steps is None or self.epochs is None,
+             "--max-steps and --epochs were both given.", "give one of them.")
+        need(self.max_steps is None or self.max_steps >= 1,
+             f"--max-steps must be at least 1, got {self.max_steps}.", "pass a positive number of steps.")
+        need(self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0),
+             f"--epochs must be positive, got {self.epochs}.", "pass e.g. --epochs 1.")
+        for name in ("batch_size", "grad_accum", "seq_len", "log_every", "eval_batches",
+                     "loss_scale_growth_interval"):
+            value = getattr(self, name)
+            need(value >= 1, f"{_flag(name)} must be at least 1, got {value}.", f"pass a positive {_flag(name)}.")
+        need(self.eval_every >= 0, f"--eval-every must be 0 (off) or positive, got {self.eval_every}.",
+             "pass 0 to disable evaluation or a positive step interval.")
+        need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {self.val_fraction}.",
+             "pass e.g. 0.1 to hold out the last 10% of the tokens.")
+        need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}.",
+             "pass e.g. --lr 3e-4.")
+        if self.min_lr is None:
+            self.min_lr = self.lr / 10
+        need(math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr,
+             f"--min-lr ({self.min_lr}) must be between 0 and --lr ({self.lr}).", "lower --min-lr or raise --lr.")
+        need(self.warmup_steps is None or self.warmup_steps >= 0,
+             f"--warmup-steps must be 0 or more, got {self.warmup_steps}.", "pass e.g. --warmup-steps 100.")
+        if self.warmup_steps is not None and self.max_steps is not None:
+            need(self.warmup_steps < self.max_steps or self.warmup_steps == 0,
+                 f"--warmup-steps ({self.warmup_steps}) must be smaller than --max-steps ({self.max_steps}).",
+                 "shorten the warm-up or train longer.")
+        need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}.",
+             "pass e.g. --weight-decay 0.1.")
+        need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1).",
+             "use e.g. 0.9 and 0.95.")
+        need(math.isfinite(self.clip_grad) and self.clip_grad >= 0,
+             f"--clip-grad must be 0 (off) or positive, got {self.clip_grad}.", "pass e.g. --clip-grad 1.0.")
+        need(self.loss_scale_init > 0 and math.isfinite(self.loss_scale_init),
+             f"--loss-scale-init must be positive, got {self.loss_scale_init}.", "use e.g. 65536.")
+        tok = self.tokenizer
+        if tok.startswith("bpe:"):
+            size = tok[4:]
+            need(size.isdigit() and 260 <= int(size) <= 1_000_000,
+                 f"--tokenizer {tok!r}: the BPE vocabulary size must be a whole number from 260 up.",
+                 "use e.g. --tokenizer bpe:4096.")
+        else:
+            need(tok == "byte" or tok.endswith(".json"), f"--tokenizer {tok!r} is not a tokenizer.",
+                 "use byte, bpe:VOCAB or the path of a tokenizer.json.")
+        if self.name is not None:
+            need(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
+                 f"--name {self.name!r} is not a usable run name.", "use a plain name without slashes.")
+        for key in self.model_args:
+            need(isinstance(key, str) and key.isidentifier(), f"--model-arg key {key!r} is not a Python name.",
+                 "write --model-arg NAME=VALUE with NAME a keyword argument of the model factory.")
+
+    # ------------------------------------------------------------------ conversion
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
+        """Build from a dict whose keys may use dashes or underscores; unknown keys are errors."""
+        return cls(**normalize_keys(values, source))
+
+
+def normalize_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    result: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = str(raw_key).replace("-", "_")
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known options: {', '.join(names)}."
+            raise ConfigError(f"Unknown option {raw_key!r} in {source}.", hint)
+        if key == "model_args" and not isinstance(value, dict):
+            raise ConfigError(f"model_args in {source} must be a table/object of NAME = VALUE.",
+                              "write e.g. [model_args] with n_layer = 4 in TOML.")
+        result[key] = value
+    return result
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a dict (not yet validated)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {str(p)!r} does not exist.", "check the path given to --config.")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            data = tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"Config file {str(p)!r} is not valid {'JSON' if p.suffix == '.json' else 'TOML'}: {exc}.",
+                          "fix the syntax, or use a .toml or .json file.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(p)!r} must hold a table/object of options.", "write key = value lines.")
+    return normalize_keys(data, str(p))
+
+
+def parse_model_arg(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value), where VALUE is read as JSON when it parses (4, 0.1, true)."""
+    if "=" not in text:
+        raise ConfigError(f"--model-arg {text!r} is not KEY=VALUE.", "write e.g. --model-arg n_layer=4.")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = {"True": True, "False": False, "None": None}.get(raw, raw)
+    return key, value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _describe(types: tuple[type, ...]) -> str:
+    words = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+    return " or ".join(words.get(t, t.__name__) for t in types)
+
+
+_HINTS: dict[str, tuple[tuple[type, ...], bool]] = {}
+
+
+def _type_hints() -> dict[str, tuple[tuple[type, ...], bool]]:
+    """Field name -> (accepted runtime types, accepts None), read from the annotations."""
+    if not _HINTS:
+        table = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "dict": (dict,)}
+        for f in dataclasses.fields(TrainConfig):
+            parts = [p.strip() for p in str(f.type).split("|")]
+            optional = "None" in parts
+            types: tuple[type, ...] = ()
+            for p in parts:
+                types += table.get(p, ())
+            _HINTS[f.name] = (types, optional)
+    return _HINTS
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}

@@ -1,0 +1,123 @@
+"""Corpus -> token ids, tokenized once and cached as a memory-mapped array.
+
+The cache key is the corpus's content hash plus the tokenizer's identity, so editing the
+corpus or changing the tokenizer retokenizes, and nothing else does.  Files are written
+under a temporary name and renamed, so an interrupted tokenization never leaves a
+half-written cache entry behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .corpus import Corpus, open_corpus
+from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file, train_bpe
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("TIERLAB_CACHE") or Path.home() / ".cache" / "tierlab")
+
+
+@dataclass
+class TokenData:
+    """The tokenized corpus split into a training head and a held-out validation tail."""
+
+    corpus: Corpus
+    corpus_hash: str
+    tokenizer: Tokenizer
+    tokens: np.ndarray  # memory-mapped, uint16 or uint32
+    max_id: int
+    val_fraction: float
+
+    @property
+    def split_index(self) -> int:
+        return len(self.tokens) - int(len(self.tokens) * self.val_fraction)
+
+    @property
+    def train(self) -> np.ndarray:
+        return self.tokens[: self.split_index]
+
+    @property
+    def val(self) -> np.ndarray:
+        return self.tokens[self.split_index:]
+
+
+def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None) -> TokenData:
+    cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    corpus = open_corpus(data, cache_dir)
+    corpus_hash = corpus.content_hash()
+    tokenizer = _make_tokenizer(tokenizer_spec, corpus, corpus_hash, val_fraction, cache_dir)
+    tokens, max_id = _token_cache(corpus, corpus_hash, tokenizer, cache_dir)
+    if len(tokens) == 0:
+        raise DataError(f"The corpus {data!r} holds no text.", "pass a file with text in it.")
+    return TokenData(corpus, corpus_hash, tokenizer, tokens, max_id, val_fraction)
+
+
+def _make_tokenizer(spec: str, corpus: Corpus, corpus_hash: str, val_fraction: float, cache_dir: Path) -> Tokenizer:
+    if spec == "byte":
+        return ByteTokenizer()
+    if spec.startswith("bpe:"):
+        from tokenizers import Tokenizer as _Tok
+
+        from .tokenizer import HFTokenizer
+
+        vocab = int(spec[4:])
+        path = cache_dir / "tokenizers" / f"{corpus_hash[:24]}-bpe{vocab}-val{val_fraction:g}.json"
+        if path.is_file():
+            return HFTokenizer(_Tok.from_file(str(path)), source=spec)
+        # Train on the training part only: the held-out tail must not leak into the vocabulary.
+        limit = int(corpus.total_bytes * (1 - val_fraction))
+        tok = train_bpe(corpus.chunks(byte_limit=limit), vocab)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        tok.save_as(tmp)
+        os.replace(tmp, path)
+        return tok
+    return load_tokenizer_file(spec)
+
+
+def _token_cache(corpus: Corpus, corpus_hash: str, tokenizer: Tokenizer, cache_dir: Path) -> tuple[np.ndarray, int]:
+    key = hashlib.sha256(f"{corpus_hash}|{tokenizer.identity}".encode()).hexdigest()[:32]
+    base = cache_dir / "tokens" / key
+    meta_path, bin_path = base.with_suffix(".json"), base.with_suffix(".bin")
+    if not (meta_path.is_file() and bin_path.is_file()):
+        _write_cache(corpus, tokenizer, bin_path, meta_path)
+    meta = json.loads(meta_path.read_text())
+    if meta["count"] == 0:
+        return np.zeros(0, dtype=meta["dtype"]), -1
+    tokens = np.memmap(bin_path, dtype=meta["dtype"], mode="r", shape=(meta["count"],))
+    return tokens, int(meta["max_id"])
+
+
+def _write_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path: Path) -> None:
+    dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = bin_path.with_name(bin_path.name + f".tmp{os.getpid()}")
+    count, max_id = 0, -1
+    log.info("tokenizing %s with %s", corpus.spec, tokenizer.identity)
+    try:
+        with tmp.open("wb") as fh:
+            for text in corpus.chunks():
+                ids = tokenizer.encode(text)
+                if ids.size:
+                    max_id = max(max_id, int(ids.max()))
+                    fh.write(ids.astype(dtype).tobytes())
+                    count += ids.size
+        os.replace(tmp, bin_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta_tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
+    meta_tmp.write_text(json.dumps({"count": count, "dtype": np.dtype(dtype).name, "max_id": max_id,
+                                    "tokenizer": tokenizer.identity, "corpus": corpus.spec}))
+    os.replace(meta_tmp, meta_path)
+    log.info("cached %d tokens in %s", count, bin_path)

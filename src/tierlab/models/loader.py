@@ -1,0 +1,165 @@
+"""Loading a user's model file and reading logits from whatever the model returns."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import ModelError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "tiny-gpt"
+# Attribute names under which models (and Hugging Face configs) publish their context length.
+_MAX_LEN_ATTRS = ("max_seq_len", "block_size", "max_len", "max_position_embeddings", "n_positions",
+                  "n_ctx", "context_length", "seq_len")
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """``path.py[:factory]`` -> (path, factory or None)."""
+    if ":" in spec:
+        left, right = spec.rsplit(":", 1)
+        if left.endswith(".py") and right.isidentifier():
+            return Path(left), right
+    return Path(spec), None
+
+
+def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Module:
+    """Build the model named by ``spec`` with ``model_args``.
+
+    ``vocab_size`` (the tokenizer's) is passed to a factory that accepts a ``vocab_size``
+    argument the user did not set, so a model sized for the data needs no extra flag.
+    """
+    if spec == BUILTIN:
+        from .tiny_gpt import TinyGPT
+        factory: Callable[..., Any] = TinyGPT
+        where = "the built-in tiny-gpt"
+    else:
+        path, name = split_spec(spec)
+        if path.suffix != ".py":
+            raise ModelError(f"--model {spec!r} is neither 'tiny-gpt' nor a Python file.",
+                             "pass tiny-gpt or the path of a .py file that defines build_model() or Model.")
+        if not path.is_file():
+            raise ModelError(f"Model file {str(path)!r} does not exist.", "check the path given to --model.")
+        module = _import_file(path)
+        factory = _find_factory(module, path, name)
+        where = f"{path}:{getattr(factory, '__name__', name)}"
+    kwargs = dict(model_args)
+    accepted = _accepted_kwargs(factory)
+    if "vocab_size" not in kwargs and accepted is not None and "vocab_size" in accepted:
+        kwargs["vocab_size"] = vocab_size
+        log.info("passing vocab_size=%d (the tokenizer's) to %s", vocab_size, where)
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise ModelError(f"{where} does not accept the argument(s) {', '.join(unknown)}.",
+                             f"it accepts: {', '.join(sorted(accepted)) or 'no arguments'}.")
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # the user's code failed: say where, without our traceback
+        raise ModelError(f"Building the model with {where}({_fmt_kwargs(kwargs)}) raised "
+                         f"{type(exc).__name__}: {exc}{_user_frame(exc)}.",
+                         "fix the model code or the --model-arg values.") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{where} returned {type(model).__name__}, not a torch.nn.Module.",
+                         "make the factory return the model instance.")
+    return model
+
+
+def _import_file(path: Path) -> Any:
+    module_name = f"tierlab_user_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelError(f"Cannot import {str(path)!r} as Python.", "check that it is a Python source file.")
+    module = importlib.util.module_from_spec(spec)
+    # Let the model file import its sibling modules, as it would when run from its folder.
+    sys.path.insert(0, str(path.resolve().parent))
+    try:
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise ModelError(f"Importing {str(path)!r} raised {type(exc).__name__}: {exc}{_user_frame(exc)}.",
+                         "fix the model file so that `python " + str(path) + "` runs.") from None
+    finally:
+        sys.path.remove(str(path.resolve().parent))
+    return module
+
+
+def _find_factory(module: Any, path: Path, name: str | None) -> Callable[..., Any]:
+    if name is not None:
+        factory = getattr(module, name, None)
+        if not callable(factory):
+            raise ModelError(f"{str(path)!r} has no callable named {name!r}.",
+                             f"define {name}() in the file or name another factory after the colon.")
+        return factory
+    for candidate in ("build_model", "Model"):
+        factory = getattr(module, candidate, None)
+        if callable(factory):
+            return factory
+    raise ModelError(f"{str(path)!r} defines neither build_model() nor a class Model.",
+                     f"add one of them, or name the factory: --model {path}:make_my_model.")
+
+
+def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names the factory accepts, or None when it takes **kwargs (anything goes)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    return names
+
+
+def _fmt_kwargs(kwargs: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+
+
+def _user_frame(exc: BaseException) -> str:
+    """' (at file.py:LINE)' for the innermost frame outside tierlab and torch, if any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        if "tierlab" not in frame.filename and "/torch/" not in frame.filename:
+            return f" (at {frame.filename}:{frame.lineno})"
+    return ""
+
+
+def extract_logits(output: Any) -> torch.Tensor:
+    """Logits from a tensor, a tuple/list (first element), a dict with "logits", or ``.logits``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict) and "logits" in output:
+        return output["logits"]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise ModelError(f"The model returned {type(output).__name__}, which holds no logits tensor.",
+                     "return logits [B, T, V] as a tensor, a tuple (logits first), a dict with "
+                     "'logits' or an object with .logits.")
+
+
+def max_positions(model: nn.Module) -> int | None:
+    """The longest sequence the model supports, where it publishes one."""
+    for owner in (model, getattr(model, "config", None)):
+        if owner is None:
+            continue
+        for attr in _MAX_LEN_ATTRS:
+            value = getattr(owner, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None

@@ -1,0 +1,93 @@
+"""What a person sees while training: a progress bar on a terminal, plain lines otherwise.
+
+Library code only logs; this module (used by the CLI) decides where those logs go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any, Iterator, Protocol
+
+
+class Progress(Protocol):
+    def start(self, total_steps: int) -> None: ...
+
+    def update(self, record: dict[str, Any]) -> None: ...
+
+
+class BarProgress:
+    """A tqdm bar showing step, loss, tokens/s and the fp16 loss scale."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.bar = None
+        self.step = 0
+
+    def start(self, total_steps: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, unit="step", file=self.stream, dynamic_ncols=True)
+
+    def update(self, record: dict[str, Any]) -> None:
+        if self.bar is None:
+            return
+        if record["kind"] == "train":
+            self.bar.update(record["step"] - self.step)
+            self.step = record["step"]
+            post = {"loss": f"{record['loss']:.4f}", "tok/s": f"{record['tokens_per_s']:.0f}"}
+            if record["loss_scale"] is not None:
+                post["scale"] = f"{record['loss_scale']:g}"
+            if record["skipped_steps"]:
+                post["skipped"] = record["skipped_steps"]
+            self.bar.set_postfix(post, refresh=False)
+        else:
+            self.bar.write(f"step {record['step']}: val_loss {record['val_loss']:.4f} "
+                           f"val_acc {record['val_acc']:.3f}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines printed above the bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+@contextlib.contextmanager
+def console(quiet: bool = False, stream=None) -> Iterator[Progress | None]:
+    stream = stream or sys.stdout
+    logger = logging.getLogger("tierlab")
+    metrics_logger = logging.getLogger("tierlab.metrics")
+    saved = (logger.level, logger.handlers[:], logger.propagate, metrics_logger.level)
+    logger.handlers.clear()
+    logger.propagate = False
+    bar = None
+    if quiet:
+        logger.setLevel(logging.ERROR)
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    elif stream.isatty():
+        logger.setLevel(logging.INFO)
+        metrics_logger.setLevel(logging.WARNING)  # the bar shows them
+        handler = _TqdmHandler()
+        bar = BarProgress(stream)
+    else:
+        logger.setLevel(logging.INFO)
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if quiet else "%(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield bar
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.setLevel(saved[0])
+        logger.handlers[:] = saved[1]
+        logger.propagate = saved[2]
+        metrics_logger.setLevel(saved[3])

@@ -1,0 +1,55 @@
+"""The run directory's records: metrics.jsonl and events.jsonl, one JSON object per line.
+
+These files are the source of truth for a run.  Each line is written whole and flushed
+at once, so a crash loses at most the line being written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/Infinity: write non-finite floats as strings a reader can parse back."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class JsonlWriter:
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = path.open("a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class EventLog(JsonlWriter):
+    """events.jsonl: things that happened, each with its type, a UTC timestamp and details."""
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+        self.write(record)
+        return record
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """All complete records of a JSONL file (a torn last line from a crash is ignored)."""
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

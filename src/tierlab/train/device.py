@@ -1,0 +1,47 @@
+"""Choosing the device and reading what the hardware can do natively."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec} was asked for, but this torch build sees no CUDA device.",
+                              "use --device cpu (or auto), or install a CUDA build of torch on a GPU machine.")
+        device = torch.device(spec)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) exist.",
+                              f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
+        return device
+    return torch.device("cpu")
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_native_bf16() -> str | None:
+    """The flag that gives this CPU fast bf16 matmuls (AMX or AVX-512 BF16), or None."""
+    flags = cpu_flags()
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return flag
+    return None

@@ -1,0 +1,163 @@
+"""Precision as a small policy object: which dtype, why, and the five operations it changes.
+
+The loop calls ``autocast()``, ``backward()``, ``unscale_()``, ``step()`` and reads
+``loss_scale``; everything that differs between fp32, bf16 and fp16 + GradScaler lives here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ModelError, PrecisionError
+from .device import cpu_native_bf16
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PrecisionDecision:
+    requested: str
+    used: str
+    reason: str
+    warning: str | None = None  # said to the user when the choice has a cost
+    fallback: bool = False  # True when the request could not be honoured
+
+    def as_event(self) -> dict:
+        return {"requested": self.requested, "used": self.used, "reason": self.reason,
+                "fallback": self.fallback, "warning": self.warning}
+
+
+def decide_precision(requested: str, device: torch.device, strict: bool = False) -> PrecisionDecision:
+    """Turn ``--precision`` into the precision to run, with the reason in words."""
+    if requested == "auto":
+        return _auto(device)
+    if requested == "fp32":
+        return PrecisionDecision(requested, "fp32", "fp32 was requested")
+    problem = _cannot_run(requested, device)
+    if problem:
+        if strict:
+            raise PrecisionError(f"--precision {requested} cannot run here: {problem}.",
+                                 "choose another precision or drop --strict-precision to fall back to fp32.")
+        return PrecisionDecision(requested, "fp32", f"{requested} cannot run here ({problem}); fell back to fp32",
+                                 warning=f"{requested} cannot run here ({problem}); training in fp32 instead",
+                                 fallback=True)
+    warning = None
+    if device.type == "cpu" and not (requested == "bf16" and cpu_native_bf16()):
+        warning = (f"{requested} autocast on this CPU is a correctness path, not a speed path: it runs "
+                   f"several times slower than fp32 (no native {'bf16' if requested == 'bf16' else 'fp16'} "
+                   "matrix units); use --precision fp32 for speed")
+    scaler_note = " with a GradScaler" if requested == "fp16" else ""
+    return PrecisionDecision(requested, requested, f"{requested}{scaler_note} was requested", warning=warning)
+
+
+def _auto(device: torch.device) -> PrecisionDecision:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if torch.cuda.is_bf16_supported():
+            return PrecisionDecision("auto", "bf16", f"{name} supports bf16: bf16 autocast, no loss scaling needed")
+        major, minor = torch.cuda.get_device_capability(device)
+        return PrecisionDecision("auto", "fp16", f"{name} (compute capability {major}.{minor}) has no bf16: "
+                                 "fp16 autocast with a GradScaler")
+    flag = cpu_native_bf16()
+    if flag:
+        return PrecisionDecision("auto", "bf16", f"this CPU has native bf16 ({flag}): bf16 autocast")
+    return PrecisionDecision("auto", "fp32", "this CPU has no native bf16 (avx512_bf16 or AMX): fp32 is the "
+                             "fastest here, low-precision autocast would be several times slower")
+
+
+def _cannot_run(precision: str, device: torch.device) -> str | None:
+    """Why torch cannot run ``precision`` on ``device``, or None when it can (probed for real)."""
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        return f"{torch.cuda.get_device_name(device)} has no bf16 support"
+    try:
+        layer = nn.Linear(8, 8).to(device)
+        with torch.autocast(device.type, dtype=DTYPES[precision]):
+            layer(torch.ones(2, 8, device=device)).sum().backward()
+        if precision == "fp16":
+            torch.amp.GradScaler(device.type)
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot run", reported as such
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class PrecisionPolicy:
+    """Runs one precision: autocast, loss scaling, skip detection, and the optimizer step."""
+
+    def __init__(self, decision: PrecisionDecision, device: torch.device,
+                 init_scale: float = 2.0**16, growth_interval: int = 2000):
+        self.decision = decision
+        self.device = device
+        self.dtype = DTYPES[decision.used]
+        self.scaler = (torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
+                       if decision.used == "fp16" else None)
+
+    @property
+    def name(self) -> str:
+        return self.decision.used
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse fp16 trainable parameters under a GradScaler before any step runs."""
+        if self.scaler is None:
+            return
+        half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+        if half:
+            raise ModelError(
+                f"{len(half)} trainable parameter(s) are stored in float16 ({', '.join(half[:3])}"
+                f"{', ...' if len(half) > 3 else ''}); GradScaler cannot unscale fp16 gradients "
+                "('Attempting to unscale FP16 gradients').",
+                "keep the weights in float32 (drop model.half()); --precision fp16 already runs the "
+                "maths in fp16 through autocast.")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Bring gradients to their true size, so clipping and the logged norm mean something."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
+        """Step the (fused) optimizer unless gradients are non-finite; return ``skipped`` on device.
+
+        With a GradScaler, a step was skipped exactly when ``update()`` lowered the scale:
+        unlike "was optimizer.step() called", this holds for fused optimizers, which skip
+        inside the kernel.  Without a scaler, a non-finite gradient norm is handed to the
+        fused kernel as ``found_inf`` (the same protocol GradScaler uses), so the update is
+        dropped on the device and the host never has to look.
+        """
+        if self.scaler is not None:
+            before = self.scaler._scale.clone()  # noqa: SLF001 - read in this one place only
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            return self.scaler._scale < before  # noqa: SLF001
+        found_inf = (~torch.isfinite(grad_norm)).to(torch.float32)
+        optimizer.grad_scale, optimizer.found_inf = None, found_inf
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.grad_scale, optimizer.found_inf
+        return found_inf > 0
+
+    @property
+    def loss_scale(self) -> torch.Tensor | None:
+        """The current scale as a device tensor (no host sync), or None without a scaler."""
+        return self.scaler._scale if self.scaler is not None else None  # noqa: SLF001
+
+    def state_dict(self) -> dict:
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
