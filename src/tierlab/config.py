@@ -84,13 +84,15 @@ class TrainConfig:
             ok_types, optional = want
             if value is None and optional:
                 continue
+            wrong = ConfigError(f"Option {_flag(f.name)} must be {_describe(ok_types)}, got {value!r}.",
+                                f"write e.g. {_flag(f.name)} {_example(ok_types)}.")
             if isinstance(value, bool) and bool not in ok_types:
-                raise ConfigError(f"Option {_flag(f.name)} must be {_describe(ok_types)}, got {value!r}.")
+                raise wrong
             if float in ok_types and isinstance(value, int) and not isinstance(value, bool):
                 setattr(self, f.name, float(value))
                 continue
             if not isinstance(value, ok_types):
-                raise ConfigError(f"Option {_flag(f.name)} must be {_describe(ok_types)}, got {value!r}.")
+                raise wrong
 
     def _check_values(self) -> None:
         def need(cond: bool, problem: str, fix: str) -> None:
@@ -220,6 +222,10 @@ def _flag(name: str) -> str:
 def _describe(types: tuple[type, ...]) -> str:
     words = {int: "a whole number", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
     return " or ".join(words.get(t, t.__name__) for t in types)
+
+
+def _example(types: tuple[type, ...]) -> str:
+    return {int: "8", float: "0.1", str: "text", bool: "true", dict: "{...}"}[types[0]]
 
 
 _HINTS: dict[str, tuple[tuple[type, ...], bool]] = {}

@@ -52,10 +52,13 @@ class Corpus:
         for f in self.files:
             source = _jsonl_texts(f) if self.jsonl else _text_chunks(f)
             for text, nbytes in source:
+                if byte_limit is not None and consumed + nbytes >= byte_limit:
+                    # Keep only the part before the limit (whole characters).
+                    keep = byte_limit - consumed
+                    yield text.encode("utf-8")[:keep].decode("utf-8", errors="ignore")
+                    return
                 yield text
                 consumed += nbytes
-                if byte_limit is not None and consumed >= byte_limit:
-                    return
 
 
 def open_corpus(spec: str, cache_dir: Path) -> Corpus:

@@ -14,9 +14,9 @@ from typing import Any
 
 
 def _clean(value: Any) -> Any:
-    """JSON has no NaN/Infinity: write non-finite floats as strings a reader can parse back."""
+    """JSON has no NaN/Infinity: a non-finite number is written as null (events say what it was)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+        return None
     return value
 
 

@@ -170,6 +170,8 @@ def _probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: 
                          f"use --seq-len {limit} or less, or build the model with more positions.")
     probe = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=device)
     probe[:, 1::2] = min(tokens.max_id, 1) if tokens.max_id >= 0 else 0
+    was_training = model.training
+    model.eval()
     try:
         with torch.no_grad():
             output = model(probe)
@@ -180,6 +182,8 @@ def _probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: 
                          f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.",
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
+    finally:
+        model.train(was_training)
     logits = extract_logits(output)
     if logits.dim() != 3 or tuple(logits.shape[:2]) != (2, cfg.seq_len):
         raise ModelError(f"The model returned logits of shape {list(logits.shape)} for input_ids [2, {cfg.seq_len}].",

@@ -140,7 +140,7 @@ class Trainer:
         for offset, (loss, norm, lr, scale, skipped) in enumerate(rows):
             step = first_step + offset
             if not math.isfinite(loss):
-                self.events.emit("nonfinite_loss", step=step, loss=loss)
+                self.events.emit("nonfinite_loss", step=step, loss=str(loss))  # "nan" or "inf"
             else:
                 losses.append(loss)
             if skipped:

@@ -1,0 +1,93 @@
+import json
+
+import pytest
+
+from helpers import write_corpus
+from tierlab.data.corpus import CHUNK_BYTES, open_corpus
+from tierlab.data.demo import demo_text
+from tierlab.errors import DataError
+
+
+def _text(corpus):
+    return "".join(corpus.chunks())
+
+
+def test_text_file_round_trips(tmp_path):
+    path = write_corpus(tmp_path / "c.txt", sentences=50)
+    assert _text(open_corpus(str(path), tmp_path)) == path.read_text()
+
+
+def test_large_file_is_streamed_in_line_aligned_chunks(tmp_path):
+    path = tmp_path / "big.txt"
+    line = "é" * 99 + "\n"  # multi-byte characters straddle the read boundaries
+    path.write_text(line * (2 * CHUNK_BYTES // len(line.encode()) + 7), encoding="utf-8")
+    chunks = list(open_corpus(str(path), tmp_path).chunks())
+    assert len(chunks) >= 2
+    assert all(c.endswith("\n") for c in chunks)
+    assert "".join(chunks) == path.read_text(encoding="utf-8")
+
+
+def test_directory_of_txt_files_in_sorted_order(tmp_path):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "b.txt").write_text("second\n")
+    (tmp_path / "d" / "a.txt").write_text("first")
+    (tmp_path / "d" / "sub" / "c.txt").write_text("third\n")
+    (tmp_path / "d" / "skip.md").write_text("not text data\n")
+    assert _text(open_corpus(str(tmp_path / "d"), tmp_path)) == "first\nsecond\nthird\n"
+
+
+def test_jsonl_text_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": t, "id": i}) for i, t in enumerate(["alpha", "beta\n"])) + "\n\n")
+    assert _text(open_corpus(str(path), tmp_path)) == "alpha\nbeta\n"
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ('{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
+    ('{"body": "no text field"}\n', 'line 1 has no string field "text"'),
+    ('{"text": 5}\n', 'line 1 has no string field "text"'),
+])
+def test_bad_jsonl_names_the_line(tmp_path, content, fragment):
+    path = tmp_path / "c.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=fragment):
+        _text(open_corpus(str(path), tmp_path))
+
+
+def test_undecodable_bytes_name_the_offset(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf".encode() + b"\xe9" + b" au lait\n")
+    with pytest.raises(DataError, match="undecodable byte at offset 3"):
+        _text(open_corpus(str(path), tmp_path))
+
+
+def test_missing_empty_and_textless_inputs(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_corpus(str(tmp_path / "nope.txt"), tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(DataError, match="is empty"):
+        open_corpus(str(tmp_path / "empty.txt"), tmp_path)
+    (tmp_path / "nodocs").mkdir()
+    with pytest.raises(DataError, match="holds no .txt files"):
+        open_corpus(str(tmp_path / "nodocs"), tmp_path)
+
+
+def test_content_hash_follows_content_not_name(tmp_path):
+    a = write_corpus(tmp_path / "a.txt", sentences=20)
+    b = tmp_path / "b.txt"
+    b.write_text(a.read_text())
+    ha, hb = (open_corpus(str(p), tmp_path).content_hash() for p in (a, b))
+    assert ha == hb
+    b.write_text(a.read_text() + "x")
+    assert open_corpus(str(b), tmp_path).content_hash() != ha
+
+
+def test_demo_corpus_is_deterministic_and_written_once(tmp_path):
+    assert demo_text(100) == demo_text(100)
+    line = demo_text(1).strip()
+    a, rest = line.split("+")
+    b, total = rest.split("=")
+    assert int(a) + int(b) == int(total)
+    corpus = open_corpus("demo", tmp_path)
+    mtime = corpus.files[0].stat().st_mtime_ns
+    assert open_corpus("demo", tmp_path).files[0].stat().st_mtime_ns == mtime

@@ -1,0 +1,82 @@
+"""Shared helpers: a fast config, a generated corpus, model files, and the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tierlab import TrainConfig
+
+TINY_MODEL = {"n_layer": 1, "n_head": 2, "d_model": 32, "max_seq_len": 64}
+
+
+def fast_config(tmp_path: Path, **changes) -> TrainConfig:
+    """A run that takes a second or two on one CPU core."""
+    values = dict(model="tiny-gpt", model_args=dict(TINY_MODEL), data="demo", seq_len=32, batch_size=8,
+                  max_steps=20, log_every=5, eval_every=10, eval_batches=2, out=str(tmp_path / "runs"),
+                  name="run", quiet=True, precision="fp32", lr=1e-2)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+_WORDS = ("the cat dog bird sat ran flew on under over a red blue green mat tree house and then "
+          "quickly slowly saw heard big small").split()
+
+
+def write_corpus(path: Path, sentences: int = 3000, seed: int = 0) -> Path:
+    """English-like text from a small vocabulary: learnable, and different from the demo data."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(sentences):
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 10))]
+        lines.append(" ".join(words).capitalize() + ".")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def write_model(directory: Path, source: str, name: str = "my_model.py") -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
+    path.write_text(textwrap.dedent(source), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The real ``tierlab`` command, as a user runs it (a separate process)."""
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "tierlab", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """Exit code 2, one plain message containing ``fragments``, no traceback."""
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("tierlab: error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+class SpikeAt(__import__("torch").nn.Module):
+    """Wraps a model and multiplies its logits by ``factor`` on training forward number ``at``.
+
+    ``factor=1e6`` overflows fp16 (max 65504); ``factor=float('nan')`` poisons any precision.
+    """
+
+    def __init__(self, inner, at: int | None, factor: float = 1e6):
+        super().__init__()
+        self.inner, self.at, self.factor, self.calls = inner, at, factor, 0
+
+    def forward(self, input_ids):
+        logits = self.inner(input_ids)
+        if self.training:
+            self.calls += 1
+            if self.calls == self.at:
+                logits = logits * self.factor
+        return logits

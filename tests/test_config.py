@@ -1,0 +1,73 @@
+import json
+
+import pytest
+
+from tierlab.config import TrainConfig, load_config_file, parse_model_arg
+from tierlab.errors import ConfigError
+
+
+def test_defaults_are_valid_and_resolve_min_lr():
+    cfg = TrainConfig()
+    assert cfg.precision == "auto" and cfg.model == "tiny-gpt" and cfg.data == "demo"
+    assert cfg.min_lr == pytest.approx(cfg.lr / 10)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"precision": "fp8"}, "--precision 'fp8'"),
+    ({"device": "tpu"}, "--device 'tpu'"),
+    ({"max_steps": 0}, "--max-steps must be at least 1"),
+    ({"max_steps": 10, "epochs": 1.0}, "both given"),
+    ({"batch_size": 0}, "--batch-size must be at least 1"),
+    ({"lr": -1.0}, "--lr must be a positive"),
+    ({"lr": 1e-3, "min_lr": 1e-2}, "--min-lr"),
+    ({"warmup_steps": 50, "max_steps": 10}, "--warmup-steps (50) must be smaller"),
+    ({"tokenizer": "bpe:abc"}, "BPE vocabulary size"),
+    ({"tokenizer": "sentencepiece"}, "not a tokenizer"),
+    ({"val_fraction": 1.5}, "--val-fraction"),
+    ({"name": "a/b"}, "--name"),
+    ({"batch_size": "8"}, "--batch-size must be a whole number"),
+    ({"eval_every": -1}, "--eval-every"),
+])
+def test_bad_values_are_rejected_with_the_option_named(changes, fragment):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(**changes)
+    assert fragment in str(err.value)
+    assert "Fix:" in str(err.value)
+
+
+def test_ints_are_accepted_for_floats():
+    cfg = TrainConfig(lr=1, clip_grad=0)
+    assert isinstance(cfg.lr, float) and cfg.lr == 1.0
+
+
+def test_unknown_key_suggests_the_close_name():
+    with pytest.raises(ConfigError, match="did you mean 'batch_size'"):
+        TrainConfig.from_mapping({"batch-sise": 4})
+
+
+def test_toml_and_json_files_load_with_dashes_or_underscores(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('lr = 3e-4\nbatch-size = 4\n[model_args]\nn_layer = 2\n')
+    values = load_config_file(toml)
+    assert values == {"lr": 3e-4, "batch_size": 4, "model_args": {"n_layer": 2}}
+    js = tmp_path / "run.json"
+    js.write_text(json.dumps(TrainConfig(lr=0.01).to_dict()))
+    assert TrainConfig.from_mapping(load_config_file(js)) == TrainConfig(lr=0.01)
+
+
+def test_broken_config_file_is_a_user_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config_file(bad)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file(tmp_path / "missing.toml")
+
+
+def test_model_arg_values_parse_as_json_when_they_can():
+    assert parse_model_arg("n_layer=4") == ("n_layer", 4)
+    assert parse_model_arg("dropout=0.1") == ("dropout", 0.1)
+    assert parse_model_arg("bias=true") == ("bias", True)
+    assert parse_model_arg("act=gelu") == ("act", "gelu")
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        parse_model_arg("n_layer")

@@ -1,0 +1,73 @@
+import pytest
+import torch
+from torch import nn
+
+from tierlab.errors import ModelError, PrecisionError
+from tierlab.train import precision as precision_mod
+from tierlab.train.loop import build_optimizer
+from tierlab.train.precision import PrecisionPolicy, decide_precision
+from helpers import fast_config
+
+CPU = torch.device("cpu")
+
+
+def test_auto_on_cpu_without_native_bf16_is_fp32(monkeypatch):
+    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: None)
+    d = decide_precision("auto", CPU)
+    assert d.used == "fp32" and "no native bf16" in d.reason and not d.fallback
+
+
+def test_auto_on_cpu_with_amx_is_bf16(monkeypatch):
+    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: "amx_bf16")
+    d = decide_precision("auto", CPU)
+    assert d.used == "bf16" and "amx_bf16" in d.reason
+
+
+@pytest.mark.parametrize("requested", ["fp16", "bf16"])
+def test_explicit_low_precision_on_cpu_is_honoured_with_a_warning(monkeypatch, requested):
+    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: None)
+    d = decide_precision(requested, CPU)
+    assert d.used == requested and "slower than fp32" in d.warning
+
+
+def test_unrunnable_precision_falls_back_or_fails_when_strict(monkeypatch):
+    monkeypatch.setattr(precision_mod, "_cannot_run", lambda p, dev: "no kernel for this dtype")
+    d = decide_precision("bf16", CPU)
+    assert d.used == "fp32" and d.fallback and "no kernel" in d.reason
+    with pytest.raises(PrecisionError, match="cannot run here"):
+        decide_precision("bf16", CPU, strict=True)
+
+
+def test_fp16_parameters_under_a_grad_scaler_are_refused():
+    policy = PrecisionPolicy(decide_precision("fp16", CPU), CPU)
+    with pytest.raises(ModelError, match="Attempting to unscale FP16 gradients"):
+        policy.check_model(nn.Linear(4, 4).half())
+    policy.check_model(nn.Linear(4, 4))  # fp32 master weights are fine
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_non_finite_gradients_skip_the_step_on_the_device(tmp_path, precision):
+    model = nn.Linear(4, 4)
+    cfg = fast_config(tmp_path)
+    optimizer, _ = build_optimizer(model, cfg, CPU)
+    policy = PrecisionPolicy(decide_precision(precision, CPU), CPU)
+    before = [p.detach().clone() for p in model.parameters()]
+    with policy.autocast():
+        loss = model(torch.ones(2, 4)).float().sum() * float("inf")
+    policy.backward(loss)
+    policy.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    skipped = policy.step(optimizer, norm)
+    assert bool(skipped)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    if precision == "fp16":
+        assert float(policy.loss_scale) == 2.0**15  # backed off from 2**16
+    # A finite step afterwards does update.
+    optimizer.zero_grad()
+    with policy.autocast():
+        loss = model(torch.full((2, 4), 0.01)).float().mean()
+    policy.backward(loss)
+    policy.unscale_(optimizer)
+    skipped = policy.step(optimizer, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
+    assert not bool(skipped)
+    assert not torch.equal(before[0], model.weight)
