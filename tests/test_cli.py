@@ -1,0 +1,189 @@
+"""The real `tierlab` command in a subprocess: success paths, user errors (exit 2), interruption (130)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from helpers import assert_user_error, run_cli, write_corpus, write_model
+
+TINY = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
+        "--model-arg", "max_seq_len=64"]
+SHAPE = ["--seq-len", "32", "--batch-size", "8", "--eval-batches", "2", "--lr", "0.01"]
+FAST = TINY + SHAPE
+
+NANOGPT_STYLE = """
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+class GPT(nn.Module):
+    '''nanoGPT's calling convention: forward(idx, targets=None) -> (logits, loss).'''
+    def __init__(self, vocab_size, block_size=64, n_embd=32):
+        super().__init__()
+        self.block_size = block_size
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.attn = nn.MultiheadAttention(n_embd, 2, batch_first=True)
+        self.lm_head = nn.Linear(n_embd, vocab_size)
+
+    def forward(self, idx, targets=None):
+        T = idx.size(1)
+        x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
+        mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=idx.device), 1)
+        x = x + self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+        logits = self.lm_head(x)
+        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
+        return logits, loss
+
+def make_gpt(vocab_size, n_embd=32):
+    return GPT(vocab_size, n_embd=n_embd)
+"""
+
+
+def test_train_from_a_config_file_with_overrides(tmp_path):
+    (tmp_path / "run.toml").write_text('max_steps = 10\nlog_every = 5\neval_every = 10\nseq_len = 16\n'
+                                       'batch_size = 8\nlr = 0.01\neval_batches = 2\n'
+                                       '[model_args]\nn_layer = 1\nd_model = 32\nn_head = 2\nmax_seq_len = 64\n')
+    result = run_cli("train", "--config", "run.toml", "--seq-len", "32", "--name", "a", "--model-arg", "n_head=4",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads((tmp_path / "runs" / "a" / "config.json").read_text())
+    assert config["seq_len"] == 32 and config["max_steps"] == 10  # command line wins, file fills the rest
+    assert config["model_args"] == {"n_layer": 1, "d_model": 32, "n_head": 4, "max_seq_len": 64}
+    # Not a terminal: plain log lines, one per log step, and a closing summary line.
+    assert "precision: fp32" in result.stdout
+    assert result.stdout.count("step 5/10 | loss") == 1
+    assert "done: runs/a" in result.stdout
+
+    # The run's own config.json reproduces its settings.
+    again = run_cli("train", "--config", "runs/a/config.json", "--name", "b", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    config_b = json.loads((tmp_path / "runs" / "b" / "config.json").read_text())
+    assert {**config_b, "name": "a"} == config
+
+
+def test_quiet_prints_nothing_and_module_entry_point_works(tmp_path):
+    result = run_cli("train", *FAST, "--max-steps", "4", "--eval-every", "0", "--quiet", "--precision", "fp16",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "" and result.stderr == ""
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert run_dir.name.startswith("run-") and (run_dir / "summary.json").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["final_loss_scale"] == 65536.0
+    version = run_cli("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("tierlab ")
+
+
+def test_third_party_model_file_with_a_named_factory(tmp_path):
+    model = write_model(tmp_path, NANOGPT_STYLE)
+    corpus = write_corpus(tmp_path / "corpus.txt", sentences=1500)
+    result = run_cli("train", "--model", f"{model}:make_gpt", "--model-arg", "n_embd=48", "--data", corpus,
+                     "--seq-len", "32", "--max-steps", "30", "--eval-every", "30", "--eval-batches", "2",
+                     "--lr", "0.01", "--name", "nano", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "runs" / "nano" / "summary.json").read_text())
+    assert summary["final_val_loss"] < 3.0
+
+
+def test_hugging_face_model(tmp_path):
+    pytest.importorskip("transformers")
+    model = write_model(tmp_path, """
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        def build_model(vocab_size, n_layer=1, n_embd=32):
+            config = GPT2Config(vocab_size=vocab_size, n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64,
+                                bos_token_id=0, eos_token_id=0)
+            return GPT2LMHeadModel(config)
+        """, name="hf_gpt2.py")
+    corpus = write_corpus(tmp_path / "corpus.txt", sentences=1500)
+    too_long = run_cli("train", "--model", model, "--data", corpus, "--seq-len", "128", cwd=tmp_path)
+    assert_user_error(too_long, "--seq-len 128 is longer than the model's 64 positions")
+    result = run_cli("train", "--model", model, "--data", corpus, "--tokenizer", "bpe:300", "--seq-len", "32",
+                     "--max-steps", "20", "--eval-every", "20", "--eval-batches", "2", "--lr", "0.005",
+                     "--precision", "bf16", "--name", "hf", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "hf"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["precision"] == "bf16" and summary["final_val_loss"] < 5.0  # from ln(300) = 5.7
+    start = json.loads((run_dir / "events.jsonl").read_text().splitlines()[0])
+    assert start["vocab_size"] == 300
+
+
+BAD_MODEL = """
+import torch
+class Model(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.e = torch.nn.Embedding(256, 16)
+    def forward(self, input_ids):
+        return self.e(input_ids)[:, -1]     # forgot the per-position logits
+"""
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--data", "missing.txt"], ["'missing.txt' does not exist"]),
+    (["--data", "empty.txt"], ["is empty"]),
+    (["--data", "latin1.txt"], ["not valid UTF-8", "offset 9"]),
+    (["--model", "bad_model.py"], ["returned logits of shape [2, 16]", "[B, T, V]"]),
+    (["--model", "no_such_model.py"], ["does not exist"]),
+    (["--model-arg", "vocab_size=40"], ["token id", "only 40 outputs", "vocab_size"]),
+    (["--seq-len", "100"], ["longer than the model's 64 positions"]),
+    (["--precision", "fp8"], ["--precision 'fp8'", "auto, fp32, bf16, fp16"]),
+    (["--max-steps", "many"], ["--max-steps", "invalid int value"]),
+    (["--bogus-option"], ["unrecognized arguments: --bogus-option"]),
+    (["--config", "typo.toml"], ["Unknown option 'batch_sise'", "did you mean 'batch_size'"]),
+    (["--device", "cuda"], ["sees no CUDA device"]),
+    (["--tokenizer", "nope/tokenizer.json"], ["does not exist"]),
+])
+def test_user_errors_exit_2_with_one_plain_message(tmp_path, args, fragments):
+    if "cuda" in args:
+        pytest.importorskip("torch")
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xc3\xa9 caf\xe9\n")
+    (tmp_path / "typo.toml").write_text("batch_sise = 4\n")
+    write_model(tmp_path, BAD_MODEL, name="bad_model.py")
+    model_args = [] if "--model" in args else TINY
+    result = run_cli("train", *model_args, *SHAPE, "--max-steps", "2", *args, cwd=tmp_path)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_user_error_never_touches_an_existing_run(tmp_path):
+    first = run_cli("train", *FAST, "--max-steps", "3", "--eval-every", "0", "--name", "keep", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "runs" / "keep"
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    again = run_cli("train", *FAST, "--max-steps", "3", "--name", "keep", cwd=tmp_path)
+    assert_user_error(again, "already exists")
+    bad = run_cli("train", *FAST, "--name", "keep", "--data", "missing.txt", "--precision", "fp16", cwd=tmp_path)
+    assert_user_error(bad, "already exists")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_ctrl_c_exits_130_and_closes_the_run(tmp_path):
+    env = dict(os.environ)
+    proc = subprocess.Popen([sys.executable, "-m", "tierlab", "train", *FAST, "--max-steps", "100000",
+                             "--log-every", "5", "--eval-every", "0", "--name", "stop"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "stop" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    run_dir = tmp_path / "runs" / "stop"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["steps"] >= 10
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "run_end" and events[-1]["status"] == "interrupted"
+    assert (run_dir / "model.safetensors").is_file()

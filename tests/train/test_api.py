@@ -1,0 +1,135 @@
+"""tierlab.train: the run directory contract, set-up checks, and what a failed set-up leaves behind."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import tierlab
+from helpers import TINY_MODEL, fast_config, write_corpus, write_model
+from tierlab.errors import ConfigError, DataError, ModelError
+
+TRAIN_FIELDS = {"kind", "step", "tokens", "loss", "lr", "grad_norm", "loss_scale", "skipped_steps", "tokens_per_s",
+                "step_ms", "mem_peak_mb", "mfu"}
+EVAL_FIELDS = {"kind", "step", "tokens", "val_loss", "val_ppl", "val_acc"}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return tierlab.train(config=fast_config(tmp_path_factory.mktemp("api"), max_steps=20, log_every=5, eval_every=10))
+
+
+def test_run_directory_holds_the_whole_story(run):
+    names = {p.name for p in run.dir.iterdir()}
+    assert {"config.json", "metrics.jsonl", "events.jsonl", "summary.json", "model.safetensors"} <= names
+    train, evals = run.metrics("train"), run.metrics("eval")
+    assert [r["step"] for r in train] == [5, 10, 15, 20]
+    assert [r["step"] for r in evals] == [10, 20]
+    assert all(set(r) == TRAIN_FIELDS for r in train)
+    assert all(set(r) == EVAL_FIELDS for r in evals)
+    tokens_per_step = 8 * 32
+    assert [r["tokens"] for r in train] == [s * tokens_per_step for s in (5, 10, 15, 20)]
+    last = train[-1]
+    assert last["loss_scale"] is None and last["mfu"] is None and last["skipped_steps"] == 0
+    assert last["tokens_per_s"] > 0 and last["step_ms"] > 0 and last["mem_peak_mb"] > 0
+    assert 0 < last["grad_norm"] < 100 and 0 < last["lr"] <= 1e-2
+    assert evals[-1]["val_ppl"] == pytest.approx(math.exp(evals[-1]["val_loss"]))
+    assert 0 <= evals[-1]["val_acc"] <= 1
+
+
+def test_events_and_summary(run):
+    events = run.events()
+    assert events[0]["event"] == "run_start" and events[-1]["event"] == "run_end"
+    assert all("time" in e for e in events)
+    (precision,) = run.events("precision")
+    assert precision["requested"] == "fp32" and precision["used"] == "fp32" and precision["reason"]
+    assert run.events("run_end")[0]["status"] == "completed"
+    s = run.summary
+    assert s["steps"] == 20 and s["tokens"] == 20 * 8 * 32 and s["precision"] == "fp32"
+    assert s["skipped_steps"] == 0 and s["final_loss_scale"] is None and s["wall_seconds"] > 0
+    assert s["best_val_loss"] <= s["final_val_loss"] and s["median_tokens_per_s"] > 0
+
+
+def test_final_weights_are_the_trained_model_in_safetensors(run):
+    saved = load_file(str(run.weights_path))
+    state = run.model.state_dict()
+    assert saved.keys() <= state.keys()
+    assert all(torch.equal(saved[k], state[k]) for k in saved)
+
+
+def test_resolved_config_round_trips(run, tmp_path):
+    config = run.config
+    assert config["warmup_steps"] == 1 and config["min_lr"] == pytest.approx(1e-3)
+    again = tierlab.train(config={**config, "out": str(tmp_path), "name": "again"})
+    assert {k: v for k, v in again.config.items() if k not in ("out", "name")} == \
+           {k: v for k, v in config.items() if k not in ("out", "name")}
+    assert [r["loss"] for r in again.metrics("train")] == [r["loss"] for r in run.metrics("train")]
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt", sentences=300)
+    run = tierlab.train(config=fast_config(tmp_path, data=str(corpus), epochs=0.5, max_steps=None,
+                                            eval_every=0))
+    train_tokens = len(corpus.read_bytes()) - int(len(corpus.read_bytes()) * 0.1)
+    assert run.summary["steps"] == math.ceil(0.5 * train_tokens / (8 * 32))
+    assert run.metrics("eval") == []
+
+
+def test_existing_run_directory_is_refused_and_untouched(tmp_path):
+    cfg = fast_config(tmp_path)
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.jsonl").write_text('{"precious": true}\n')
+    with pytest.raises(ConfigError, match="already exists"):
+        tierlab.train(config=cfg)
+    assert [p.name for p in run_dir.iterdir()] == ["metrics.jsonl"]
+    assert (run_dir / "metrics.jsonl").read_text() == '{"precious": true}\n'
+
+
+@pytest.mark.parametrize("source, changes, error, fragment", [
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 8)\n    def forward(self, ids):\n        return self.e(ids).mean(1)\n",
+     {}, ModelError, "returned logits of shape [2, 8]"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(48, 48)\n    def forward(self, ids):\n        return self.e(ids)\n", {},
+     DataError, "only 48 outputs"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 4)\n    def forward(self, ids):\n        return self.e(ids).sum(-1)\n",
+     {}, ModelError, "returned logits of shape [2, 32]"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n        return {'hidden': ids}\n",
+     {}, ModelError, "holds no logits"),
+    (None, {"seq_len": 128}, ModelError, "longer than the model's 64 positions"),
+])
+def test_bad_models_fail_before_the_run_directory_exists(tmp_path, source, changes, error, fragment):
+    spec = str(write_model(tmp_path, source)) if source else "tiny-gpt"
+    cfg = fast_config(tmp_path, model=spec, model_args={} if source else dict(TINY_MODEL), **changes)
+    with pytest.raises(error) as err:
+        tierlab.train(config=cfg)
+    assert fragment in str(err.value)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("text, changes, fragment", [
+    ("", {}, "is empty"),
+    ("short\n", {}, "fewer than one block"),
+    ("x" * 300, {"val_fraction": 0.05}, "validation split"),
+])
+def test_too_little_data_is_a_data_error(tmp_path, text, changes, fragment):
+    path = tmp_path / "c.txt"
+    path.write_text(text)
+    with pytest.raises(DataError, match=fragment):
+        tierlab.train(config=fast_config(tmp_path, data=str(path), **changes))
+
+
+def test_in_memory_model_and_bpe_on_a_user_corpus(tmp_path):
+    corpus = write_corpus(tmp_path / "c.txt", sentences=2000)
+    model = tierlab.train(config=fast_config(tmp_path, data=str(corpus), tokenizer="bpe:320", max_steps=30,
+                                             eval_every=30)).model
+    assert model.tok_emb.num_embeddings == 320  # vocab_size passed from the tokenizer
+    run_dir = tmp_path / "runs" / "run"
+    assert json.loads((run_dir / "tokenizer.json").read_text())["model"]["type"] == "BPE"
+    evals = tierlab.Run.load(run_dir).metrics("eval")
+    assert evals[-1]["val_loss"] < math.log(320) - 1.0
