@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="tierlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="tierlab", description="Check a hand-built PyTorch transformer and train it fast "
+                                                 "and safely in mixed precision.")
     parser.add_argument("--version", action="version", version=f"tierlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     train = sub.add_parser("train", help="train a model (the built-in tiny GPT on built-in data by default)",
@@ -39,23 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Option groups of `tierlab train --help`, in the README's order.
+_GROUPS = {
+    "model": ("model", "model_args"),
+    "data": ("data", "tokenizer", "val_fraction"),
+    "precision and device": ("precision", "strict_precision", "device", "loss_scale_init",
+                             "loss_scale_growth_interval"),
+    "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
+    "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
+    "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
+}
+
+
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     helps, hints = field_help(), _type_hints()
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "model_args":
-            parser.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
-                                default=argparse.SUPPRESS,
-                                help="argument for the model factory (repeatable; VALUE read as JSON when it parses)")
-            continue
-        types, _ = hints[f.name]
-        default_text = f" (default: {f.default})" if f.default is not None else ""
-        if bool in types:
-            parser.add_argument(flag, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=helps[f.name])
-        else:
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(fields) == {n for names in _GROUPS.values() for n in names}, "every option needs a help group"
+    for title, names in _GROUPS.items():
+        group = parser.add_argument_group(title)
+        for name in names:
+            f, flag = fields[name], "--" + name.replace("_", "-")
+            if name == "model_args":
+                group.add_argument("--model-arg", dest="model_args", action="append", metavar="KEY=VALUE",
+                                   default=argparse.SUPPRESS,
+                                   help="argument for the model factory (repeatable; VALUE read as JSON when it "
+                                        "parses)")
+                continue
+            types, _ = hints[name]
+            if bool in types:
+                group.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=helps[name])
+                continue
             kind = float if float in types else types[0]
-            parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                                help=helps[f.name] + default_text.replace("%", "%%"))
+            metavar = {int: "N", float: "X"}.get(kind, name.upper())
+            default_text = f" (default: {f.default})" if f.default is not None else ""
+            group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, metavar=metavar,
+                               help=helps[name] + default_text.replace("%", "%%"))
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
