@@ -94,14 +94,13 @@ def test_low_precision_stays_close_to_fp32(precision_runs, precision):
 SYNC_METHODS = ["item", "__float__", "__int__", "__bool__", "tolist"]
 
 
-@pytest.mark.parametrize("precision", ["fp16", "fp32"])
-def test_no_host_sync_between_log_steps(tmp_path, precision):
-    """Counts every Tensor.item/float/int/bool/tolist and GradScaler.get_scale inside train_step.
+def syncs_inside_train_step(train):
+    """Run ``train()`` and return the host-sync calls made inside ``Trainer.train_step``.
 
-    The run includes an overflow (a skipped step, a scale change) so the skip path is covered.
+    Counts every Tensor.item/float/int/bool/tolist and GradScaler.get_scale: the calls that
+    make the host wait for the device. Log steps (``flush``) run outside train_step.
     """
-    calls = []
-    in_step = [False]
+    calls, in_step = [], [False]
 
     def spy(name, original):
         def wrapper(*args, **kwargs):
@@ -119,19 +118,27 @@ def test_no_host_sync_between_log_steps(tmp_path, precision):
         finally:
             in_step[0] = False
 
-    cfg = fast_config(tmp_path, precision=precision, max_steps=8, log_every=4, eval_every=4, grad_accum=2)
     with pytest.MonkeyPatch.context() as mp:
         for name in SYNC_METHODS:
             mp.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
         mp.setattr(torch.amp.GradScaler, "get_scale", spy("get_scale", torch.amp.GradScaler.get_scale))
         mp.setattr(loop_mod.Trainer, "train_step", marked_step)
-        run = tierlab.train(SpikeAt(_model(), at=3, factor=1e6 if precision == "fp16" else float("inf")), config=cfg)
+        result = train()
+    return calls, result
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_no_host_sync_between_log_steps(tmp_path, precision):
+    """The run includes an overflow (a skipped step, a scale change), so the skip path is covered."""
+    cfg = fast_config(tmp_path, precision=precision, max_steps=8, log_every=4, eval_every=4, grad_accum=2)
+    model = SpikeAt(_model(), at=3, factor=1e6 if precision == "fp16" else float("inf"))
+    calls, run = syncs_inside_train_step(lambda: tierlab.train(model, config=cfg))
     assert run.summary["skipped_steps"] == 1  # the overflow happened, inside the watched steps
     assert calls == []
 
 
-def test_spy_detects_a_sync_in_the_step(tmp_path):
-    """The sync detector above is not vacuous: a model that calls .item() is caught."""
+def test_sync_detector_catches_a_sync_in_the_step(tmp_path):
+    """The detector above is not vacuous: a model that calls .item() in forward is caught."""
     class Syncing(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -142,28 +149,9 @@ def test_spy_detects_a_sync_in_the_step(tmp_path):
             logits.mean().item()
             return logits
 
-    seen = []
-    original_item = torch.Tensor.item
-    original_step = loop_mod.Trainer.train_step
-    flag = [False]
-
-    def item(self):
-        if flag[0]:
-            seen.append(1)
-        return original_item(self)
-
-    def step(self):
-        flag[0] = True
-        try:
-            original_step(self)
-        finally:
-            flag[0] = False
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.Tensor, "item", item)
-        mp.setattr(loop_mod.Trainer, "train_step", step)
-        tierlab.train(Syncing(), config=fast_config(tmp_path, max_steps=2, eval_every=0))
-    assert len(seen) == 2
+    calls, _ = syncs_inside_train_step(
+        lambda: tierlab.train(Syncing(), config=fast_config(tmp_path, max_steps=2, eval_every=0)))
+    assert calls == ["item", "item"]
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):
