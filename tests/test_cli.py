@@ -160,12 +160,12 @@ def test_user_error_never_touches_an_existing_run(tmp_path):
     first = run_cli("train", *FAST, "--max-steps", "3", "--eval-every", "0", "--name", "keep", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / "runs" / "keep"
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     again = run_cli("train", *FAST, "--max-steps", "3", "--name", "keep", cwd=tmp_path)
     assert_user_error(again, "already exists")
     bad = run_cli("train", *FAST, "--name", "keep", "--data", "missing.txt", "--precision", "fp16", cwd=tmp_path)
     assert_user_error(bad, "already exists")
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
 def test_ctrl_c_exits_130_and_closes_the_run(tmp_path):

@@ -2,7 +2,8 @@
 
 from .config import TrainConfig
 from .errors import UserError
-from .train import Run, train
+from .sample import generate, load
+from .train import Diverged, Run, resume, train
 
-__all__ = ["Run", "TrainConfig", "UserError", "train"]
+__all__ = ["Diverged", "Run", "TrainConfig", "UserError", "generate", "load", "resume", "train"]
 __version__ = "0.1.0"

@@ -18,7 +18,7 @@ from .errors import UserError
 log = logging.getLogger("tierlab")
 
 EXIT_USER_ERROR = 2
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130  # also after SIGTERM: the run was checkpointed and can be resumed
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,6 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
                                        "come from --config FILE (TOML or JSON); command-line values win.")
     train.add_argument("--config", metavar="FILE", help="TOML or JSON file of options (e.g. a run's config.json)")
     _add_config_options(train)
+    sample = sub.add_parser("sample", help="print a continuation of a prompt from a trained run",
+                            description="Load a run's final weights (or a checkpoint) and its tokenizer, and "
+                                        "sample a continuation of --prompt.")
+    sample.add_argument("run", help="run directory, e.g. runs/NAME")
+    sample.add_argument("--prompt", required=True, help="text to continue")
+    sample.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
+    sample.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 picks the likeliest token")
+    sample.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens")
+    sample.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
+    sample.add_argument("--checkpoint", default=None, metavar="PATH", help="use this checkpoint's weights")
+    sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     return parser
 
 
@@ -48,6 +59,8 @@ _GROUPS = {
                              "loss_scale_growth_interval"),
     "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
+    "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "on_nonfinite",
+                               "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
     "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
 }
 
@@ -78,9 +91,17 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:
-    """File values first, then the options given on the command line."""
+    """The checkpoint's config when resuming, then the file's values, then the command line's."""
     given: dict[str, Any] = {k: v for k, v in vars(ns).items() if k not in ("command", "config")}
-    values = load_config_file(ns.config) if ns.config else {}
+    file_values = load_config_file(ns.config) if ns.config else {}
+    resume = given.get("resume", file_values.get("resume"))
+    values: dict[str, Any] = {}
+    if resume:
+        from .train.resume import base_config
+
+        values = base_config(resume, given.get("out", file_values.get("out", "runs")),
+                             given.get("name", file_values.get("name"))) or {}
+    values.update(file_values)
     model_args = dict(values.get("model_args") or {})
     for item in given.pop("model_args", []):
         key, value = parse_model_arg(item)
@@ -96,12 +117,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
+    from .train.guards import Diverged
+
     try:
         if ns.command == "train":
             return _train(ns)
+        if ns.command == "sample":
+            return _sample(ns)
     except UserError as err:
         sys.stderr.write(f"tierlab: error: {err}\n")
         return EXIT_USER_ERROR
+    except Diverged as err:
+        sys.stderr.write(f"tierlab: {err}\n")
+        return Diverged.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("tierlab: interrupted\n")
         return EXIT_INTERRUPTED
@@ -122,4 +150,14 @@ def _train(ns: argparse.Namespace) -> int:
         tps = f"{s['median_tokens_per_s']:.0f}" if s["median_tokens_per_s"] else "n/a"
         print(f"done: {run.dir}  steps {s['steps']}  loss {loss}  val_loss {val}  precision {s['precision']}  "
               f"skipped {s['skipped_steps']}  {tps} tokens/s")
+    return 0
+
+
+def _sample(ns: argparse.Namespace) -> int:
+    from .sample import generate, load
+    from .train.device import resolve_device
+
+    model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)))
+    text = generate(model, tokenizer, ns.prompt, ns.max_new_tokens, ns.temperature, ns.top_k, ns.seed)
+    print(text)
     return 0

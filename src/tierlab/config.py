@@ -26,6 +26,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NONFINITE_POLICIES = ("skip", "raise", "rollback")
+# Options that say how to run, not what the run is: never part of a run's identity.
+SESSION_OPTIONS = ("resume", "allow_config_change", "quiet")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -61,6 +64,17 @@ class TrainConfig:
     clip_grad: float = _opt(1.0, "clip the global gradient norm to this value (0 disables clipping)")
     loss_scale_init: float = _opt(2.0**16, "initial fp16 loss scale")
     loss_scale_growth_interval: int = _opt(2000, "fp16: steps without overflow before the scale doubles")
+    # --- checkpoints and faults --------------------------------------------------------
+    ckpt_every: int = _opt(250, "optimizer steps between checkpoints (0: only at the end and on interrupt)")
+    keep_ckpts: int = _opt(3, "checkpoints kept (the newest ones)")
+    resume: str | None = _opt(None, "a run directory or checkpoint file to continue, or auto (the run --name)")
+    allow_config_change: bool = _opt(False, "on resume, accept changed options such as --max-steps or --lr")
+    on_nonfinite: str = _opt("skip", "skip, raise or rollback when the loss (or, without fp16, a gradient) is "
+                             "not finite")
+    rollback_lr_factor: float = _opt(0.5, "rollback: multiply the learning rate by this after each rollback")
+    max_rollbacks: int = _opt(3, "rollback: give up after this many rollbacks")
+    max_consecutive_skips: int = _opt(25, "stop with a diagnosis after this many skipped steps in a row")
+    min_loss_scale: float = _opt(1.0, "stop with a diagnosis when the fp16 loss scale falls below this")
     # --- observation ------------------------------------------------------------------
     log_every: int = _opt(10, "optimizer steps between metric records (the only host syncs)")
     eval_every: int = _opt(100, "optimizer steps between evaluations (0 disables evaluation)")
@@ -136,6 +150,17 @@ class TrainConfig:
              "use e.g. 0.9 and 0.95.")
         need(math.isfinite(self.clip_grad) and self.clip_grad >= 0,
              f"--clip-grad must be 0 (off) or positive, got {self.clip_grad}.", "pass e.g. --clip-grad 1.0.")
+        need(self.ckpt_every >= 0, f"--ckpt-every must be 0 or positive, got {self.ckpt_every}.",
+             "pass e.g. --ckpt-every 500.")
+        need(self.keep_ckpts >= 1, f"--keep-ckpts must be at least 1, got {self.keep_ckpts}.", "pass e.g. 3.")
+        need(self.on_nonfinite in NONFINITE_POLICIES, f"--on-nonfinite {self.on_nonfinite!r} is not a policy.",
+             f"use one of {', '.join(NONFINITE_POLICIES)}.")
+        need(0 < self.rollback_lr_factor <= 1, f"--rollback-lr-factor must be in (0, 1], got "
+             f"{self.rollback_lr_factor}.", "use e.g. 0.5.")
+        need(self.max_rollbacks >= 0 and self.max_consecutive_skips >= 1,
+             "--max-rollbacks must be 0 or more and --max-consecutive-skips at least 1.", "use e.g. 3 and 25.")
+        need(self.min_loss_scale >= 0, f"--min-loss-scale must be 0 or more, got {self.min_loss_scale}.",
+             "use e.g. 1.0.")
         need(self.loss_scale_init > 0 and math.isfinite(self.loss_scale_init),
              f"--loss-scale-init must be positive, got {self.loss_scale_init}.", "use e.g. 65536.")
         tok = self.tokenizer

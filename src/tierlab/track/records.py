@@ -29,6 +29,16 @@ class JsonlWriter:
         self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._fh.flush()
 
+    def tell(self) -> int:
+        """Bytes written so far: a checkpoint records it so a resume can cut the file back."""
+        return self._fh.tell()
+
+    def truncate(self, size: int) -> None:
+        """Cut the file back to ``size`` bytes (records written after a checkpoint)."""
+        self._fh.flush()
+        self._fh.truncate(min(size, self._fh.seek(0, 2)))
+        self._fh.seek(0, 2)
+
     def close(self) -> None:
         self._fh.close()
 

@@ -1,7 +1,8 @@
 """Training: the precision policy, schedule, loop and run directory."""
 
-from .api import train
+from .api import resume, train
+from .guards import Diverged
 from .precision import PrecisionDecision, PrecisionPolicy, decide_precision
 from .run import Run
 
-__all__ = ["PrecisionDecision", "PrecisionPolicy", "Run", "decide_precision", "train"]
+__all__ = ["Diverged", "PrecisionDecision", "PrecisionPolicy", "Run", "decide_precision", "resume", "train"]

@@ -7,13 +7,16 @@ created, so a mistake costs nothing and never touches an existing run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
+import signal
 import statistics
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -25,9 +28,13 @@ from ..data import TokenData, prepare_data
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
 from ..track import EventLog, JsonlWriter
+from .checkpoint import load_checkpoint
 from .device import resolve_device
+from .guards import Diverged
 from .loop import Trainer
 from .precision import PrecisionPolicy, decide_precision
+from .resume import (base_config, check_same_data, check_same_model, check_same_run, find_checkpoint,
+                     model_fingerprint, set_aside)
 from .run import CONFIG, EVENTS, METRICS, SUMMARY, Run, default_run_name, write_json_atomic
 from .schedule import default_warmup
 
@@ -45,8 +52,10 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     """Train ``model_or_path`` (a module, ``"tiny-gpt"`` or ``"path.py[:factory]"``) on ``data``.
 
     ``config`` is a :class:`TrainConfig` or a dict of its fields; ``model_or_path`` and
-    ``data``, when given, override the config's ``model`` and ``data``.  Returns the
-    :class:`Run`.  Raises :class:`UserError` for anything the user can fix.
+    ``data``, when given, override the config's ``model`` and ``data``.  With
+    ``config.resume`` set, continues that run from its checkpoint (see :func:`resume`).
+    Returns the :class:`Run`.  Raises :class:`UserError` for anything the user can fix and
+    :class:`Diverged` when training stops for non-finite values.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_mapping(dict(config or {}), "config")
     if isinstance(model_or_path, str):
@@ -56,14 +65,28 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
                          "pass a torch.nn.Module, 'tiny-gpt' or the path of a model file.")
     if data is not None:
         cfg = cfg.replace(data=str(data))
+
+    # --- what to resume, if anything -----------------------------------------------------
+    ckpt_path, resume_state = None, None
+    if cfg.resume:
+        run_dir, ckpt_path = find_checkpoint(cfg.resume, cfg.out, cfg.name)
+        if ckpt_path is not None:
+            resume_state = load_checkpoint(ckpt_path)
+            cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
+            check_same_run(cfg, resume_state["config"], ckpt_path)
+        elif run_dir.exists():
+            set_aside(run_dir)
     if cfg.name is None:
         cfg = cfg.replace(name=default_run_name())
-
     run_dir = Path(cfg.out) / cfg.name
-    _refuse_existing(run_dir)
+    if resume_state is None:
+        _refuse_existing(run_dir)
+
     device = resolve_device(cfg.device)
     _seed_everything(cfg.seed)
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
+    if resume_state is not None:
+        check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or _steps_for_epochs(cfg, tokens)
     if cfg.warmup_steps is None:
         cfg = cfg.replace(warmup_steps=default_warmup(max_steps))
@@ -74,58 +97,132 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
 
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
-        cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
+        if resume_state is None:
+            cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     else:
         model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
+    if resume_state is not None:
+        check_same_model(resume_state, model, ckpt_path)
     model.to(device)
     vocab = _probe_model(model, cfg, tokens, device)
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
 
-    # --- every check passed: only now does the run directory come into being -------------
-    run_dir.mkdir(parents=True)
-    write_json_atomic(run_dir / CONFIG, cfg.to_dict())
-    tokens.tokenizer.save(run_dir)
-    metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
-    events.emit("run_start", device=str(device), torch=torch.__version__, max_steps=max_steps,
-                params=sum(p.numel() for p in model.parameters()), vocab_size=vocab,
-                tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
-                train_tokens=len(tokens.train), val_tokens=len(tokens.val))
+    # --- every check passed: only now is the run directory written -------------------------
+    metrics, events = _open_run_dir(run_dir, cfg, tokens, resume_state)
+    identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
+                "tokenizer": tokens.tokenizer.identity, "corpus_sha256": tokens.corpus_hash,
+                "model_fingerprint": model_fingerprint(model)}
+    trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
+        events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps)
+        log.info("resumed %s at step %d", ckpt_path, trainer.state.step)
+    else:
+        events.emit("run_start", device=str(device), torch=torch.__version__, max_steps=max_steps,
+                    params=sum(p.numel() for p in model.parameters()), vocab_size=vocab,
+                    tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
+                    train_tokens=len(tokens.train), val_tokens=len(tokens.val))
     events.emit("precision", **decision.as_event())
     log.info("precision: %s (%s)", decision.used, decision.reason)
     if decision.warning:
         log.warning("%s", decision.warning)
 
-    trainer = Trainer(model, tokens, cfg, policy, device, metrics, events, max_steps, progress)
     started, status = time.perf_counter(), "failed"
     try:
-        trainer.fit()
+        with _graceful_stop(trainer):
+            trainer.fit()
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
         events.emit("interrupted", step=trainer.state.step)
         raise
+    except Diverged:
+        status = "diverged"
+        raise
     finally:
-        if trainer.buffered:  # steps done since the last log step still get their record
-            trainer.flush()
-        wall = time.perf_counter() - started
-        summary = {
-            "status": status, "steps": trainer.state.step, "tokens": trainer.state.step * trainer.tokens_per_step,
-            "final_loss": trainer.state.last_loss, "final_val_loss": trainer.state.last_val_loss,
-            "best_val_loss": trainer.state.best_val_loss, "precision": decision.used,
-            "precision_requested": decision.requested, "skipped_steps": trainer.state.skipped_steps,
-            "final_loss_scale": trainer.state.loss_scale, "wall_seconds": wall,
-            "median_tokens_per_s": statistics.median(trainer.state.tokens_per_s) if trainer.state.tokens_per_s
-            else None,
-        }
-        save_model(model, str(run_dir / "model.safetensors"))
-        write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
-        events.emit("run_end", status=status, steps=trainer.state.step, wall_seconds=wall)
-        metrics.close()
-        events.close()
-    log.info("run finished: %s (%d steps, %.1f s)", run_dir, trainer.state.step, wall)
+        _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events)
+    log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
+
+
+def resume(run_or_checkpoint: str | Path, changes: Mapping[str, Any] | None = None, *,
+           model: nn.Module | None = None, progress: Progress | None = None,
+           cache_dir: str | Path | None = None) -> Run:
+    """Continue a run from its latest checkpoint (or the given checkpoint file).
+
+    ``changes`` are options to alter (e.g. ``{"max_steps": 2000, "allow_config_change": True}``);
+    everything else comes from the checkpoint. Pass ``model`` for a run trained on an
+    in-memory module.
+    """
+    values = base_config(str(run_or_checkpoint), "runs", None)
+    values = {**values, **dict(changes or {}), "resume": str(run_or_checkpoint)}
+    return train(model, None, TrainConfig.from_mapping(values, "resume"), progress=progress, cache_dir=cache_dir)
+
+
+def _open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
+                  resume_state: dict[str, Any] | None) -> tuple[JsonlWriter, EventLog]:
+    """Create (or, on resume, cut back) the run directory's files; unwritable places are user errors."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=resume_state is not None)
+        write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
+        tokens.tokenizer.save(run_dir)
+        metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
+    except OSError as exc:
+        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {exc.strerror or exc}.",
+                        "choose a writable place with --out DIR (and free disk space if it is full).") from None
+    if resume_state is not None:
+        # Records written after the checkpoint would be written again: cut them off.
+        metrics.truncate(resume_state["records"]["metrics"])
+        events.truncate(resume_state["records"]["events"])
+    return metrics, events
+
+
+def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, wall: float,
+               metrics: JsonlWriter, events: EventLog) -> None:
+    if trainer.buffered:  # steps done since the last log step still get their record
+        try:
+            trainer.flush()
+        except Diverged:
+            pass  # already diverging or interrupted: the record is written, the verdict stands
+    state = trainer.state
+    summary = {
+        "status": status, "steps": state.step, "tokens": state.step * trainer.tokens_per_step,
+        "final_loss": state.last_loss, "final_val_loss": state.last_val_loss,
+        "best_val_loss": state.best_val_loss, "precision": decision.used,
+        "precision_requested": decision.requested, "skipped_steps": state.skipped_steps,
+        "final_loss_scale": state.loss_scale, "wall_seconds": wall,
+        "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
+        "rollbacks": trainer.guard.state.rollbacks,
+    }
+    save_model(model, str(run_dir / "model.safetensors"))
+    write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
+    events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
+    metrics.close()
+    events.close()
+
+
+@contextlib.contextmanager
+def _graceful_stop(trainer: Trainer) -> Iterator[None]:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (exit 130). A second signal aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if trainer.stop_requested:
+            raise KeyboardInterrupt
+        trainer.stop_requested = True
+        log.warning("%s: stopping after this step with a checkpoint (press Ctrl-C again to abort at once)",
+                    signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _refuse_existing(run_dir: Path) -> None:

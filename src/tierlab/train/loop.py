@@ -7,17 +7,20 @@ non-finite -> advance the LR schedule only if the step happened.
 Nothing in ``train_step`` reads a tensor back to the host: losses, norms, learning rates,
 loss scales and skip flags go into a small device buffer, and ``flush`` reads that buffer
 once per log step (the only host sync), turning it into metric records and into events
-stamped with the exact step they happened at.
+stamped with the exact step they happened at.  Checkpoint steps are log steps too, so a
+checkpoint never holds half a window and a resumed run writes exactly the same records.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +31,9 @@ from ..config import TrainConfig
 from ..data import BlockSampler, TokenData, blocks_at, eval_starts
 from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .flops import flops_per_token, peak_flops
+from .guards import Diverged, Guard, GuardState
 from .precision import PrecisionPolicy
 from .schedule import WarmupCosine
 
@@ -52,7 +57,7 @@ class LoopState:
     last_loss: float | None = None
     best_val_loss: float | None = None
     last_val_loss: float | None = None
-    tokens_per_s: list[float] = field(default_factory=list)
+    tokens_per_s: list = field(default_factory=list)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[torch.optim.AdamW, torch.Tensor]:
@@ -72,36 +77,58 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
 
 class Trainer:
     def __init__(self, model: nn.Module, data: TokenData, cfg: TrainConfig, policy: PrecisionPolicy,
-                 device: torch.device, metrics: JsonlWriter, events: EventLog, max_steps: int,
-                 progress: Progress | None = None):
+                 device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
+                 identity: dict[str, Any], progress: Progress | None = None):
         self.model, self.data, self.cfg, self.policy, self.device = model, data, cfg, policy, device
-        self.metrics, self.events, self.max_steps, self.progress = metrics, events, max_steps, progress
+        self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
+        self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
         self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, max_steps)
         self.sampler = BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed)
+        self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
+                           has_scaler=policy.scaler is not None)
+        self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.real_steps = torch.zeros((), dtype=torch.int64, device=device)  # steps that updated weights
-        self.buffer = torch.zeros(cfg.log_every, 5, dtype=torch.float32, device=device)
+        self.buffer = torch.zeros(max(cfg.log_every, cfg.ckpt_every or 1), 5, dtype=torch.float32, device=device)
+        # Per-parameter gradient norms of the first skipped step since the last log step (diagnosis).
+        self.first_bad_norms = torch.zeros(len(self.params), dtype=torch.float32, device=device)
+        self.have_bad = torch.zeros((), dtype=torch.bool, device=device)
         self.buffered = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
         self.flops_per_token = flops_per_token(model, cfg.seq_len)
         self.peak = peak_flops(device, policy.name)
         self._eval_starts = eval_starts(len(data.val), cfg.seq_len, cfg.batch_size, cfg.eval_batches)
+        self.stop_requested = False  # set by the SIGINT/SIGTERM handler; checked between steps
+        self.last_checkpoint_step: int | None = None
         self._window_start, self._window_excluded = time.perf_counter(), 0.0
 
     # ----------------------------------------------------------------------- loop
     def fit(self) -> LoopState:
+        cfg = self.cfg
         self.model.train()
         if self.progress:
             self.progress.start(self.max_steps)
+        if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.run_dir) is None:
+            self.checkpoint()  # rollback needs a good state to return to, even at step 0
         self._window_start, self._window_excluded = time.perf_counter(), 0.0
-        for step in range(self.state.step + 1, self.max_steps + 1):
+        while self.state.step < self.max_steps:
             self.train_step()
-            self.state.step = step
-            if step % self.cfg.log_every == 0 or step == self.max_steps:
-                self.flush()
-            if self.cfg.eval_every and (step % self.cfg.eval_every == 0 or step == self.max_steps):
+            self.state.step += 1
+            step = self.state.step
+            ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
+            if step % cfg.log_every == 0 or step == self.max_steps or ckpt_due or self.stop_requested:
+                if self.flush() == "rollback":
+                    self.rollback()
+                    continue
+            if cfg.eval_every and (step % cfg.eval_every == 0 or step == self.max_steps):
                 self.evaluate()
+            if ckpt_due or self.stop_requested:
+                self.checkpoint()
+            if self.stop_requested:
+                raise KeyboardInterrupt
+        if self.last_checkpoint_step != self.state.step:
+            self.checkpoint()
         return self.state
 
     def train_step(self) -> None:
@@ -120,10 +147,14 @@ class Trainer:
             policy.backward(loss / cfg.grad_accum)
             loss_sum += loss.detach()
         policy.unscale_(self.optimizer)
-        grad_norm = _clip(self.model, cfg.clip_grad)  # pre-clip norm of the true gradient
+        grad_norm, param_norms = self._clip()  # pre-clip norm of the true gradient
         skipped = policy.step(self.optimizer, grad_norm)
         self.optimizer.zero_grad(set_to_none=True)
         self.real_steps += (~skipped).to(torch.int64)
+        # Keep the per-parameter norms of the window's first skipped step, for the diagnosis.
+        take = skipped & ~self.have_bad
+        self.first_bad_norms = torch.where(take, param_norms, self.first_bad_norms)
+        self.have_bad |= skipped
         scale = policy.loss_scale
         self.buffer[self.buffered] = torch.stack([
             loss_sum / cfg.grad_accum, grad_norm.float(), self.lr,
@@ -131,24 +162,53 @@ class Trainer:
             skipped.float()])
         self.buffered += 1
 
+    def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(total norm, per-parameter norms) before clipping; clips in place when --clip-grad > 0.
+
+        The same arithmetic as clip_grad_norm_, kept in the open because the per-parameter
+        norms name the layers that went non-finite, at no extra cost.
+        """
+        grads = [p.grad for _, p in self.params]
+        present = [g for g in grads if g is not None]
+        norms = torch._foreach_norm(present) if present else []
+        it = iter(norms)
+        zero = torch.zeros((), device=self.device)
+        per_param = torch.stack([next(it).float() if g is not None else zero for g in grads])
+        total = torch.linalg.vector_norm(per_param)
+        if self.cfg.clip_grad > 0 and present:
+            coef = torch.clamp(self.cfg.clip_grad / (total + 1e-6), max=1.0)
+            torch._foreach_mul_(present, coef)
+        return total, per_param
+
     # ----------------------------------------------------------------------- logging
-    def flush(self) -> dict[str, Any]:
-        """Read the buffered steps (the one host sync) and write records and events."""
+    def flush(self) -> str | None:
+        """Read the buffered steps (the one host sync), write records and events, apply the guard.
+
+        Returns "rollback" when the non-finite policy asks for one.
+        """
         rows = self.buffer[: self.buffered].tolist()  # host sync: once per log step
         elapsed = time.perf_counter() - self._window_start - self._window_excluded
         first_step = self.state.step - len(rows) + 1
-        losses = []
-        for offset, (loss, norm, lr, scale, skipped) in enumerate(rows):
+        bad_params = self._bad_params() if any(r[SKIPPED] for r in rows) else []
+        losses, bad_steps, first_skip = [], [], True
+        for offset, (loss, _norm, _lr, scale, skipped) in enumerate(rows):
             step = first_step + offset
+            scale = scale if self.policy.scaler is not None else None
+            if self.guard.observe(step, loss, bool(skipped), scale, self.state.loss_scale):
+                bad_steps.append(step)
             if not math.isfinite(loss):
                 self.events.emit("nonfinite_loss", step=step, loss=str(loss))  # "nan" or "inf"
             else:
                 losses.append(loss)
             if skipped:
                 self.state.skipped_steps += 1
+                extra = {"params": bad_params[:20], "params_count": len(bad_params)} if first_skip else {}
+                if first_skip:
+                    self.guard.state.last_bad_params, self.guard.state.last_bad_step = bad_params, step
+                first_skip = False
                 self.events.emit("step_skipped", step=step, skipped_steps=self.state.skipped_steps,
-                                 reason="non-finite gradients")
-            if self.policy.scaler is not None and scale != self.state.loss_scale:
+                                 reason="non-finite gradients", **extra)
+            if scale is not None and scale != self.state.loss_scale:
                 self.events.emit("loss_scale_change", step=step, **{"from": self.state.loss_scale, "to": scale})
                 self.state.loss_scale = scale
         _, norm, lr, _, _ = rows[-1]
@@ -170,8 +230,32 @@ class Trainer:
         if self.progress:
             self.progress.update(record)
         self.buffered = 0
+        self.have_bad.zero_()
         self._window_start, self._window_excluded = time.perf_counter(), 0.0
-        return record
+        return self._apply_guard(bad_steps)
+
+    def _bad_params(self) -> list[str]:
+        norms = self.first_bad_norms.tolist()  # host sync, only in a window that had a skipped step
+        return [name for (name, _), n in zip(self.params, norms) if not math.isfinite(n)]
+
+    def _apply_guard(self, bad_steps: list[int]) -> str | None:
+        stop = self.guard.stop_reason(self.state.step, self.state.loss_scale)
+        if stop:
+            self._diverge(f"Training stopped at step {self.state.step}: {stop}.")
+        if not bad_steps or self.cfg.on_nonfinite == "skip":
+            return None
+        if self.cfg.on_nonfinite == "raise":
+            self._diverge(f"Training stopped at step {self.state.step} (--on-nonfinite raise): the loss or the "
+                          f"gradients were not finite at step {bad_steps[0]}.")
+        return "rollback"
+
+    def _diverge(self, headline: str) -> None:
+        text = self.guard.diagnosis(headline, self.device, self.policy.name, float(self.lr) or self.cfg.lr)
+        previous = latest_checkpoint(self.run_dir)
+        if previous is not None:
+            text += f"\n  last good checkpoint: {previous}"
+        self.events.emit("diverged", step=self.state.step, diagnosis=text)
+        raise Diverged(text)
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
@@ -205,12 +289,72 @@ class Trainer:
         self._window_excluded += time.perf_counter() - started  # evaluation is not training throughput
         return record
 
+    # ----------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, as plain data (weights_only-loadable)."""
+        assert self.buffered == 0, "checkpoints are taken right after a flush"
+        return {
+            "step": self.state.step,
+            "tokens": self.state.step * self.tokens_per_step,
+            "real_steps": self.real_steps.detach().cpu(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": {"lr": self.schedule.lr, "min_lr": self.schedule.min_lr,
+                         "warmup_steps": self.schedule.warmup_steps, "total_steps": self.schedule.total_steps},
+            "precision": self.policy.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "rng": rng_state(self.device),
+            "loop": dataclasses.asdict(self.state),
+            "guard": dataclasses.asdict(self.guard.state),
+            "records": {"metrics": self.metrics.tell(), "events": self.events.tell()},
+            **self.identity,
+        }
 
-def _clip(model: nn.Module, max_norm: float) -> torch.Tensor:
-    """Total gradient norm before clipping; clips in place when ``max_norm`` > 0."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    # An infinite threshold measures without clipping (clip coefficient clamps to 1).
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # keep the one device lr tensor the loop updates
+            group["lr"] = self.lr
+        self.real_steps.copy_(state["real_steps"])
+        self.policy.load_state_dict(state["precision"])
+        self.sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.state = LoopState(**state["loop"])
+        self.guard.state = GuardState(**state["guard"])
+        self._rebuild_schedule()
+        self.last_checkpoint_step = self.state.step
+
+    def _rebuild_schedule(self) -> None:
+        scale = self.guard.state.lr_scale
+        self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.min_lr * scale, self.cfg.warmup_steps,
+                                     self.max_steps)
+
+    def checkpoint(self) -> Path:
+        path = save_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.keep_ckpts)
+        self.last_checkpoint_step = self.state.step
+        self.events.emit("checkpoint", step=self.state.step, path=str(path.relative_to(self.run_dir)))
+        return path
+
+    def rollback(self) -> None:
+        """Return to the last good checkpoint with a lower learning rate (--on-nonfinite rollback)."""
+        failed_at = self.state.step
+        guard = self.guard.state
+        if guard.rollbacks >= self.cfg.max_rollbacks:
+            self._diverge(f"Training stopped at step {failed_at}: the loss or gradients were not finite again "
+                          f"after {guard.rollbacks} rollback(s) (limit --max-rollbacks {self.cfg.max_rollbacks}).")
+        path = latest_checkpoint(self.run_dir)
+        state = load_checkpoint(path)
+        rollbacks, lr_scale = guard.rollbacks + 1, guard.lr_scale * self.cfg.rollback_lr_factor
+        self.load_state_dict(state)
+        self.guard.state.rollbacks, self.guard.state.lr_scale = rollbacks, lr_scale
+        self._rebuild_schedule()
+        self.metrics.truncate(state["records"]["metrics"])  # the steps being redone must not appear twice
+        self.buffered = 0
+        self.have_bad.zero_()
+        self.events.emit("rollback", step=failed_at, to_step=self.state.step, checkpoint=str(path),
+                         lr_scale=lr_scale, rollbacks=rollbacks)
+        log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,
+                    self.state.step, lr_scale)
 
 
 def _peak_memory_mb(device: torch.device) -> float | None:

@@ -1,0 +1,71 @@
+"""Using what was trained: load a run's model and tokenizer, and sample a continuation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
+from .errors import UserError
+from .models import extract_logits, load_model, max_positions
+from .train.checkpoint import load_checkpoint
+from .train.run import CONFIG, WEIGHTS
+
+
+def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
+    """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory."""
+    run_dir = Path(run)
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
+                        "pass a directory made by tierlab train, e.g. runs/NAME.")
+    config = json.loads(config_path.read_text())
+    tokenizer: Tokenizer = (load_tokenizer_file(str(run_dir / "tokenizer.json"))
+                            if (run_dir / "tokenizer.json").is_file() else ByteTokenizer())
+    if str(config["model"]).startswith("<in-memory"):
+        raise UserError(f"Run {str(run_dir)!r} trained an in-memory model, which tierlab cannot rebuild.",
+                        f"build the model yourself and load {run_dir / WEIGHTS} with safetensors.torch.load_model.")
+    model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
+    if checkpoint is not None:
+        model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
+    else:
+        weights = run_dir / WEIGHTS
+        if not weights.is_file():
+            raise UserError(f"Run {str(run_dir)!r} has no {WEIGHTS} (it may still be running or was killed).",
+                            f"sample from a checkpoint: --checkpoint {run_dir}/checkpoints/step-....pt")
+        from safetensors.torch import load_model as load_safetensors
+
+        load_safetensors(model, str(weights))
+    return model.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 100,
+             temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
+             context: int | None = None) -> str:
+    """``prompt`` followed by ``max_new_tokens`` sampled tokens (temperature 0: greedy)."""
+    if temperature < 0 or max_new_tokens < 0 or (top_k is not None and top_k < 1):
+        raise UserError("--temperature and --max-new-tokens must be 0 or more, --top-k at least 1.",
+                        "e.g. --temperature 0.8 --top-k 40 --max-new-tokens 200.")
+    device = next(model.parameters()).device
+    ids = torch.as_tensor(tokenizer.encode(prompt).astype("int64"), device=device).view(1, -1)
+    if ids.numel() == 0:
+        raise UserError("The prompt is empty.", "pass some text with --prompt.")
+    context = context or max_positions(model) or 256
+    generator = torch.Generator(device=device)
+    generator.manual_seed(0 if seed is None else seed)
+    for _ in range(max_new_tokens):
+        logits = extract_logits(model(ids[:, -context:]))[:, -1, :].float()  # [1, V]
+        if temperature == 0:
+            next_id = logits.argmax(-1, keepdim=True)
+        else:
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+        ids = torch.cat([ids, next_id], dim=1)
+    return tokenizer.decode(ids[0].tolist())

@@ -1,0 +1,190 @@
+"""Checkpoints: atomic writes, a `latest` pointer, pruning, and loading that never runs code.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
+``torch.load(..., weights_only=True)`` can read it: a checkpoint file can never execute
+code.  Each write goes to a temporary file that is flushed, fsynced and renamed into
+place; the `latest` pointer is replaced the same way after it, so a crash at any instant
+leaves the previous checkpoint loadable.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+CKPT_DIR = "checkpoints"
+LATEST = "latest"
+_NAME = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be written or read; the message names the file and what to do."""
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return run_dir / CKPT_DIR
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint files of a run, oldest first (temporary files are not listed)."""
+    directory = checkpoint_dir(run_dir)
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if _NAME.match(p.name))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint the `latest` pointer names (or the newest file if the pointer is missing)."""
+    pointer = checkpoint_dir(run_dir) / LATEST
+    if pointer.is_file():
+        target = checkpoint_dir(run_dir) / pointer.read_text().strip()
+        if target.is_file():
+            return target
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` atomically, move `latest`, prune old ones."""
+    directory = checkpoint_dir(run_dir)
+    directory.mkdir(exist_ok=True)
+    path = directory / checkpoint_name(step)
+    tmp = directory / f".{path.name}.tmp{os.getpid()}"
+    started = time.perf_counter()
+    try:
+        with tmp.open("wb") as fh:
+            torch.save({"format": FORMAT, **state}, _maybe_slow(fh))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _write_atomic(directory / LATEST, path.name)
+        _fsync_dir(directory)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        previous = latest_checkpoint(run_dir)
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{exc.strerror or exc}"
+        raise CheckpointError(f"Writing checkpoint {path} failed: {what}; {kept}.",
+                              "free space (or fix the directory) and continue with "
+                              f"`tierlab train --resume {run_dir}`.") from None
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    log.info("checkpoint %s (%.2f s)", path, time.perf_counter() - started)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; corrupted or unsafe files are refused plainly."""
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist.", "pass a run directory or a .pt checkpoint file.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"Checkpoint {path} was refused: it holds objects that are not plain data "
+                              f"(tensors, numbers, strings, lists, dicts), which could run code when loaded "
+                              f"({str(exc).splitlines()[0][:160]}).",
+                              "only load checkpoints written by tierlab; " + _offer_previous(path)) from None
+    except Exception as exc:  # truncated zip, bad magic number, EOF: all mean "damaged"
+        raise CheckpointError(f"Checkpoint {path} is damaged or truncated ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'}).",
+                              _offer_previous(path)) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a tierlab checkpoint (format {FORMAT}).", _offer_previous(path))
+    return state
+
+
+def _offer_previous(path: Path) -> str:
+    others = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+    if others:
+        return f"resume from the previous one: --resume {others[-1]}"
+    return "no earlier checkpoint exists in this run; start a new run."
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the renames durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _SlowWriter:
+    """Fault injection for tests: pause mid-write so a test can kill the process there."""
+
+    def __init__(self, fh, pause: float):
+        self._fh, self._pause, self._paused = fh, pause, False
+
+    def write(self, data) -> int:
+        written = self._fh.write(data)
+        if not self._paused:
+            self._paused = True
+            self._fh.flush()
+            time.sleep(self._pause)
+        return written
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._fh, name)
+
+
+def _maybe_slow(fh):
+    pause = float(os.environ.get("TIERLAB_TEST_CKPT_PAUSE", "0") or 0)
+    return _SlowWriter(fh, pause) if pause > 0 else fh
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """Every random stream as plain data (lists and tensors), so weights_only loading works."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

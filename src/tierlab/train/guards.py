@@ -1,0 +1,98 @@
+"""When training goes non-finite: the policy (skip, raise, rollback), the stop rules, the diagnosis.
+
+The loop never looks at a loss or a gradient between log steps.  At each log step it hands
+the buffered rows to :class:`Guard`, which counts skipped steps, notices non-finite
+losses, and either lets training go on, asks for a rollback, or stops it with a
+:class:`Diverged` error whose message is the diagnosis a person reads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .device import cpu_native_bf16
+
+
+class Diverged(Exception):
+    """Training cannot usefully go on; ``str(err)`` is the diagnosis. The CLI exits with code 3."""
+
+    exit_code = 3
+
+
+@dataclass
+class GuardState:
+    consecutive_skips: int = 0
+    rollbacks: int = 0
+    lr_scale: float = 1.0
+    scale_history: list = field(default_factory=list)  # [step, from, to] of every loss-scale change
+    last_bad_params: list = field(default_factory=list)  # parameters with non-finite grads, last seen
+    last_bad_step: int | None = None
+
+
+@dataclass
+class Verdict:
+    bad_steps: list[int]  # steps whose loss (or, without a scaler, gradient) was not finite
+    stop: str | None = None  # why training must stop, whatever the policy
+
+
+class Guard:
+    def __init__(self, policy: str, max_consecutive_skips: int, min_loss_scale: float, has_scaler: bool):
+        self.policy, self.max_consecutive_skips = policy, max_consecutive_skips
+        self.min_loss_scale, self.has_scaler = min_loss_scale, has_scaler
+        self.state = GuardState()
+
+    def observe(self, step: int, loss: float, skipped: bool, scale: float | None, previous_scale: float | None
+                ) -> bool:
+        """Account for one step; True when this step counts as non-finite for the policy.
+
+        With a GradScaler, an overflow skip is the scaler calibrating itself, not a fault: the
+        policy reacts to a non-finite *loss* (the forward pass itself overflowed). Without a
+        scaler, any skipped step had non-finite gradients and counts.
+        """
+        self.state.consecutive_skips = self.state.consecutive_skips + 1 if skipped else 0
+        if self.has_scaler and scale != previous_scale:
+            self.state.scale_history.append([step, previous_scale, scale])
+        return (not math.isfinite(loss)) or (skipped and not self.has_scaler)
+
+    def stop_reason(self, step: int, scale: float | None) -> str | None:
+        if self.state.consecutive_skips >= self.max_consecutive_skips:
+            return (f"{self.state.consecutive_skips} consecutive steps up to step {step} were skipped for "
+                    f"non-finite gradients (limit --max-consecutive-skips {self.max_consecutive_skips})")
+        if self.has_scaler and scale is not None and scale < self.min_loss_scale:
+            return f"the fp16 loss scale fell to {scale:g}, below --min-loss-scale {self.min_loss_scale:g}"
+        return None
+
+    def diagnosis(self, headline: str, device: torch.device, precision: str, lr: float) -> str:
+        s = self.state
+        lines = [headline]
+        if s.last_bad_params:
+            shown = ", ".join(s.last_bad_params[:6]) + (", ..." if len(s.last_bad_params) > 6 else "")
+            lines.append(f"  non-finite gradients first seen (step {s.last_bad_step}) in "
+                         f"{len(s.last_bad_params)} parameter(s): {shown}")
+        if self.has_scaler:
+            history = s.scale_history[-8:]
+            trail = " -> ".join(f"{to:g} @ {step}" for step, _, to in history) if history else "unchanged"
+            lines.append(f"  loss scale history: {trail}")
+        lines.append("  what to do:")
+        lines.extend(f"    - {tip}" for tip in advice(device, precision, lr))
+        return "\n".join(lines)
+
+
+def advice(device: torch.device, precision: str, lr: float) -> list[str]:
+    tips = []
+    has_bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda" else bool(cpu_native_bf16()))
+    if precision == "fp16":
+        if has_bf16:
+            tips.append("this hardware supports bf16: --precision bf16 has fp32's range and needs no loss scaling")
+        else:
+            tips.append("fp16's range (max 65504) is too small for some activation or gradient; try --precision "
+                        "fp32 to confirm, then find the layer that grows (normalisation, attention scale)")
+    tips.append(f"lower the learning rate (now {lr:.3g}), e.g. --lr {lr / 3:.2g}, or lengthen --warmup-steps")
+    tips.append("check the model: a missing 1/sqrt(d) attention scale, a missing normalisation or an "
+                "exploding residual branch produce exactly this")
+    tips.append("resume from the last good checkpoint with the change: tierlab train --resume RUN "
+                "--allow-config-change ...")
+    return tips

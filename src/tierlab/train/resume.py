@@ -1,0 +1,108 @@
+"""Finding what to resume, and refusing a resume that would not continue the same run."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import SESSION_OPTIONS, TrainConfig
+from ..errors import ConfigError
+from .checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# What a run *is*: changing one of these would train something else, so no flag allows it.
+IDENTITY_OPTIONS = ("model", "model_args", "data", "tokenizer", "val_fraction")
+# Where a run lives is decided by the resume path, not compared.
+PLACE_OPTIONS = ("out", "name")
+
+
+def find_checkpoint(resume: str, out: str, name: str | None) -> tuple[Path, Path | None]:
+    """(run directory, checkpoint or None) for ``--resume PATH|auto``.
+
+    ``auto`` with no checkpoint returns None: the caller starts fresh.
+    """
+    if resume == "auto":
+        if not name:
+            raise ConfigError("--resume auto needs --name to know which run to continue.",
+                              "add --name NAME (the same name on every restart).")
+        run_dir = Path(out) / name
+        return run_dir, latest_checkpoint(run_dir) if run_dir.is_dir() else None
+    path = Path(resume)
+    if path.is_dir():
+        ckpt = latest_checkpoint(path)
+        if ckpt is None:
+            raise CheckpointError(f"Run {str(path)!r} has no checkpoint to resume from.",
+                                  "start a new run, or check --ckpt-every for future runs.")
+        return path, ckpt
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+        return run_dir, path
+    raise CheckpointError(f"There is no run or checkpoint at {str(path)!r} to resume.",
+                          "pass a run directory (e.g. runs/NAME) or a checkpoint file, or --resume auto --name NAME.")
+
+
+def base_config(resume: str, out: str, name: str | None) -> dict[str, Any] | None:
+    """The config recorded in the checkpoint a resume would load (None: nothing to resume)."""
+    _, ckpt = find_checkpoint(resume, out, name)
+    return None if ckpt is None else dict(load_checkpoint(ckpt)["config"])
+
+
+def check_same_run(cfg: TrainConfig, recorded: dict[str, Any], ckpt: Path) -> None:
+    """Refuse a resume whose options differ from the checkpoint's, naming every difference."""
+    def differs(key: str) -> bool:
+        return key in recorded and recorded[key] != getattr(cfg, key)
+
+    identity = [k for k in IDENTITY_OPTIONS if differs(k)]
+    if identity:
+        changes = "; ".join(f"{k}: {recorded[k]!r} -> {getattr(cfg, k)!r}" for k in identity)
+        raise ConfigError(f"Cannot resume {ckpt}: it was trained with a different {', '.join(identity)} ({changes}).",
+                          "resume with the recorded settings, or start a new run with --name.")
+    skip = set(IDENTITY_OPTIONS) | set(SESSION_OPTIONS) | set(PLACE_OPTIONS)
+    changed = [k for k in recorded if k not in skip and differs(k)]
+    if changed and not cfg.allow_config_change:
+        changes = "; ".join(f"{k}: {recorded[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ConfigError(f"Resuming {ckpt} with changed options ({changes}).",
+                          "add --allow-config-change to continue with the new values, or drop those options.")
+    if changed:
+        log.warning("resuming with changed options: %s", ", ".join(changed))
+
+
+def check_same_data(state: dict[str, Any], tokenizer_identity: str, corpus_sha256: str, ckpt: Path) -> None:
+    if state.get("tokenizer") != tokenizer_identity:
+        raise ConfigError(f"Cannot resume {ckpt}: the tokenizer differs (checkpoint {state.get('tokenizer')}, "
+                          f"now {tokenizer_identity}).", "use the run's tokenizer.json: --tokenizer RUN/tokenizer.json.")
+    if state.get("corpus_sha256") != corpus_sha256:
+        raise ConfigError(f"Cannot resume {ckpt}: the corpus changed since the checkpoint (sha256 "
+                          f"{str(state.get('corpus_sha256'))[:12]}... -> {corpus_sha256[:12]}...).",
+                          "restore the original data, or start a new run on the new data.")
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, list[int]]:
+    return {name: list(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_same_model(state: dict[str, Any], model: nn.Module, ckpt: Path) -> None:
+    recorded, now = state.get("model_fingerprint", {}), model_fingerprint(model)
+    if recorded == now:
+        return
+    missing = sorted(set(recorded) - set(now))[:3]
+    extra = sorted(set(now) - set(recorded))[:3]
+    shapes = [f"{k} {recorded[k]} -> {now[k]}" for k in sorted(set(recorded) & set(now)) if recorded[k] != now[k]][:3]
+    detail = "; ".join(filter(None, [f"missing {', '.join(missing)}" if missing else "",
+                                     f"new {', '.join(extra)}" if extra else "",
+                                     f"shapes {', '.join(shapes)}" if shapes else ""]))
+    raise ConfigError(f"Cannot resume {ckpt}: the model's parameters differ from the checkpoint's ({detail}).",
+                      "resume with the model file and --model-arg values the run was started with.")
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Move a run directory that has no checkpoint out of the way (``--resume auto``); nothing is deleted."""
+    target = run_dir.with_name(f"{run_dir.name}.incomplete-{time.strftime('%Y%m%d-%H%M%S')}")
+    run_dir.rename(target)
+    log.warning("%s had no checkpoint: moved it to %s and started fresh", run_dir, target)
+    return target
