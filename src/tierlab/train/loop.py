@@ -7,8 +7,9 @@ non-finite -> advance the LR schedule only if the step happened.
 Nothing in ``train_step`` reads a tensor back to the host: losses, norms, learning rates,
 loss scales and skip flags go into a small device buffer, and ``flush`` reads that buffer
 once per log step (the only host sync), turning it into metric records and into events
-stamped with the exact step they happened at.  Checkpoint steps are log steps too, so a
-checkpoint never holds half a window and a resumed run writes exactly the same records.
+stamped with the exact step they happened at.  A checkpoint saves the unread part of the
+buffer with everything else, so a resumed run writes exactly the records (and events) an
+uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ..config import TrainConfig
 from ..data import BlockSampler, TokenData, blocks_at, eval_starts
 from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
-from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
+                         set_rng_state)
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .precision import PrecisionPolicy
@@ -89,11 +91,11 @@ class Trainer:
                            has_scaler=policy.scaler is not None)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.real_steps = torch.zeros((), dtype=torch.int64, device=device)  # steps that updated weights
-        self.buffer = torch.zeros(max(cfg.log_every, cfg.ckpt_every or 1), 5, dtype=torch.float32, device=device)
+        self.buffer = torch.zeros(cfg.log_every, 5, dtype=torch.float32, device=device)
         # Per-parameter gradient norms of the first skipped step since the last log step (diagnosis).
         self.first_bad_norms = torch.zeros(len(self.params), dtype=torch.float32, device=device)
         self.have_bad = torch.zeros((), dtype=torch.bool, device=device)
-        self.buffered = 0
+        self.buffered = self._untimed_rows = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
         self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
         self.flops_per_token = flops_per_token(model, cfg.seq_len)
@@ -117,7 +119,7 @@ class Trainer:
             self.state.step += 1
             step = self.state.step
             ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
-            if step % cfg.log_every == 0 or step == self.max_steps or ckpt_due or self.stop_requested:
+            if step % cfg.log_every == 0 or step == self.max_steps:
                 if self.flush() == "rollback":
                     self.rollback()
                     continue
@@ -212,14 +214,16 @@ class Trainer:
                 self.events.emit("loss_scale_change", step=step, **{"from": self.state.loss_scale, "to": scale})
                 self.state.loss_scale = scale
         _, norm, lr, _, _ = rows[-1]
-        tokens_per_s = self.tokens_per_step * len(rows) / elapsed if elapsed > 0 else 0.0
+        timed = len(rows) - self._untimed_rows  # rows restored from a checkpoint ran in another process
+        self._untimed_rows = 0
+        tokens_per_s = self.tokens_per_step * timed / elapsed if elapsed > 0 else 0.0
         self.state.tokens_per_s.append(tokens_per_s)
         self.state.last_loss = statistics.fmean(losses) if losses else float("nan")
         record = {
             "kind": "train", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
             "loss": self.state.last_loss, "lr": lr, "grad_norm": norm, "loss_scale": self.state.loss_scale,
             "skipped_steps": self.state.skipped_steps, "tokens_per_s": tokens_per_s,
-            "step_ms": 1000.0 * elapsed / len(rows), "mem_peak_mb": _peak_memory_mb(self.device),
+            "step_ms": 1000.0 * elapsed / max(timed, 1), "mem_peak_mb": _peak_memory_mb(self.device),
             "mfu": (tokens_per_s * self.flops_per_token / self.peak) if self.peak else None,
         }
         self.metrics.write(record)
@@ -292,7 +296,6 @@ class Trainer:
     # ----------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, as plain data (weights_only-loadable)."""
-        assert self.buffered == 0, "checkpoints are taken right after a flush"
         return {
             "step": self.state.step,
             "tokens": self.state.step * self.tokens_per_step,
@@ -307,6 +310,9 @@ class Trainer:
             "loop": dataclasses.asdict(self.state),
             "guard": dataclasses.asdict(self.guard.state),
             "records": {"metrics": self.metrics.tell(), "events": self.events.tell()},
+            # Steps since the last log step, not yet read: their record is written after a resume.
+            "window": {"rows": self.buffer[: self.buffered].detach().cpu(), "have_bad": self.have_bad.cpu(),
+                       "first_bad_norms": self.first_bad_norms.detach().cpu()},
             **self.identity,
         }
 
@@ -320,6 +326,11 @@ class Trainer:
         self.sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.state = LoopState(**state["loop"])
+        window = state["window"]
+        self.buffered = self._untimed_rows = len(window["rows"])
+        self.buffer[: self.buffered] = window["rows"].to(self.device)
+        self.have_bad.copy_(window["have_bad"])
+        self.first_bad_norms.copy_(window["first_bad_norms"])
         self.guard.state = GuardState(**state["guard"])
         self._rebuild_schedule()
         self.last_checkpoint_step = self.state.step
@@ -330,9 +341,12 @@ class Trainer:
                                      self.max_steps)
 
     def checkpoint(self) -> Path:
+        # The event goes first so that the checkpoint's record offsets include it: a resume
+        # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
+        self.events.emit("checkpoint", step=self.state.step,
+                         path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
         path = save_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.keep_ckpts)
         self.last_checkpoint_step = self.state.step
-        self.events.emit("checkpoint", step=self.state.step, path=str(path.relative_to(self.run_dir)))
         return path
 
     def rollback(self) -> None:
@@ -349,8 +363,6 @@ class Trainer:
         self.guard.state.rollbacks, self.guard.state.lr_scale = rollbacks, lr_scale
         self._rebuild_schedule()
         self.metrics.truncate(state["records"]["metrics"])  # the steps being redone must not appear twice
-        self.buffered = 0
-        self.have_bad.zero_()
         self.events.emit("rollback", step=failed_at, to_step=self.state.step, checkpoint=str(path),
                          lr_scale=lr_scale, rollbacks=rollbacks)
         log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,

@@ -1,0 +1,118 @@
+"""Checkpoint files: atomic writes, pruning, weights_only loading, damaged and tampered files, disk full."""
+
+import errno
+import os
+import pickle
+
+import pytest
+import torch
+
+import tierlab
+from helpers import fast_config
+from tierlab.train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                      rng_state, save_checkpoint, set_rng_state)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    cfg = fast_config(tmp_path_factory.mktemp("ckpt"), max_steps=20, ckpt_every=5, keep_ckpts=2)
+    return tierlab.train(config=cfg)
+
+
+def test_periodic_and_final_checkpoints_keep_the_newest(run):
+    assert [p.name for p in list_checkpoints(run.dir)] == ["step-00000015.pt", "step-00000020.pt"]
+    assert latest_checkpoint(run.dir).name == "step-00000020.pt"
+    assert (run.dir / "checkpoints" / "latest").read_text() == "step-00000020.pt"
+    assert [e["step"] for e in run.events("checkpoint")] == [5, 10, 15, 20]
+    assert not [p for p in (run.dir / "checkpoints").iterdir() if ".tmp" in p.name]
+
+
+def test_checkpoint_holds_everything_a_resume_needs(run):
+    state = load_checkpoint(latest_checkpoint(run.dir))
+    assert {"model", "optimizer", "schedule", "precision", "sampler", "rng", "loop", "guard", "records", "config",
+            "tokenizer", "corpus_sha256", "model_fingerprint", "step", "tokens", "real_steps"} <= set(state)
+    assert state["step"] == 20 and state["tokens"] == 20 * 8 * 32 and int(state["real_steps"]) == 20
+    assert state["tokenizer"] == "byte" and state["config"]["max_steps"] == 20
+    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert state["loop"]["best_val_loss"] == run.summary["best_val_loss"]
+    assert torch.equal(state["model"]["head.weight"], run.model.head.weight.detach())
+
+
+def test_rng_state_round_trips():
+    import random
+
+    import numpy as np
+
+    state = rng_state(torch.device("cpu"))
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    random.random(), np.random.rand(), torch.rand(1)
+    set_rng_state(state)
+    assert (random.random(), np.random.rand(), torch.rand(1)) == expected
+
+
+def test_tampered_checkpoint_is_refused_and_runs_no_code(run, tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = run.dir / "checkpoints" / "step-00000099.pt"
+    torch.save({"format": 1, "model": Payload()}, path)
+    try:
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(path)
+    finally:
+        path.unlink()
+    assert "refused" in str(err.value) and "not plain data" in str(err.value)
+    assert not marker.exists()
+    # A raw pickle (not a torch zip file) with the same payload is refused too.
+    raw = tmp_path / "raw.pt"
+    raw.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(raw)
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_names_the_file_and_offers_the_previous(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run.dir, copy)
+    newest = latest_checkpoint(copy)
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(newest)
+    message = str(err.value)
+    assert str(newest) in message and "damaged or truncated" in message
+    assert "--resume" in message and "step-00000015.pt" in message
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) > 3:  # the first checkpoint (file, pointer, directory) succeeds
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    cfg = fast_config(tmp_path, max_steps=20, ckpt_every=5, eval_every=0)
+    with pytest.raises(CheckpointError) as err:
+        tierlab.train(config=cfg)
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    run_dir = tmp_path / "runs" / "run"
+    assert "disk is full" in str(err.value) and "step-00000005.pt is intact" in str(err.value)
+    assert [p.name for p in list_checkpoints(run_dir)] == ["step-00000005.pt"]
+    assert not [p for p in (run_dir / "checkpoints").iterdir() if ".tmp" in p.name]
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 5
+    assert tierlab.Run.load(run_dir).summary["status"] == "failed"
+
+
+def test_save_and_prune_directly(tmp_path):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(tmp_path, step, {"step": step}, keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003.pt", "step-00000004.pt"]
+    (tmp_path / "checkpoints" / "latest").unlink()  # a missing pointer falls back to the newest file
+    assert latest_checkpoint(tmp_path).name == "step-00000004.pt"

@@ -1,0 +1,153 @@
+"""Kill-and-resume with real subprocesses: the resumed run is indistinguishable from an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from helpers import assert_user_error, run_cli
+
+ARGS = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
+        "--model-arg", "max_seq_len=64", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2",
+        "--lr", "0.01", "--max-steps", "60", "--log-every", "5", "--eval-every", "10", "--ckpt-every", "10",
+        "--quiet"]
+# fp16 with an over-large initial scale and fast growth: overflows, skipped steps and scale
+# changes happen all through the run, so the exactness covers the GradScaler's state too.
+FP16 = ["--precision", "fp16", "--loss-scale-init", "1048576", "--loss-scale-growth-interval", "4"]
+TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
+
+
+def start(cwd: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "tierlab", "train", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the training process"
+        time.sleep(0.01)
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert train_records(a) == train_records(b)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    steps = [e.get("step") for e in map(json.loads, (b / "events.jsonl").read_text().splitlines())
+             if e["event"] in ("step_skipped", "loss_scale_change", "checkpoint")]
+    assert len(steps) == len(set((s, i) for i, s in enumerate(steps)))  # nothing written twice
+    assert sorted(steps) == steps
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_sigkill_and_resume_is_exact(tmp_path, precision):
+    extra = FP16 if precision == "fp16" else ["--precision", "fp32"]
+    full = run_cli("train", *ARGS, *extra, "--name", "full", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    full_dir, part_dir = tmp_path / "runs" / "full", tmp_path / "runs" / "part"
+    if precision == "fp16":
+        records = [r for r in train_records(full_dir) if r["kind"] == "train"]
+        assert records[-1]["skipped_steps"] >= 3  # the scale really moved during the run
+        assert len({r["loss_scale"] for r in records}) >= 3
+
+    # 1) SIGKILL between checkpoints (after the step-15 record, before the step-20 checkpoint).
+    proc = start(tmp_path, *ARGS, *extra, "--name", "part")
+    wait_for(lambda: last_step(part_dir) >= 15)
+    proc.kill()
+    proc.wait()
+    assert not (part_dir / "summary.json").exists()  # it really died mid-run
+
+    # 2) Resume, and SIGKILL again while the step-30 checkpoint is being written.
+    proc = start(tmp_path, "--resume", "runs/part", env_extra={"TIERLAB_TEST_CKPT_PAUSE": "30"})
+    ckpt_dir = part_dir / "checkpoints"
+    wait_for(lambda: any(p.name.startswith(".step-00000030") for p in ckpt_dir.iterdir()))
+    proc.kill()
+    proc.wait()
+    assert not (ckpt_dir / "step-00000030.pt").exists()
+    assert (ckpt_dir / "latest").read_text() == "step-00000020.pt"  # the previous one is still the latest
+
+    # 3) Resume again, stop with SIGTERM (graceful: checkpoint, exit 130), and resume to the end.
+    proc = start(tmp_path, "--resume", "runs/part")
+    wait_for(lambda: last_step(part_dir) >= 35)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert json.loads((part_dir / "summary.json").read_text())["status"] == "interrupted"
+
+    final = run_cli("train", "--resume", "runs/part", cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert_same_run(full_dir, part_dir)
+    events = [json.loads(line)["event"] for line in (part_dir / "events.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 3 and events.count("run_start") == 1
+    assert events.count("interrupted") == 0  # cut back with everything after the checkpoint it resumed
+
+
+def test_resume_refuses_a_different_run(tmp_path):
+    first = run_cli("train", *ARGS, "--max-steps", "10", "--name", "a", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "runs" / "a" / "metrics.jsonl").read_text()
+    other_model = run_cli("train", "--resume", "runs/a", "--model-arg", "d_model=64", cwd=tmp_path)
+    assert_user_error(other_model, "different model_args", "'d_model': 32", "'d_model': 64")
+    other_data = run_cli("train", "--resume", "runs/a", "--data", str(tmp_path / "runs" / "a" / "config.json"),
+                         cwd=tmp_path)
+    assert_user_error(other_data, "different data")
+    longer = run_cli("train", "--resume", "runs/a", "--max-steps", "20", cwd=tmp_path)
+    assert_user_error(longer, "changed options (max_steps: 10 -> 20)", "--allow-config-change")
+    assert (tmp_path / "runs" / "a" / "metrics.jsonl").read_text() == before
+    allowed = run_cli("train", "--resume", "runs/a", "--max-steps", "20", "--allow-config-change", cwd=tmp_path)
+    assert allowed.returncode == 0, allowed.stderr
+    summary = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
+    assert summary["steps"] == 20
+    assert json.loads((tmp_path / "runs" / "a" / "config.json").read_text())["max_steps"] == 20
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path):
+    fresh = run_cli("train", *ARGS, "--max-steps", "10", "--name", "auto", "--resume", "auto", cwd=tmp_path)
+    assert fresh.returncode == 0, fresh.stderr
+    again = run_cli("train", *ARGS, "--max-steps", "20", "--allow-config-change", "--name", "auto",
+                    "--resume", "auto", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    events = [json.loads(x)["event"] for x in (tmp_path / "runs" / "auto" / "events.jsonl").read_text().splitlines()]
+    assert events.count("run_start") == 1 and events.count("resume") == 1
+    # A run directory without a checkpoint is set aside, not deleted.
+    (tmp_path / "runs" / "crashed").mkdir()
+    (tmp_path / "runs" / "crashed" / "metrics.jsonl").write_text("{}\n")
+    third = run_cli("train", *ARGS, "--max-steps", "5", "--name", "crashed", "--resume", "auto", cwd=tmp_path)
+    assert third.returncode == 0, third.stderr
+    kept = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("crashed.incomplete-")]
+    assert len(kept) == 1 and (kept[0] / "metrics.jsonl").read_text() == "{}\n"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--resume", "runs/nothing"], "no run or checkpoint at 'runs/nothing'"),
+    (["--resume", "auto"], "--resume auto needs --name"),
+])
+def test_resume_mistakes(tmp_path, args, fragment):
+    assert_user_error(run_cli("train", *args, cwd=tmp_path), fragment)
+
+
+def test_unwritable_run_directory_is_a_user_error(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    result = run_cli("train", *ARGS, "--out", "file/runs", cwd=tmp_path)
+    assert_user_error(result, "Cannot write the run directory", "--out")
