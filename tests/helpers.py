@@ -66,6 +66,7 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
 class SpikeAt(__import__("torch").nn.Module):
     """Wraps a model and multiplies its logits by ``factor`` on training forward number ``at``.
 
+    ``at`` is a call number or a container of them (e.g. ``range(8, 10**9)``).
     ``factor=1e6`` overflows fp16 (max 65504); ``factor=float('nan')`` poisons any precision.
     """
 
@@ -77,6 +78,6 @@ class SpikeAt(__import__("torch").nn.Module):
         logits = self.inner(input_ids)
         if self.training:
             self.calls += 1
-            if self.calls == self.at:
+            if self.calls == self.at or (hasattr(self.at, "__contains__") and self.calls in self.at):
                 logits = logits * self.factor
         return logits

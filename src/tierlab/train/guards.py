@@ -28,8 +28,11 @@ class GuardState:
     rollbacks: int = 0
     lr_scale: float = 1.0
     scale_history: list = field(default_factory=list)  # [step, from, to] of every loss-scale change
-    last_bad_params: list = field(default_factory=list)  # parameters with non-finite grads, last seen
-    last_bad_step: int | None = None
+    # The current run of consecutive skipped steps: where it began and what was wrong then.
+    streak_start: int | None = None
+    streak_loss: str | None = None  # "nan"/"inf" when the loss itself was not finite, else None
+    streak_params: list = field(default_factory=list)  # parameters with non-finite gradients then
+    streak_params_step: int | None = None
 
 
 @dataclass
@@ -52,6 +55,10 @@ class Guard:
         policy reacts to a non-finite *loss* (the forward pass itself overflowed). Without a
         scaler, any skipped step had non-finite gradients and counts.
         """
+        if skipped and self.state.consecutive_skips == 0:
+            self.state.streak_start = step
+            self.state.streak_loss = None if math.isfinite(loss) else str(loss)
+            self.state.streak_params, self.state.streak_params_step = [], None
         self.state.consecutive_skips = self.state.consecutive_skips + 1 if skipped else 0
         if self.has_scaler and scale != previous_scale:
             self.state.scale_history.append([step, previous_scale, scale])
@@ -65,20 +72,42 @@ class Guard:
             return f"the fp16 loss scale fell to {scale:g}, below --min-loss-scale {self.min_loss_scale:g}"
         return None
 
-    def diagnosis(self, headline: str, device: torch.device, precision: str, lr: float) -> str:
+    def note_params(self, step: int, names: list[str]) -> None:
+        """Parameters with non-finite gradients at ``step``; kept for the first skip of a streak."""
+        if self.state.streak_params_step is None:
+            self.state.streak_params, self.state.streak_params_step = names, step
+
+    def diagnosis(self, headline: str, device: torch.device, precision: str, lr: float, n_params: int) -> str:
         s = self.state
         lines = [headline]
-        if s.last_bad_params:
-            shown = ", ".join(s.last_bad_params[:6]) + (", ..." if len(s.last_bad_params) > 6 else "")
-            lines.append(f"  non-finite gradients first seen (step {s.last_bad_step}) in "
-                         f"{len(s.last_bad_params)} parameter(s): {shown}")
+        if s.streak_start is not None and s.streak_loss:
+            lines.append(f"  the trouble began at step {s.streak_start}, where the loss itself was {s.streak_loss}: "
+                         "the forward pass produced non-finite values"
+                         + (" (an activation beyond fp16's 65504?)" if precision == "fp16" else ""))
+        elif s.streak_start is not None:
+            lines.append(f"  the trouble began at step {s.streak_start}: the loss was finite but the gradients "
+                         "were not (they overflowed in the backward pass)")
+        if s.streak_params:
+            count = len(s.streak_params)
+            shown = ("all of them" if count == n_params else
+                     ", ".join(s.streak_params[:6]) + (", ..." if count > 6 else ""))
+            lines.append(f"  non-finite gradients at step {s.streak_params_step}: {count} of {n_params} "
+                         f"parameters: {shown}")
         if self.has_scaler:
-            history = s.scale_history[-8:]
-            trail = " -> ".join(f"{to:g} @ {step}" for step, _, to in history) if history else "unchanged"
-            lines.append(f"  loss scale history: {trail}")
+            history = s.scale_history
+            if len(history) > 8:
+                trail = _trail(history[:2]) + " -> ... -> " + _trail(history[-5:])
+            else:
+                trail = _trail(history) or "unchanged"
+            start = history[0][1] if history else None
+            lines.append(f"  loss scale history: {f'{start:g} at start -> ' if start else ''}{trail}")
         lines.append("  what to do:")
         lines.extend(f"    - {tip}" for tip in advice(device, precision, lr))
         return "\n".join(lines)
+
+
+def _trail(history: list) -> str:
+    return " -> ".join(f"{to:g} @ {step}" for step, _, to in history)
 
 
 def advice(device: torch.device, precision: str, lr: float) -> list[str]:

@@ -32,8 +32,8 @@ from ..config import TrainConfig
 from ..data import BlockSampler, TokenData, blocks_at, eval_starts
 from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
-from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint,
-                         set_rng_state)
+from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
+                         save_checkpoint, set_rng_state)
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .precision import PrecisionPolicy
@@ -206,7 +206,7 @@ class Trainer:
                 self.state.skipped_steps += 1
                 extra = {"params": bad_params[:20], "params_count": len(bad_params)} if first_skip else {}
                 if first_skip:
-                    self.guard.state.last_bad_params, self.guard.state.last_bad_step = bad_params, step
+                    self.guard.note_params(step, bad_params)
                 first_skip = False
                 self.events.emit("step_skipped", step=step, skipped_steps=self.state.skipped_steps,
                                  reason="non-finite gradients", **extra)
@@ -254,12 +254,20 @@ class Trainer:
         return "rollback"
 
     def _diverge(self, headline: str) -> None:
-        text = self.guard.diagnosis(headline, self.device, self.policy.name, float(self.lr) or self.cfg.lr)
-        previous = latest_checkpoint(self.run_dir)
-        if previous is not None:
-            text += f"\n  last good checkpoint: {previous}"
+        text = self.guard.diagnosis(headline, self.device, self.policy.name, float(self.lr), len(self.params))
+        good = self._last_good_checkpoint()
+        if good is not None:
+            text += f"\n  last good checkpoint: {good}"
         self.events.emit("diverged", step=self.state.step, diagnosis=text)
         raise Diverged(text)
+
+    def _last_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint from before the current streak of skipped steps began."""
+        streak = self.guard.state.streak_start if self.guard.state.consecutive_skips else None
+        found = list_checkpoints(self.run_dir)
+        if streak is not None:
+            found = [p for p in found if int(p.stem.split("-")[1]) < streak]
+        return found[-1] if found else None
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
