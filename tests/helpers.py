@@ -81,3 +81,58 @@ class SpikeAt(__import__("torch").nn.Module):
             if self.calls == self.at or (hasattr(self.at, "__contains__") and self.calls in self.at):
                 logits = logits * self.factor
         return logits
+
+
+def read_wandb_file(path: Path) -> list:
+    """The records of an offline W&B run file (``run-ID.wandb``), parsed with wandb's own protobuf.
+
+    The file is a LevelDB-style log: a 7-byte header (``:W&B``, magic, version), then
+    32 KiB blocks of records, each ``crc32 | length | type`` + data; types FULL=1,
+    FIRST=2, MIDDLE=3, LAST=4 split a record across blocks.
+    """
+    import struct
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, block, chunks, pending = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            chunks.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            chunks.append(pending + chunk)
+    records = []
+    for raw in chunks:
+        record = pb.Record()
+        record.ParseFromString(raw)
+        records.append(record)
+    return records
+
+
+def wandb_history_and_config(run_dir: Path) -> tuple[list[dict], dict]:
+    import json as _json
+
+    (path,) = list(Path(run_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    records = read_wandb_file(path)
+    history = [{(item.key or "/".join(item.nested_key)): _json.loads(item.value_json) for item in r.history.item}
+               for r in records if r.WhichOneof("record_type") == "history"]
+    config = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "run":
+            config.update({u.key: _json.loads(u.value_json) for u in r.run.config.update})
+    return history, config

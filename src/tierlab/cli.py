@@ -48,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
     sample.add_argument("--checkpoint", default=None, metavar="PATH", help="use this checkpoint's weights")
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    report = sub.add_parser("report", help="write dashboard.png for one or several runs and print a summary table",
+                            description="Plot loss, learning rate, gradient norm, loss scale (with skipped steps), "
+                                        "throughput and validation accuracy; several runs are overlaid.")
+    report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("--out", default=None, metavar="PNG",
+                        help="where to write the image (default: RUN/dashboard.png for one run, ./dashboard.png "
+                             "for several)")
+    sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
+                          description="Send every record of metrics.jsonl and events.jsonl to W&B or TensorBoard.")
+    sync.add_argument("run", help="run directory")
+    sync.add_argument("--to", required=True, choices=["wandb", "tensorboard"])
+    sync.add_argument("--wandb", dest="project", default=None, metavar="PROJECT",
+                      help="W&B project (default: the run's --wandb, else tierlab)")
+    sync.add_argument("--wandb-entity", default=None)
+    sync.add_argument("--wandb-mode", default=None, choices=["online", "offline", "disabled"])
     return parser
 
 
@@ -61,6 +76,7 @@ _GROUPS = {
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
     "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "on_nonfinite",
                                "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
+    "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "no_plots"),
     "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
 }
 
@@ -124,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(ns)
         if ns.command == "sample":
             return _sample(ns)
+        if ns.command == "report":
+            return _report(ns)
+        if ns.command == "sync":
+            return _sync(ns)
     except UserError as err:
         sys.stderr.write(f"tierlab: error: {err}\n")
         return EXIT_USER_ERROR
@@ -160,4 +180,37 @@ def _sample(ns: argparse.Namespace) -> int:
     model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)))
     text = generate(model, tokenizer, ns.prompt, ns.max_new_tokens, ns.temperature, ns.top_k, ns.seed)
     print(text)
+    return 0
+
+
+def _run_dirs(paths: Sequence[str]) -> list:
+    from pathlib import Path
+
+    dirs = [Path(p) for p in paths]
+    for d in dirs:
+        if not (d / "metrics.jsonl").is_file():
+            raise UserError(f"{str(d)!r} is not a tierlab run directory (no metrics.jsonl).",
+                            "pass directories made by tierlab train, e.g. runs/NAME.")
+    return dirs
+
+
+def _report(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .track.plots import save_dashboard, summary_table
+
+    dirs = _run_dirs(ns.runs)
+    out = Path(ns.out) if ns.out else (dirs[0] / "dashboard.png" if len(dirs) == 1 else Path("dashboard.png"))
+    save_dashboard(dirs, out)
+    print(summary_table(dirs))
+    print(f"dashboard: {out}")
+    return 0
+
+
+def _sync(ns: argparse.Namespace) -> int:
+    from .track.sync import sync_run
+
+    (run_dir,) = _run_dirs([ns.run])
+    count = sync_run(run_dir, ns.to, ns.project, ns.wandb_entity, ns.wandb_mode)
+    print(f"synced {count['metrics']} metric records and {count['events']} events of {run_dir} to {ns.to}")
     return 0

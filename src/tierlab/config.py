@@ -28,7 +28,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # Options that say how to run, not what the run is: never part of a run's identity.
-SESSION_OPTIONS = ("resume", "allow_config_change", "quiet")
+SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
+                   "no_plots")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -75,6 +76,12 @@ class TrainConfig:
     max_rollbacks: int = _opt(3, "rollback: give up after this many rollbacks")
     max_consecutive_skips: int = _opt(25, "stop with a diagnosis after this many skipped steps in a row")
     min_loss_scale: float = _opt(1.0, "stop with a diagnosis when the fp16 loss scale falls below this")
+    # --- trackers and plots -----------------------------------------------------------
+    tensorboard: bool = _opt(False, "also write TensorBoard event files to <run>/tensorboard")
+    wandb: str | None = _opt(None, "also log to this Weights & Biases project")
+    wandb_entity: str | None = _opt(None, "W&B entity (team or user)")
+    wandb_mode: str | None = _opt(None, "online, offline or disabled (default: $WANDB_MODE, else online)")
+    no_plots: bool = _opt(False, "do not write dashboard.png at the end of the run")
     # --- observation ------------------------------------------------------------------
     log_every: int = _opt(10, "optimizer steps between metric records (the only host syncs)")
     eval_every: int = _opt(100, "optimizer steps between evaluations (0 disables evaluation)")
@@ -161,6 +168,10 @@ class TrainConfig:
              "--max-rollbacks must be 0 or more and --max-consecutive-skips at least 1.", "use e.g. 3 and 25.")
         need(self.min_loss_scale >= 0, f"--min-loss-scale must be 0 or more, got {self.min_loss_scale}.",
              "use e.g. 1.0.")
+        need(self.wandb_mode is None or self.wandb_mode in ("online", "offline", "disabled"),
+             f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
+        need(self.wandb is None or bool(self.wandb.strip()), "--wandb needs a project name.",
+             "write e.g. --wandb my-project.")
         need(self.loss_scale_init > 0 and math.isfinite(self.loss_scale_init),
              f"--loss-scale-init must be positive, got {self.loss_scale_init}.", "use e.g. 65536.")
         tok = self.tokenizer

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 
 def _clean(value: Any) -> Any:
@@ -24,10 +24,15 @@ class JsonlWriter:
     def __init__(self, path: Path):
         self.path = path
         self._fh = path.open("a", encoding="utf-8")
+        # Called with each record after it is safely on disk (the trackers' fan-out).
+        self.listener: Callable[[dict[str, Any]], None] | None = None
 
-    def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+    def write(self, record: dict[str, Any], forward: bool = True) -> None:
+        clean = {k: _clean(v) for k, v in record.items()}
+        self._fh.write(json.dumps(clean) + "\n")
         self._fh.flush()
+        if forward and self.listener is not None:
+            self.listener(clean)
 
     def tell(self) -> int:
         """Bytes written so far: a checkpoint records it so a resume can cut the file back."""
@@ -50,6 +55,11 @@ class EventLog(JsonlWriter):
         record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
         self.write(record)
         return record
+
+    def emit_local(self, event: str, **fields: Any) -> None:
+        """Write an event to the file only (the trackers' own failures must not loop back into them)."""
+        self.write({"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
+                   forward=False)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -28,6 +28,8 @@ from ..data import TokenData, prepare_data
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
 from ..track import EventLog, JsonlWriter
+from ..track.sinks import TensorBoardSink, WandbSink, require
+from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
 from .device import resolve_device
 from .guards import Diverged
@@ -82,6 +84,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     if resume_state is None:
         _refuse_existing(run_dir)
 
+    _check_trackers(cfg)
     device = resolve_device(cfg.device)
     _seed_everything(cfg.seed)
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
@@ -114,6 +117,9 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
                 "tokenizer": tokens.tokenizer.identity, "corpus_sha256": tokens.corpus_hash,
                 "model_fingerprint": model_fingerprint(model)}
+    trackers = Trackers(_make_sinks(cfg, run_dir), events.emit_local)
+    trackers.start(identity["config"])
+    metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
@@ -143,6 +149,9 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
         raise
     finally:
         _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events)
+        trackers.close()
+        if not cfg.no_plots:
+            _write_dashboard(run_dir)
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
 
@@ -223,6 +232,34 @@ def _graceful_stop(trainer: Trainer) -> Iterator[None]:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _check_trackers(cfg: TrainConfig) -> None:
+    """A tracker whose package is missing is a user error before anything runs."""
+    if cfg.tensorboard:
+        require("tensorboard", "tensorboard")
+    if cfg.wandb:
+        require("wandb", "wandb")
+
+
+def _make_sinks(cfg: TrainConfig, run_dir: Path) -> list:
+    sinks: list = []
+    if cfg.tensorboard:
+        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    if cfg.wandb:
+        sinks.append(WandbSink(cfg.wandb, cfg.wandb_entity, cfg.wandb_mode, run_dir, cfg.name))
+    return sinks
+
+
+def _write_dashboard(run_dir: Path) -> None:
+    """dashboard.png at the end of a run; a plotting problem is logged, never fatal."""
+    try:
+        from ..track.plots import save_dashboard
+
+        save_dashboard([run_dir], run_dir / "dashboard.png")
+        log.info("dashboard: %s", run_dir / "dashboard.png")
+    except Exception as exc:  # noqa: BLE001 - the run itself is complete and on disk
+        log.warning("could not write dashboard.png: %s: %s", type(exc).__name__, exc)
 
 
 def _refuse_existing(run_dir: Path) -> None:

@@ -53,5 +53,11 @@ class Run:
         """Records of metrics.jsonl; ``kind="train"`` or ``"eval"`` selects one kind."""
         return [r for r in read_jsonl(self.dir / METRICS) if kind is None or r.get("kind") == kind]
 
+    def plot(self):
+        """The dashboard as a matplotlib Figure (displays itself in a notebook)."""
+        from ..track.plots import dashboard
+
+        return dashboard([self.dir])
+
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         return [r for r in read_jsonl(self.dir / EVENTS) if event is None or r.get("event") == event]

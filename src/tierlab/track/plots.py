@@ -1,0 +1,130 @@
+"""The dashboard: one figure that shows a run (or several, overlaid) at a glance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .records import read_jsonl
+
+FIGSIZE, DPI = (15, 8.5), 100  # 1500 x 850 pixels
+
+
+def _load(run_dir: Path) -> dict[str, Any]:
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    events = read_jsonl(run_dir / "events.jsonl")
+    config_path = run_dir / "config.json"
+    return {
+        "name": run_dir.name,
+        "train": [r for r in metrics if r.get("kind") == "train"],
+        "eval": [r for r in metrics if r.get("kind") == "eval"],
+        "skips": sorted({e["step"] for e in events if e.get("event") == "step_skipped"}),
+        "config": json.loads(config_path.read_text()) if config_path.is_file() else {},
+    }
+
+
+def _series(records: list[dict], x: str, y: str) -> tuple[list, list]:
+    pairs = [(r[x], r[y]) for r in records if r.get(y) is not None and r.get(x) is not None]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def dashboard(run_dirs: list[Path]):
+    """A matplotlib Figure: loss vs tokens, learning rate, grad norm vs clip, loss scale, tokens/s, val accuracy."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, 3)
+    (ax_loss, ax_lr, ax_norm), (ax_scale, ax_speed, ax_acc) = axes
+    runs = [_load(Path(d)) for d in run_dirs]
+    colors = [f"C{i % 10}" for i in range(len(runs))]
+    for run, color in zip(runs, colors):
+        label = run["name"]
+        ax_loss.plot(*_series(run["train"], "tokens", "loss"), color=color, label=f"{label} train")
+        if run["eval"]:
+            ax_loss.plot(*_series(run["eval"], "tokens", "val_loss"), color=color, linestyle="--", marker="o",
+                         markersize=3, label=f"{label} val")
+            ax_acc.plot(*_series(run["eval"], "step", "val_acc"), color=color, marker="o", markersize=3, label=label)
+        ax_lr.plot(*_series(run["train"], "step", "lr"), color=color, label=label)
+        ax_norm.plot(*_series(run["train"], "step", "grad_norm"), color=color, label=label)
+        clip = run["config"].get("clip_grad")
+        if clip:
+            ax_norm.axhline(clip, color=color, linestyle=":", linewidth=1, label=f"{label} clip {clip:g}")
+        steps, scales = _series(run["train"], "step", "loss_scale")
+        if scales:
+            ax_scale.step(steps, scales, where="post", color=color, label=label)
+            if run["skips"]:
+                ax_scale.plot(run["skips"], [_scale_at(steps, scales, s) for s in run["skips"]], "x", color="red",
+                              markersize=6, label=f"{label} skipped steps ({len(run['skips'])})")
+        ax_speed.plot(*_series(run["train"], "step", "tokens_per_s"), color=color, label=label)
+    _dress(ax_loss, "loss", "tokens", "cross-entropy (nats)")
+    _dress(ax_lr, "learning rate", "step", "lr")
+    _dress(ax_norm, "gradient norm before clipping", "step", "norm")
+    ax_norm.set_yscale("log")
+    _dress(ax_scale, "fp16 loss scale", "step", "scale")
+    if ax_scale.lines:
+        ax_scale.set_yscale("log", base=2)
+    else:
+        ax_scale.text(0.5, 0.5, "no loss scaling\n(fp32 / bf16)", ha="center", va="center",
+                      transform=ax_scale.transAxes, color="gray")
+    _dress(ax_speed, "throughput", "step", "tokens / s")
+    _dress(ax_acc, "validation next-token accuracy", "step", "accuracy")
+    if not ax_acc.lines:
+        ax_acc.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax_acc.transAxes,
+                    color="gray")
+    title = runs[0]["name"] if len(runs) == 1 else f"{len(runs)} runs"
+    fig.suptitle(f"tierlab — {title}", fontsize=14)
+    return fig
+
+
+def _scale_at(steps: list, scales: list, step: int) -> float:
+    value = scales[0]
+    for s, v in zip(steps, scales):
+        if s > step:
+            break
+        value = v
+    return value
+
+
+def _dress(ax, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+
+
+def save_dashboard(run_dirs: list[Path], path: Path) -> Path:
+    fig = dashboard(run_dirs)
+    fig.savefig(path, dpi=DPI)
+    return path
+
+
+def summary_table(run_dirs: list[Path]) -> str:
+    """One row per run: the figures a person compares first."""
+    header = ["run", "status", "steps", "tokens", "loss", "best val", "precision", "skipped", "scale", "tok/s"]
+    rows = [header]
+    for d in run_dirs:
+        path = Path(d) / "summary.json"
+        s = json.loads(path.read_text()) if path.is_file() else {}
+        if not s:  # a crashed run has no summary: use its last records
+            train = [r for r in read_jsonl(Path(d) / "metrics.jsonl") if r.get("kind") == "train"]
+            last = train[-1] if train else {}
+            s = {"status": "no summary", "steps": last.get("step"), "tokens": last.get("tokens"),
+                 "final_loss": last.get("loss"), "skipped_steps": last.get("skipped_steps"),
+                 "final_loss_scale": last.get("loss_scale")}
+        rows.append([Path(d).name, s.get("status", "?"), _fmt(s.get("steps")), _fmt(s.get("tokens")),
+                     _fmt(s.get("final_loss"), ".4f"), _fmt(s.get("best_val_loss"), ".4f"),
+                     s.get("precision") or "-", _fmt(s.get("skipped_steps")), _fmt(s.get("final_loss_scale"), "g"),
+                     _fmt(s.get("median_tokens_per_s"), ",.0f")])
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not spec:
+        return f"{value:,}"
+    return format(value, spec) if spec else str(value)

@@ -1,0 +1,111 @@
+"""Experiment trackers: TensorBoard and Weights & Biases, fed the same records as metrics.jsonl.
+
+Each sink gets the run's resolved config at ``start``, every metric record (``kind`` train
+or eval) through ``log`` and every event through ``event``.  Metric names are the ones of
+metrics.jsonl (``loss``, ``loss_scale``, ``skipped_steps``, ``val_loss``, ...), so a chart in
+either tool reads like the local records.  Sinks may fail; :mod:`.trackers` makes sure that
+never reaches training.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+NON_METRIC = ("kind", "step")
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def require(module: str, extra: str) -> None:
+    """A missing optional dependency is a user error that says what to install."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"The {extra} tracker needs the '{module}' package, which is not installed.",
+                          f"pip install 'tierlab[{extra}]' (or pip install {module}).")
+
+
+def numeric_items(record: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in record.items()
+            if k not in NON_METRIC and isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+class TensorBoardSink:
+    """Event files in ``<run>/tensorboard``: scalars ``train/<name>`` and ``eval/<name>``, events as text."""
+
+    name = "tensorboard"
+
+    def __init__(self, log_dir: Path):
+        self.log_dir = log_dir
+        self.writer = None
+
+    def start(self, config: dict[str, Any]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```", 0)
+
+    def log(self, record: dict[str, Any]) -> None:
+        for key, value in numeric_items(record).items():
+            self.writer.add_scalar(f"{record['kind']}/{key}", value, record["step"])
+
+    def event(self, record: dict[str, Any]) -> None:
+        self.writer.add_text(f"events/{record['event']}", json.dumps(record), record.get("step") or 0)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class WandbSink:
+    """A W&B run with the same metric names, the resolved config, and events as a table (and alerts)."""
+
+    name = "wandb"
+
+    def __init__(self, project: str, entity: str | None, mode: str | None, run_dir: Path, run_name: str):
+        self.project, self.entity, self.run_dir, self.run_name = project, entity, run_dir, run_name
+        self.mode = mode or os.environ.get("WANDB_MODE") or "online"
+        self.run = None
+        self.events: list[list[Any]] = []
+
+    def start(self, config: dict[str, Any]) -> None:
+        import wandb
+
+        self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(self.run_dir),
+                              name=self.run_name, id=_wandb_id(self.run_dir), resume="allow", config=config,
+                              reinit="finish_previous")
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.run.log(numeric_items(record), step=record["step"])
+
+    def event(self, record: dict[str, Any]) -> None:
+        details = {k: v for k, v in record.items() if k not in ("event", "time", "step")}
+        self.events.append([record.get("step"), record["event"], record.get("time"), json.dumps(details)])
+        if record["event"] in ("diverged", "tracker_disabled") and self.mode == "online":
+            import wandb
+
+            self.run.alert(title=f"tierlab: {record['event']}", text=details.get("diagnosis", json.dumps(details)),
+                           level=wandb.AlertLevel.WARN)
+
+    def close(self) -> None:
+        if self.run is None:
+            return
+        import wandb
+
+        if self.events:
+            self.run.log({"events": wandb.Table(columns=["step", "event", "time", "details"], data=self.events)})
+        self.run.finish()
+
+
+def _wandb_id(run_dir: Path) -> str:
+    """One W&B run per tierlab run, kept across resumes (stored in the run directory)."""
+    path = run_dir / "wandb-id.txt"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = uuid.uuid4().hex[:12]
+    path.write_text(run_id)
+    return run_id

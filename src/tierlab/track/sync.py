@@ -1,0 +1,34 @@
+"""``tierlab sync``: replay a run's local records into a tracker, so nothing an outage missed is lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .records import read_jsonl
+from .sinks import TensorBoardSink, WandbSink, require
+
+
+def make_sink(kind: str, run_dir: Path, project: str | None, entity: str | None, mode: str | None):
+    if kind == "tensorboard":
+        require("tensorboard", "tensorboard")
+        return TensorBoardSink(run_dir / "tensorboard")
+    require("wandb", "wandb")
+    return WandbSink(project or "tierlab", entity, mode, run_dir, run_dir.name)
+
+
+def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | None = None,
+             mode: str | None = None) -> dict[str, int]:
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    sink = make_sink(to, run_dir, project or config.get("wandb"), entity or config.get("wandb_entity"),
+                     mode or config.get("wandb_mode"))
+    metrics, events = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl")
+    sink.start(config)
+    try:
+        for record in metrics:
+            sink.log(record)
+        for record in events:
+            sink.event(record)
+    finally:
+        sink.close()
+    return {"metrics": len(metrics), "events": len(events)}

@@ -1,0 +1,65 @@
+"""Real TensorBoard event files and real offline W&B runs hold the same numbers as metrics.jsonl."""
+
+import pytest
+
+import tierlab
+from helpers import fast_config, run_cli, wandb_history_and_config
+
+pytest.importorskip("tensorboard")
+pytest.importorskip("wandb")
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sinks")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_SILENT", "true")
+    mp.setenv("WANDB_MODE", "offline")  # honoured: no --wandb-mode given
+    # fp16 with an over-large initial scale: the run has skipped steps and scale changes to show.
+    cfg = fast_config(out, precision="fp16", max_steps=20, log_every=5, eval_every=10, tensorboard=True,
+                      wandb="tierlab-tests", loss_scale_init=2.0**20)
+    run = tierlab.train(config=cfg)
+    mp.undo()
+    return run
+
+
+def test_tensorboard_event_files_match_metrics(tracked_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tracked_run.dir / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_scale", "train/skipped_steps", "train/lr", "train/grad_norm",
+            "eval/val_loss", "eval/val_acc"} <= tags
+    for record in tracked_run.metrics():
+        for key, value in record.items():
+            if key in ("kind", "step") or value is None:
+                continue
+            (point,) = [e for e in acc.Scalars(f"{record['kind']}/{key}") if e.step == record["step"]]
+            assert point.value == pytest.approx(value, rel=1e-6)
+    assert any(t.startswith("events/step_skipped") for t in acc.Tags()["tensors"])
+
+
+def test_wandb_offline_run_holds_the_series_and_the_config(tracked_run):
+    history, config = wandb_history_and_config(tracked_run.dir)
+    train = tracked_run.metrics("train")
+    by_step = {h["_step"]: h for h in history}
+    assert sorted(by_step) == [5, 10, 15, 20]
+    for record in train:
+        logged = by_step[record["step"]]
+        for key in ("loss", "loss_scale", "skipped_steps", "lr", "grad_norm"):
+            assert logged[key] == pytest.approx(record[key], rel=1e-6)
+    assert train[-1]["skipped_steps"] > 0 and by_step[20]["skipped_steps"] == train[-1]["skipped_steps"]
+    assert by_step[20]["val_loss"] == pytest.approx(tracked_run.metrics("eval")[-1]["val_loss"])
+    assert config["precision"] == "fp16" and config["max_steps"] == 20 and config["model_args"]["d_model"] == 32
+    assert not tracked_run.events("tracker_failed")
+
+
+def test_missing_tracker_package_is_a_user_error_with_the_pip_command(tmp_path):
+    from tierlab.errors import ConfigError
+    from tierlab.track.sinks import require
+
+    with pytest.raises(ConfigError, match=r"pip install 'tierlab\[nope\]'"):
+        require("no_such_package_xyz", "nope")
+    result = run_cli("train", "--wandb-mode", "sometimes", cwd=tmp_path)
+    assert result.returncode == 2 and "--wandb-mode 'sometimes'" in result.stderr
