@@ -57,7 +57,10 @@ def dashboard(run_dirs: list[Path]):
                 ax_scale.plot(run["skips"], [_scale_at(steps, scales, s) for s in run["skips"]], "x", color="red",
                               markersize=6, label=f"{label} skipped steps ({len(run['skips'])})")
         ax_speed.plot(*_series(run["train"], "step", "tokens_per_s"), color=color, label=label)
+    from matplotlib.ticker import EngFormatter
+
     _dress(ax_loss, "loss", "tokens", "cross-entropy (nats)")
+    ax_loss.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.5M: readable token counts
     _dress(ax_lr, "learning rate", "step", "lr")
     _dress(ax_norm, "gradient norm before clipping", "step", "norm")
     ax_norm.set_yscale("log")
@@ -67,11 +70,15 @@ def dashboard(run_dirs: list[Path]):
     else:
         ax_scale.text(0.5, 0.5, "no loss scaling\n(fp32 / bf16)", ha="center", va="center",
                       transform=ax_scale.transAxes, color="gray")
+        ax_scale.set_xticks([])
+        ax_scale.set_yticks([])
     _dress(ax_speed, "throughput", "step", "tokens / s")
     _dress(ax_acc, "validation next-token accuracy", "step", "accuracy")
     if not ax_acc.lines:
         ax_acc.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax_acc.transAxes,
                     color="gray")
+        ax_acc.set_xticks([])
+        ax_acc.set_yticks([])
     title = runs[0]["name"] if len(runs) == 1 else f"{len(runs)} runs"
     fig.suptitle(f"tierlab — {title}", fontsize=14)
     return fig
