@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import sys
 from typing import Any, Iterator, Protocol
 
@@ -28,7 +29,12 @@ class BarProgress:
     def start(self, total_steps: int) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total_steps, unit="step", file=self.stream, dynamic_ncols=True)
+        # A terminal that reports no size (some pseudo-terminals, CI runners) would get no bar
+        # at all from tqdm: give it a plain 100 x 24 instead.
+        size = shutil.get_terminal_size((0, 0))
+        sized = size.columns > 0 and size.lines > 0
+        self.bar = tqdm(total=total_steps, unit="step", file=self.stream, dynamic_ncols=sized,
+                        ncols=None if sized else 100, nrows=None if sized else 24)
 
     def update(self, record: dict[str, Any]) -> None:
         if self.bar is None:
