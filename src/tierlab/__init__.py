@@ -4,6 +4,8 @@ from .config import TrainConfig
 from .errors import UserError
 from .sample import generate, load
 from .train import Diverged, Run, resume, train
+from .validate import Report, validate
 
-__all__ = ["Diverged", "Run", "TrainConfig", "UserError", "generate", "load", "resume", "train"]
+__all__ = ["Diverged", "Report", "Run", "TrainConfig", "UserError", "generate", "load", "resume", "train",
+           "validate"]
 __version__ = "0.1.0"

@@ -48,6 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
     sample.add_argument("--checkpoint", default=None, metavar="PATH", help="use this checkpoint's weights")
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    val = sub.add_parser("validate", help="check that a model is wired correctly and which precision is safe",
+                         description="Tier 1 checks (shapes, causality, gradient flow, numerics, initialisation, "
+                                     "memory, speed, determinism) and the precision doctor. Exit code 1 when a "
+                                     "check fails.")
+    val.add_argument("--model", default="tiny-gpt", help="tiny-gpt or PATH.py[:factory]")
+    val.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--vocab-size", type=int, default=256, metavar="N",
+                     help="passed to a factory with a vocab_size argument (default 256)")
+    val.add_argument("--batch-size", type=int, default=4, metavar="N")
+    val.add_argument("--seq-len", type=int, default=64, metavar="N")
+    val.add_argument("--max-len", type=int, default=None, metavar="N",
+                     help="the model's maximum length, when it does not publish one")
+    val.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor")
+    val.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     report = sub.add_parser("report", help="write dashboard.png for one or several runs and print a summary table",
                             description="Plot loss, learning rate, gradient norm, loss scale (with skipped steps), "
                                         "throughput and validation accuracy; several runs are overlaid.")
@@ -140,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(ns)
         if ns.command == "sample":
             return _sample(ns)
+        if ns.command == "validate":
+            return _validate(ns)
         if ns.command == "report":
             return _report(ns)
         if ns.command == "sync":
@@ -214,3 +231,22 @@ def _sync(ns: argparse.Namespace) -> int:
     count = sync_run(run_dir, ns.to, ns.project, ns.wandb_entity, ns.wandb_mode)
     print(f"synced {count['metrics']} metric records and {count['events']} events of {run_dir} to {ns.to}")
     return 0
+
+
+def _validate(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .train.device import resolve_device
+    from .validate import validate
+
+    for name in ("batch_size", "seq_len", "vocab_size"):
+        if getattr(ns, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1.", "pass a positive number.")
+    model_args = dict(parse_model_arg(item) for item in ns.model_args)
+    report = validate(ns.model, model_args=model_args, vocab_size=ns.vocab_size, batch_size=ns.batch_size,
+                      seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
+                      doctor=not ns.no_doctor)
+    print(report.text())
+    if ns.json:
+        Path(ns.json).write_text(report.to_json() + "\n")
+    return 0 if report.ok else 1

@@ -1,0 +1,56 @@
+"""``tierlab validate``: Tier 1 checks and the precision doctor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..models import extract_logits, load_model, max_positions
+from . import checks
+from .checks import Probe
+from .doctor import precision_doctor
+from .report import CheckResult, Report
+
+__all__ = ["CheckResult", "Report", "validate"]
+
+
+def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
+             batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
+             doctor: bool = True, seed: int = 0) -> Report:
+    """Run every check on ``model`` (a module or ``path.py[:factory]``) and return the :class:`Report`."""
+    name = model if isinstance(model, str) else type(model).__name__
+    if isinstance(model, str):
+        torch.manual_seed(seed)
+        model = load_model(model, model_args or {}, vocab_size)
+    dev = torch.device(device)
+    model.to(dev)
+    max_len = max_len or max_positions(model)
+    seq_len = min(seq_len, max_len) if max_len else seq_len
+    try:
+        model.eval()
+        with torch.no_grad():
+            vocab = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=dev))).shape[-1]
+    except Exception as exc:  # noqa: BLE001 - nothing else can run: report it as the shapes check
+        return Report(name, [CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
+                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
+                                         "make forward(input_ids) accept a LongTensor [B, T] and return logits")])
+    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed)
+    results, recommendation = [], None
+    for check in checks.ALL:
+        results.append(_guarded(check.__name__, lambda check=check: check(probe)))
+    if doctor:
+        try:
+            result, recommendation = precision_doctor(probe)
+        except Exception as exc:  # noqa: BLE001
+            result = CheckResult("precision_doctor", "fail", f"raised {type(exc).__name__}: {exc}")
+        results.append(result)
+    return Report(name, results, recommendation)
+
+
+def _guarded(name: str, run) -> CheckResult:
+    try:
+        return run()
+    except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check, with the reason
+        return CheckResult(name, "fail", f"raised {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")

@@ -1,0 +1,252 @@
+"""Tier 1 checks: is the model wired like a causal language model?
+
+Each check takes a :class:`Probe` (the model, its vocabulary and the probe shapes) and
+returns a :class:`CheckResult` with pass / warn / fail, the measured figures and advice.
+A check that raises is reported as a failure of that check, never as a crash.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import extract_logits
+from .report import CheckResult
+
+
+@dataclass
+class Probe:
+    model: nn.Module
+    vocab: int
+    batch_size: int
+    seq_len: int
+    max_len: int | None
+    device: torch.device
+    seed: int = 0
+
+    def tokens(self, batch: int, length: int, seed: int | None = None) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        return torch.randint(0, self.vocab, (batch, length), generator=g).to(self.device)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        return extract_logits(self.model(ids))
+
+
+def shapes(p: Probe) -> CheckResult:
+    lengths = sorted({1, max(1, p.seq_len // 2), p.max_len or p.seq_len})
+    bad, tried = [], []
+    p.model.eval()
+    with torch.no_grad():
+        for b in sorted({1, p.batch_size}):
+            for t in lengths:
+                tried.append([b, t])
+                try:
+                    shape = list(p.logits(p.tokens(b, t)).shape)
+                except Exception as exc:  # noqa: BLE001 - a failing shape is the finding
+                    bad.append(f"[{b}, {t}] raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                    continue
+                if shape != [b, t, p.vocab]:
+                    bad.append(f"[{b}, {t}] gave {shape}, expected {[b, t, p.vocab]}")
+    if bad:
+        return CheckResult("shapes", "fail", "; ".join(bad[:3]), {"tried": tried},
+                           "forward(input_ids [B, T]) must return logits [B, T, V] for every B and T up to the "
+                           "model's maximum length")
+    return CheckResult("shapes", "pass", f"logits [B, T, {p.vocab}] for B in {sorted({1, p.batch_size})}, "
+                       f"T in {lengths}", {"tried": tried})
+
+
+def causality(p: Probe) -> CheckResult:
+    """Changing token p must not change the logits at positions before p."""
+    length = min(16, p.max_len or 16, p.seq_len)
+    ids = p.tokens(1, length, seed=1)
+    p.model.eval()
+    with torch.no_grad():
+        base = p.logits(ids).float()
+        for pos in range(1, length):
+            changed = ids.clone()
+            changed[0, pos] = (changed[0, pos] + 1) % p.vocab
+            diff = (p.logits(changed).float()[0, :pos] - base[0, :pos]).abs().amax().item()
+            if diff > 1e-4 * max(1.0, base.abs().amax().item()):
+                return CheckResult("causality", "fail", f"logits at positions < {pos} change when token {pos} "
+                                   f"changes (max diff {diff:.3g}): position {pos - 1} sees the future",
+                                   {"first_leaking_position": pos - 1, "max_diff": diff},
+                                   "apply a causal mask (is_causal=True, or mask scores where key > query)")
+    return CheckResult("causality", "pass", f"no position sees a later token (T={length})", {"length": length})
+
+
+def gradient_flow(p: Probe) -> CheckResult:
+    p.model.train()
+    p.model.zero_grad(set_to_none=True)
+    ids = p.tokens(p.batch_size, p.seq_len, seed=2)
+    logits = p.logits(ids[:, :-1]) if p.seq_len > 1 else p.logits(ids)
+    target = ids[:, 1:] if p.seq_len > 1 else ids
+    F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1)).backward()
+    missing, zero, nonfinite, norms = [], [], [], {}
+    for name, param in p.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            missing.append(name)
+        elif not torch.isfinite(param.grad).all():
+            nonfinite.append(name)
+        elif param.grad.abs().max().item() == 0:
+            zero.append(name)
+        else:
+            norms[name] = param.grad.norm().item()
+    p.model.zero_grad(set_to_none=True)
+    median = statistics.median(norms.values()) if norms else 0.0
+    vanishing = [n for n, v in norms.items() if median and v < 1e-5 * median]
+    exploding = [n for n, v in norms.items() if median and v > 1e4 * median]
+    figures = {"no_grad": missing, "zero_grad": zero, "nonfinite_grad": nonfinite, "vanishing": vanishing,
+               "exploding": exploding, "median_grad_norm": median}
+    if missing or zero or nonfinite:
+        parts = [f"{len(x)} {what}: {', '.join(x[:4])}{', ...' if len(x) > 4 else ''}"
+                 for x, what in ((missing, "get no gradient"), (zero, "get an all-zero gradient"),
+                                 (nonfinite, "get non-finite gradients")) if x]
+        return CheckResult("gradient_flow", "fail", "; ".join(parts), figures,
+                           "look for detached tensors (.detach(), .data, torch.no_grad), unused branches, or a "
+                           "zero-initialised layer that blocks the gradient to everything below it")
+    if vanishing or exploding:
+        return CheckResult("gradient_flow", "warn", f"{len(vanishing)} vanishing, {len(exploding)} exploding "
+                           "parameter gradients relative to the median", figures,
+                           "check normalisation and residual connections around those layers")
+    return CheckResult("gradient_flow", "pass", f"all {len(norms)} trainable parameters get finite, non-zero "
+                       f"gradients (median norm {median:.3g})", figures)
+
+
+def numerics(p: Probe) -> CheckResult:
+    p.model.eval()
+    ids = p.tokens(p.batch_size, p.seq_len, seed=3)
+    with torch.no_grad():
+        logits = p.logits(ids).float()
+    if not torch.isfinite(logits).all():
+        bad = (~torch.isfinite(logits)).float().mean().item()
+        return CheckResult("numerics", "fail", f"{bad:.1%} of the logits are NaN or Inf", {"nonfinite": bad},
+                           "find the layer that produces them (division by zero, log of 0, overflowing exp)")
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, p.vocab), ids[:, 1:].reshape(-1)).item() \
+        if p.seq_len > 1 else F.cross_entropy(logits.reshape(-1, p.vocab), ids.reshape(-1)).item()
+    expected = math.log(p.vocab)
+    figures = {"initial_loss": loss, "ln_vocab": expected, "logit_mean": logits.mean().item(),
+               "logit_std": logits.std().item(), "logit_max": logits.abs().max().item()}
+    if abs(loss - expected) > 1.0:
+        return CheckResult("numerics", "warn", f"initial loss {loss:.3f} is far from ln(V) = {expected:.3f} "
+                           f"(logit std {figures['logit_std']:.3g})", figures,
+                           "a fresh model should predict near-uniformly: check the output layer's init scale "
+                           "and the attention's 1/sqrt(d) factor")
+    return CheckResult("numerics", "pass", f"finite logits; initial loss {loss:.3f} vs ln(V) = {expected:.3f}",
+                       figures)
+
+
+def initialisation(p: Probe) -> CheckResult:
+    zero, identical, odd, stats = [], [], [], {}
+    for name, param in p.model.named_parameters():
+        w = param.detach().float()
+        stats[name] = {"mean": w.mean().item(), "std": w.std().item() if w.numel() > 1 else 0.0}
+        if w.dim() < 2:
+            continue
+        if w.abs().max().item() == 0:
+            zero.append(name)
+        elif w.shape[0] > 1 and torch.equal(w[0], w[1]) and torch.equal(w[0], w[-1]):
+            identical.append(name)
+        elif not 1e-4 < stats[name]["std"] < 1.0:
+            odd.append(f"{name} (std {stats[name]['std']:.2g})")
+    figures = {"all_zero": zero, "identical_rows": identical, "unusual_std": odd, "params": stats}
+    if zero or identical or odd:
+        parts = [f"{what}: {', '.join(x[:3])}{', ...' if len(x) > 3 else ''}"
+                 for x, what in ((zero, "all-zero weights"), (identical, "identical rows"), (odd, "unusual std"))
+                 if x]
+        return CheckResult("initialisation", "warn", "; ".join(parts), figures,
+                           "weights are usually initialised with std ~0.02 (or 1/sqrt(fan_in)); an all-zero "
+                           "matrix or identical rows cannot break symmetry")
+    return CheckResult("initialisation", "pass", f"{len(stats)} parameters, no all-zero or identical-row "
+                       "matrices, stds in the usual range", figures)
+
+
+def memory(p: Probe) -> CheckResult:
+    params = sum(t.numel() for t in p.model.parameters())
+    trainable = sum(t.numel() for t in p.model.parameters() if t.requires_grad)
+    per_precision = {}
+    for name, weight_bytes in (("fp32", 4), ("bf16/fp16 autocast (fp32 master weights)", 4)):
+        per_precision[name] = {"params": params * weight_bytes, "grads": trainable * 4,
+                               "adamw_state": trainable * 8}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    p.model.train()
+    ids = p.tokens(p.batch_size, p.seq_len, seed=4)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logits = p.logits(ids)
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1))
+    activations = sum(saved.values())
+    loss.backward()
+    p.model.zero_grad(set_to_none=True)
+    figures = {"parameters": params, "trainable": trainable, "bytes": per_precision,
+               "activation_bytes": activations, "batch_size": p.batch_size, "seq_len": p.seq_len}
+    total = sum(per_precision["fp32"].values()) + activations
+    return CheckResult("memory", "pass", f"{params / 1e6:.2f} M parameters: weights {_mb(params * 4)}, grads "
+                       f"{_mb(trainable * 4)}, AdamW state {_mb(trainable * 8)}, activations "
+                       f"{_mb(activations)} at batch {p.batch_size} x {p.seq_len} (total ~{_mb(total)})", figures)
+
+
+def speed(p: Probe, repeats: int = 5) -> CheckResult:
+    ids = p.tokens(p.batch_size, p.seq_len, seed=5)
+    p.model.eval()
+    forward = []
+    with torch.no_grad():
+        for i in range(repeats + 2):
+            start = time.perf_counter()
+            p.logits(ids)
+            _sync(p.device)
+            if i >= 2:
+                forward.append(time.perf_counter() - start)
+    p.model.train()
+    opt = torch.optim.AdamW(p.model.parameters(), lr=0.0)  # lr 0: measure the step, change nothing
+    steps = []
+    for i in range(repeats + 1):
+        start = time.perf_counter()
+        logits = p.logits(ids)
+        F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        _sync(p.device)
+        if i >= 1:
+            steps.append(time.perf_counter() - start)
+    fwd, step = statistics.median(forward), statistics.median(steps)
+    tokens = p.batch_size * p.seq_len / step
+    return CheckResult("speed", "pass", f"forward {fwd * 1e3:.1f} ms, train step {step * 1e3:.1f} ms = "
+                       f"{tokens:,.0f} tokens/s (median of {repeats}, batch {p.batch_size} x {p.seq_len}, fp32)",
+                       {"forward_ms": fwd * 1e3, "train_step_ms": step * 1e3, "tokens_per_s": tokens})
+
+
+def determinism(p: Probe) -> CheckResult:
+    ids = p.tokens(p.batch_size, p.seq_len, seed=6)
+    p.model.eval()
+    with torch.no_grad():
+        a, b = p.logits(ids).float(), p.logits(ids).float()
+    diff = (a - b).abs().max().item() if torch.isfinite(a).all() else float("nan")
+    if not torch.equal(a, b) and not diff <= 1e-6:
+        return CheckResult("determinism", "fail", f"two eval forwards of the same input differ (max {diff:.3g})",
+                           {"max_diff": diff}, "dropout or other randomness is active in eval mode, or the model "
+                           "keeps state between calls")
+    return CheckResult("determinism", "pass", "two eval forwards agree", {"max_diff": diff})
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+ALL = (shapes, causality, gradient_flow, numerics, initialisation, memory, speed, determinism)

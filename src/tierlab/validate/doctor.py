@@ -1,0 +1,129 @@
+"""The precision doctor: is this model safe in fp16 or bf16, measured before a single training step.
+
+One fp32 forward and backward with hooks on every module records activation and gradient
+magnitudes; fp16 and bf16 autocast forwards give the error against fp32.  From these:
+fp16 headroom per module (in powers of two below 65504), the share of gradient values that
+fp16 would flush to zero at GradScaler's initial scale and at the scale it would settle at,
+and a recommendation with its reasons.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..train.device import cpu_native_bf16
+from .checks import Probe
+from .report import CheckResult
+
+FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24  # smallest fp16 subnormal: anything smaller becomes 0
+NEAR = 4  # within 2^4 of the fp16 maximum counts as "close"
+
+
+def _first_tensor(output):
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, (tuple, list)):
+        return next((o for o in output if isinstance(o, torch.Tensor)), None)
+    return getattr(output, "logits", None)
+
+
+def _measure(p: Probe, ids: torch.Tensor):
+    acts: dict[str, float] = {}
+    grads: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in p.model.named_modules():
+        if not name:
+            continue
+
+        def hook(mod, args, output, name=name):
+            t = _first_tensor(output)
+            if t is None or not t.is_floating_point():
+                return
+            acts[name] = max(acts.get(name, 0.0), t.detach().abs().float().max().item())
+            if t.requires_grad:
+                t.register_hook(lambda g, name=name: grads.__setitem__(name, g.detach().abs().float().flatten()))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        p.model.train()
+        logits = p.logits(ids).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1))
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+        p.model.zero_grad(set_to_none=True)
+    return acts, grads, logits.detach(), loss.item()
+
+
+def _autocast_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype):
+    p.model.eval()
+    with torch.no_grad(), torch.autocast(p.device.type, dtype=dtype):
+        logits = p.logits(ids)
+    logits = logits.float()
+    return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1)).item()
+
+
+def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
+    ids = p.tokens(min(p.batch_size, 2), min(p.seq_len, 32), seed=7)
+    acts, grads, ref_logits, ref_loss = _measure(p, ids)
+    headroom = {n: (math.log2(FP16_MAX / a) if a > 0 else math.inf) for n, a in acts.items()}
+    overflow = sorted((n for n, h in headroom.items() if h < 0), key=lambda n: headroom[n])
+    near = sorted((n for n, h in headroom.items() if 0 <= h < NEAR), key=lambda n: headroom[n])
+    values = torch.cat(list(grads.values())) if grads else torch.zeros(0)
+    nonzero = values[values > 0]
+    max_grad = nonzero.max().item() if nonzero.numel() else 0.0
+    settle = 2.0 ** min(24, math.floor(math.log2(FP16_MAX / max_grad))) if max_grad > 0 else 2.0**16
+    underflow = {f"scale_2^{int(math.log2(s))}": (nonzero * s < FP16_TINY).float().mean().item()
+                 if nonzero.numel() else 0.0 for s in (2.0**16, settle)}
+    errors = {}
+    for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        try:
+            logits, loss = _autocast_forward(p, ids, dtype)
+        except Exception as exc:  # noqa: BLE001 - the device cannot run it: say so
+            errors[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        finite = bool(torch.isfinite(logits).all())
+        rel = ((logits - ref_logits).norm() / ref_logits.norm().clamp_min(1e-12)).item() if finite else math.inf
+        errors[name] = {"finite": finite, "logits_rel_error": rel, "loss": loss,
+                        "loss_rel_error": abs(loss - ref_loss) / max(abs(ref_loss), 1e-12)}
+    fp16 = errors.get("fp16", {})
+    reasons = []
+    if overflow:
+        reasons.append(f"activations beyond fp16's 65504 in {', '.join(overflow[:4])}")
+    if near:
+        reasons.append(f"within 2^{NEAR} of fp16's maximum in {', '.join(near[:4])}")
+    if fp16 and not fp16.get("finite", False):
+        reasons.append("the fp16 forward produces inf/NaN")
+    under = underflow[f"scale_2^{int(math.log2(settle))}"]
+    if under > 0.01:
+        reasons.append(f"{under:.1%} of gradient values would underflow to zero even at the settled scale")
+    fp16_safe = not reasons
+    native = (torch.cuda.is_bf16_supported() if p.device.type == "cuda" else bool(cpu_native_bf16()))
+    bf16_ok = errors.get("bf16", {}).get("finite", False)
+    if native and bf16_ok:
+        advice = "bf16: native on this device and has fp32's range, so no loss scaling is needed"
+    elif fp16_safe:
+        advice = ("fp16 with GradScaler: activations keep their headroom and gradients survive at the settled "
+                  f"scale 2^{int(math.log2(settle))}; bf16 where the hardware has it")
+    else:
+        keep = overflow + near
+        advice = ("not fp16 (" + "; ".join(reasons) + "): use bf16 where the hardware has it, otherwise fp32"
+                  + (f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32" if keep else ""))
+    if p.device.type == "cpu" and not native:
+        advice += " (on this CPU, fp32 is also the fastest)"
+    worst = min(headroom.items(), key=lambda kv: kv[1]) if headroom else ("-", math.inf)
+    figures = {"max_activation": acts, "fp16_headroom_pow2": headroom, "overflow_modules": overflow,
+               "near_overflow_modules": near, "max_activation_grad": max_grad, "settled_loss_scale": settle,
+               "grad_underflow_fraction": underflow, "autocast": errors, "fp16_safe": fp16_safe}
+    summary = (f"fp16 {'safe' if fp16_safe else 'UNSAFE'}: least headroom 2^{worst[1]:.1f} in {worst[0]}; "
+               f"gradient underflow {underflow['scale_2^16']:.2%} at 2^16, {under:.2%} at settled 2^"
+               f"{int(math.log2(settle))}; logits rel. error fp16 "
+               f"{fp16.get('logits_rel_error', math.nan):.2g}, bf16 "
+               f"{errors.get('bf16', {}).get('logits_rel_error', math.nan):.2g}")
+    status = "pass" if fp16_safe else "warn"
+    return CheckResult("precision_doctor", status, summary, figures, advice), advice

@@ -1,0 +1,163 @@
+"""tierlab validate: every check passes on the built-in model and fails on a model broken for it."""
+
+import json
+
+import pytest
+
+import tierlab
+from helpers import assert_user_error, run_cli, write_model
+
+ZOO = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tierlab.models.tiny_gpt import TinyGPT
+
+SMALL = dict(n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+
+
+class NoMask(TinyGPT):
+    """Attention without the causal mask: every position sees the whole sequence."""
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size=vocab_size, **SMALL)
+        for block in self.blocks:
+            attn = block.attn
+            def forward(x, attn=attn):
+                B, T, C = x.shape
+                q, k, v = attn.qkv(x).split(C, dim=2)
+                q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in (q, k, v))
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+                return attn.proj(y.transpose(1, 2).reshape(B, T, C))
+            attn.forward = forward
+
+
+class Detached(TinyGPT):
+    """The transformer blocks' output is detached: nothing below the final norm learns."""
+    def forward(self, input_ids):
+        T = input_ids.shape[1]
+        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(T, device=input_ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x.detach()))
+
+
+class Scaled(nn.Module):
+    def __init__(self, factor):
+        super().__init__()
+        self.factor = factor
+    def forward(self, x):
+        return x * self.factor
+
+
+class WithLayer(TinyGPT):
+    """TinyGPT with an extra layer `amp` between the final norm and the head."""
+    def __init__(self, vocab_size, factor):
+        super().__init__(vocab_size=vocab_size, **SMALL)
+        self.amp = Scaled(factor)
+    def forward(self, input_ids):
+        T = input_ids.shape[1]
+        x = self.tok_emb(input_ids) + self.pos_emb(torch.arange(T, device=input_ids.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.amp(self.ln_f(x)))
+
+
+class Flat(TinyGPT):
+    def forward(self, input_ids):
+        return super().forward(input_ids)[:, -1]  # [B, V]: forgot the positions
+
+
+class Noisy(TinyGPT):
+    def forward(self, input_ids):
+        logits = super().forward(input_ids)
+        return F.dropout(logits, 0.1, training=True)  # randomness even in eval mode
+
+
+def good(vocab_size):
+    return TinyGPT(vocab_size=vocab_size, **SMALL)
+
+def no_mask(vocab_size):
+    return NoMask(vocab_size)
+
+def detached(vocab_size):
+    return Detached(vocab_size=vocab_size, **SMALL)
+
+def zero_head(vocab_size):
+    model = TinyGPT(vocab_size=vocab_size, **SMALL)
+    model.head = nn.Linear(32, vocab_size, bias=False)  # untied, and all zero
+    nn.init.zeros_(model.head.weight)
+    return model
+
+def nan_layer(vocab_size):
+    return WithLayer(vocab_size, float("nan"))
+
+def overflow(vocab_size):
+    return WithLayer(vocab_size, 1e5)
+
+def flat(vocab_size):
+    return Flat(vocab_size=vocab_size, **SMALL)
+
+def noisy(vocab_size):
+    return Noisy(vocab_size=vocab_size, **SMALL)
+'''
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory):
+    return write_model(tmp_path_factory.mktemp("zoo"), ZOO, name="zoo.py")
+
+
+@pytest.fixture(scope="module")
+def healthy():
+    return tierlab.validate("tiny-gpt", model_args={"n_layer": 1, "d_model": 32, "n_head": 2, "max_seq_len": 64})
+
+
+CHECKS = ["shapes", "causality", "gradient_flow", "numerics", "initialisation", "memory", "speed", "determinism",
+          "precision_doctor"]
+
+
+def test_the_built_in_model_passes_every_check(healthy):
+    assert [c.name for c in healthy.checks] == CHECKS
+    assert all(c.status == "pass" for c in healthy.checks), healthy.text()
+    assert healthy.ok and "all checks passed" in repr(healthy)
+    assert healthy["memory"].figures["activation_bytes"] > 0
+    assert healthy["speed"].figures["tokens_per_s"] > 0
+    assert healthy["precision_doctor"].figures["fp16_safe"] is True
+
+
+@pytest.mark.parametrize("factory, check, fragment", [
+    ("no_mask", "causality", "position 0 sees the future"),
+    ("detached", "gradient_flow", "get no gradient: pos_emb.weight"),
+    ("zero_head", "gradient_flow", "get an all-zero gradient"),
+    ("zero_head", "initialisation", "all-zero weights: head.weight"),
+    ("nan_layer", "numerics", "100.0% of the logits are NaN or Inf"),
+    ("flat", "shapes", "expected [1, 1, 256]"),
+    ("noisy", "determinism", "two eval forwards of the same input differ"),
+])
+def test_each_check_catches_its_broken_model(zoo, factory, check, fragment):
+    report = tierlab.validate(f"{zoo}:{factory}")
+    result = report[check] if factory != "flat" else report["shapes"]
+    assert result.status in ("fail", "warn") and fragment in result.summary, report.text()
+    if result.status == "fail":
+        assert not report.ok
+
+
+def test_the_doctor_names_the_overflowing_module_and_advises_against_fp16(zoo):
+    report = tierlab.validate(f"{zoo}:overflow")
+    doctor = report["precision_doctor"]
+    assert doctor.status == "warn" and "fp16 UNSAFE" in doctor.summary
+    assert doctor.figures["overflow_modules"][0] == "amp"
+    assert report.recommendation.startswith("not fp16") and "keep amp" in report.recommendation
+    assert doctor.figures["autocast"]["bf16"]["finite"] is True
+
+
+def test_cli_exit_codes_and_json(zoo, tmp_path):
+    good = run_cli("validate", "--model", f"{zoo}:good", "--json", tmp_path / "good.json", cwd=tmp_path)
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert "result: all checks passed" in good.stdout
+    data = json.loads((tmp_path / "good.json").read_text())
+    assert data["ok"] is True and [c["name"] for c in data["checks"]] == CHECKS
+    broken = run_cli("validate", "--model", f"{zoo}:no_mask", "--no-doctor", cwd=tmp_path)
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert "FAIL  causality" in broken.stdout and "FAILED: causality" in broken.stdout
+    assert_user_error(run_cli("validate", "--model", tmp_path / "missing.py", cwd=tmp_path), "does not exist")
