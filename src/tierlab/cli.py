@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--max-len", type=int, default=None, metavar="N",
                      help="the model's maximum length, when it does not publish one")
     val.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    val.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                     help="autocast precision of the speed check (default fp32)")
     val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor")
     val.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     report = sub.add_parser("report", help="write dashboard.png for one or several runs and print a summary table",
@@ -250,7 +252,7 @@ def _validate(ns: argparse.Namespace) -> int:
     model_args = dict(parse_model_arg(item) for item in ns.model_args)
     report = validate(ns.model, model_args=model_args, vocab_size=ns.vocab_size, batch_size=ns.batch_size,
                       seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
-                      doctor=not ns.no_doctor)
+                      doctor=not ns.no_doctor, precision=ns.precision)
     print(report.text())
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")

@@ -161,3 +161,11 @@ def test_cli_exit_codes_and_json(zoo, tmp_path):
     assert broken.returncode == 1, broken.stdout + broken.stderr
     assert "FAIL  causality" in broken.stdout and "FAILED: causality" in broken.stdout
     assert_user_error(run_cli("validate", "--model", tmp_path / "missing.py", cwd=tmp_path), "does not exist")
+
+
+@pytest.mark.parametrize("factory, check", [("detached", "gradient_flow"), ("zero_head", "gradient_flow"),
+                                            ("nan_layer", "numerics")])
+def test_cli_fails_each_broken_model(zoo, tmp_path, factory, check):
+    result = run_cli("validate", "--model", f"{zoo}:{factory}", "--no-doctor", "--precision", "bf16", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"FAIL  {check}" in result.stdout and "bf16)" in result.stdout

@@ -18,7 +18,7 @@ __all__ = ["CheckResult", "Report", "validate"]
 
 def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
-             doctor: bool = True, seed: int = 0) -> Report:
+             doctor: bool = True, seed: int = 0, precision: str = "fp32") -> Report:
     """Run every check on ``model`` (a module or ``path.py[:factory]``) and return the :class:`Report`."""
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
@@ -36,7 +36,7 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
         return Report(name, [CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
                                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
                                          "make forward(input_ids) accept a LongTensor [B, T] and return logits")])
-    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed)
+    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision)
     results, recommendation = [], None
     for check in checks.ALL:
         results.append(_guarded(check.__name__, lambda check=check: check(probe)))

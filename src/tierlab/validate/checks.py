@@ -7,6 +7,7 @@ A check that raises is reported as a failure of that check, never as a crash.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -29,6 +30,11 @@ class Probe:
     max_len: int | None
     device: torch.device
     seed: int = 0
+    precision: str = "fp32"  # the speed check's autocast precision: fp32, bf16 or fp16
+
+    def autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def tokens(self, batch: int, length: int, seed: int | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
@@ -183,14 +189,22 @@ def memory(p: Probe) -> CheckResult:
 
     p.model.train()
     ids = p.tokens(p.batch_size, p.seq_len, seed=4)
+    cuda = p.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(p.device)
+        torch.cuda.reset_peak_memory_stats(p.device)
+        baseline = torch.cuda.memory_allocated(p.device)
+    # Activation memory = what autograd saves for backward, measured on any device.
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logits = p.logits(ids)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1))
     activations = sum(saved.values())
     loss.backward()
+    peak = (torch.cuda.max_memory_allocated(p.device) - baseline) if cuda else None
     p.model.zero_grad(set_to_none=True)
     figures = {"parameters": params, "trainable": trainable, "bytes": per_precision,
-               "activation_bytes": activations, "batch_size": p.batch_size, "seq_len": p.seq_len}
+               "activation_bytes": activations, "cuda_peak_step_bytes": peak, "batch_size": p.batch_size,
+               "seq_len": p.seq_len}
     total = sum(per_precision["fp32"].values()) + activations
     return CheckResult("memory", "pass", f"{params / 1e6:.2f} M parameters: weights {_mb(params * 4)}, grads "
                        f"{_mb(trainable * 4)}, AdamW state {_mb(trainable * 8)}, activations "
@@ -201,7 +215,7 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
     ids = p.tokens(p.batch_size, p.seq_len, seed=5)
     p.model.eval()
     forward = []
-    with torch.no_grad():
+    with torch.no_grad(), p.autocast():
         for i in range(repeats + 2):
             start = time.perf_counter()
             p.logits(ids)
@@ -213,7 +227,8 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
     steps = []
     for i in range(repeats + 1):
         start = time.perf_counter()
-        logits = p.logits(ids)
+        with p.autocast():
+            logits = p.logits(ids)
         F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -223,8 +238,10 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
     fwd, step = statistics.median(forward), statistics.median(steps)
     tokens = p.batch_size * p.seq_len / step
     return CheckResult("speed", "pass", f"forward {fwd * 1e3:.1f} ms, train step {step * 1e3:.1f} ms = "
-                       f"{tokens:,.0f} tokens/s (median of {repeats}, batch {p.batch_size} x {p.seq_len}, fp32)",
-                       {"forward_ms": fwd * 1e3, "train_step_ms": step * 1e3, "tokens_per_s": tokens})
+                       f"{tokens:,.0f} tokens/s (median of {repeats}, batch {p.batch_size} x {p.seq_len}, "
+                       f"{p.precision})",
+                       {"forward_ms": fwd * 1e3, "train_step_ms": step * 1e3, "tokens_per_s": tokens,
+                        "precision": p.precision})
 
 
 def determinism(p: Probe) -> CheckResult:
