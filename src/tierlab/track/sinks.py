@@ -109,3 +109,17 @@ def _wandb_id(run_dir: Path) -> str:
     run_id = uuid.uuid4().hex[:12]
     path.write_text(run_id)
     return run_id
+
+
+def make_sink(kind: str, run_dir: Path, project: str | None = None, entity: str | None = None,
+              mode: str | None = None, run_name: str | None = None):
+    """A sink of ``kind`` ("tensorboard" or "wandb") for ``run_dir``; a missing package is a user error.
+
+    Constructing a sink touches nothing on disk or the network (that happens in ``start``), so
+    it can run before the run directory exists.
+    """
+    if kind == "tensorboard":
+        require("tensorboard", "tensorboard")
+        return TensorBoardSink(run_dir / "tensorboard")
+    require("wandb", "wandb")
+    return WandbSink(project or "tierlab", entity, mode, run_dir, run_name or run_dir.name)

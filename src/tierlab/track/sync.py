@@ -6,15 +6,7 @@ import json
 from pathlib import Path
 
 from .records import read_jsonl
-from .sinks import TensorBoardSink, WandbSink, require
-
-
-def make_sink(kind: str, run_dir: Path, project: str | None, entity: str | None, mode: str | None):
-    if kind == "tensorboard":
-        require("tensorboard", "tensorboard")
-        return TensorBoardSink(run_dir / "tensorboard")
-    require("wandb", "wandb")
-    return WandbSink(project or "tierlab", entity, mode, run_dir, run_dir.name)
+from .sinks import make_sink
 
 
 def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | None = None,

@@ -28,7 +28,7 @@ from ..data import TokenData, prepare_data
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
 from ..track import EventLog, JsonlWriter
-from ..track.sinks import TensorBoardSink, WandbSink, require
+from ..track.sinks import make_sink
 from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
 from .device import resolve_device
@@ -84,7 +84,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     if resume_state is None:
         _refuse_existing(run_dir)
 
-    _check_trackers(cfg)
+    sinks = _make_sinks(cfg, run_dir)  # before anything runs: a missing tracker package is a user error
     device = resolve_device(cfg.device)
     _seed_everything(cfg.seed)
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
@@ -117,7 +117,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
                 "tokenizer": tokens.tokenizer.identity, "corpus_sha256": tokens.corpus_hash,
                 "model_fingerprint": model_fingerprint(model)}
-    trackers = Trackers(_make_sinks(cfg, run_dir), events.emit_local)
+    trackers = Trackers(sinks, events.emit_local)
     trackers.start(identity["config"])
     metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress)
@@ -234,20 +234,10 @@ def _graceful_stop(trainer: Trainer) -> Iterator[None]:
             signal.signal(sig, old)
 
 
-def _check_trackers(cfg: TrainConfig) -> None:
-    """A tracker whose package is missing is a user error before anything runs."""
-    if cfg.tensorboard:
-        require("tensorboard", "tensorboard")
-    if cfg.wandb:
-        require("wandb", "wandb")
-
-
 def _make_sinks(cfg: TrainConfig, run_dir: Path) -> list:
-    sinks: list = []
-    if cfg.tensorboard:
-        sinks.append(TensorBoardSink(run_dir / "tensorboard"))
+    sinks = [make_sink("tensorboard", run_dir)] if cfg.tensorboard else []
     if cfg.wandb:
-        sinks.append(WandbSink(cfg.wandb, cfg.wandb_entity, cfg.wandb_mode, run_dir, cfg.name))
+        sinks.append(make_sink("wandb", run_dir, cfg.wandb, cfg.wandb_entity, cfg.wandb_mode, cfg.name))
     return sinks
 
 

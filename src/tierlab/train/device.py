@@ -45,3 +45,8 @@ def cpu_native_bf16() -> str | None:
         if flag in flags:
             return flag
     return None
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` runs bf16 natively (a bf16-capable GPU, or a CPU with AMX / AVX-512 BF16)."""
+    return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_native_bf16() is not None

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .device import cpu_native_bf16
+from .device import native_bf16
 
 
 class Diverged(Exception):
@@ -112,7 +112,7 @@ def _trail(history: list) -> str:
 
 def advice(device: torch.device, precision: str, lr: float) -> list[str]:
     tips = []
-    has_bf16 = (torch.cuda.is_bf16_supported() if device.type == "cuda" else bool(cpu_native_bf16()))
+    has_bf16 = native_bf16(device)
     if precision == "fp16":
         if has_bf16:
             tips.append("this hardware supports bf16: --precision bf16 has fp32's range and needs no loss scaling")

@@ -103,7 +103,7 @@ class Trainer:
         self._eval_starts = eval_starts(len(data.val), cfg.seq_len, cfg.batch_size, cfg.eval_batches)
         self.stop_requested = False  # set by the SIGINT/SIGTERM handler; checked between steps
         self.last_checkpoint_step: int | None = None
-        self._window_start, self._window_excluded = time.perf_counter(), 0.0
+        self._start_window()
 
     # ----------------------------------------------------------------------- loop
     def fit(self) -> LoopState:
@@ -113,7 +113,7 @@ class Trainer:
             self.progress.start(self.max_steps)
         if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.run_dir) is None:
             self.checkpoint()  # rollback needs a good state to return to, even at step 0
-        self._window_start, self._window_excluded = time.perf_counter(), 0.0
+        self._start_window()
         while self.state.step < self.max_steps:
             self.train_step()
             self.state.step += 1
@@ -183,6 +183,10 @@ class Trainer:
         return total, per_param
 
     # ----------------------------------------------------------------------- logging
+    def _start_window(self) -> None:
+        """Timing of the steps up to the next log record starts now (evaluation time is excluded)."""
+        self._window_start, self._window_excluded = time.perf_counter(), 0.0
+
     def flush(self) -> str | None:
         """Read the buffered steps (the one host sync), write records and events, apply the guard.
 
@@ -235,7 +239,7 @@ class Trainer:
             self.progress.update(record)
         self.buffered = 0
         self.have_bad.zero_()
-        self._window_start, self._window_excluded = time.perf_counter(), 0.0
+        self._start_window()
         return self._apply_guard(bad_steps)
 
     def _bad_params(self) -> list[str]:

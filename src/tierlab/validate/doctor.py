@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..train.device import cpu_native_bf16
+from ..train.device import native_bf16
 from .checks import Probe
 from .report import CheckResult
 
@@ -103,7 +103,7 @@ def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     if under > 0.01:
         reasons.append(f"{under:.1%} of gradient values would underflow to zero even at the settled scale")
     fp16_safe = not reasons
-    native = (torch.cuda.is_bf16_supported() if p.device.type == "cuda" else bool(cpu_native_bf16()))
+    native = native_bf16(p.device)
     bf16_ok = errors.get("bf16", {}).get("finite", False)
     if native and bf16_ok:
         advice = "bf16: native on this device and has fp32's range, so no loss scaling is needed"
