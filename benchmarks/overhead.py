@@ -1,11 +1,20 @@
-"""Framework overhead: tierlab.train against a plain hand-written PyTorch loop.
+"""Framework overhead: tierlab.train against a plain hand-written loop, Hugging Face Accelerate and Lightning Fabric.
 
-Same model, data, precision, batch and optimizer (fused AdamW, clipping, warm-up + cosine),
-alternating A/B rounds in one process so machine drift hits both sides alike.  Step time
-is measured over windows of --window steps after the first window (warm-up); the figure
-is the ratio of medians, tierlab / plain (target <= 1.03).
+Same model, data, precision, batch and optimizer (fused AdamW, clipping at 1.0, warm-up +
+cosine LR) for every side; each framework drives the loop through its own API (Accelerate:
+``prepare``/``backward``/``clip_grad_norm_``; Fabric: ``setup``/``backward``/``clip_gradients``).
+Rounds alternate the order of the sides so machine drift hits all alike.  Step time is
+measured over windows of --window steps after the first window (warm-up), with one host
+sync per window, as tierlab logs; the figure is each side's median over plain's median
+(target for tierlab: <= 1.03 and at or below every peer).
 
-    python benchmarks/overhead.py [--rounds 5] [--steps 60] [--precision fp32]
+Accelerate and Fabric are optional, installed for this benchmark only:
+
+    pip install accelerate lightning-fabric   # with torch pinned, e.g. -c <(echo torch==2.13.0)
+    python benchmarks/overhead.py [--rounds 5] [--steps 60] [--precision fp32] [--device auto]
+
+A side whose package is missing, or which cannot run the precision on the device, is
+reported as such and left out of the comparison.
 """
 
 from __future__ import annotations
@@ -28,41 +37,104 @@ from tierlab.models.tiny_gpt import TinyGPT
 from tierlab.train.precision import DTYPES
 
 MODEL = dict(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=256)
+SIDES = ("tierlab", "plain", "accelerate", "fabric")
 
 
-def plain_loop(tokens: np.ndarray, steps: int, window: int, batch: int, seq: int, precision: str,
-               lr: float, seed: int) -> list[float]:
-    """The nanoGPT-style minimum: get_batch, forward, loss, backward, clip, step."""
-    torch.manual_seed(seed)
-    model = TinyGPT(**MODEL)
+def _optimizer(model: torch.nn.Module, lr: float) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95), fused=True)
-    dtype = DTYPES[precision]
-    scaler = torch.amp.GradScaler("cpu", enabled=precision == "fp16")
-    rng = np.random.default_rng(seed)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95), fused=True)
+
+
+def _lr_at(it: int, steps: int, lr: float) -> float:
     warmup, min_lr = max(1, steps // 20), lr / 10
+    if it < warmup:
+        return lr * (it + 1) / warmup
+    progress = min(1.0, (it - warmup) / max(1, steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class Plain:
+    """The nanoGPT-style minimum: autocast, GradScaler, clip_grad_norm_, step."""
+
+    def __init__(self, precision: str, device: torch.device):
+        self.dtype, self.device = DTYPES[precision], device
+        self.scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    def setup(self, model, opt):
+        return model.to(self.device), opt
+
+    def forward(self, model, x):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            return model(x)
+
+    def backward_and_step(self, model, opt, loss):
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        self.scaler.step(opt)
+        self.scaler.update()
+
+
+class Accelerate:
+    def __init__(self, precision: str, device: torch.device):
+        from accelerate import Accelerator
+
+        mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+        self.acc = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+
+    def setup(self, model, opt):
+        return self.acc.prepare(model, opt)
+
+    def forward(self, model, x):
+        return model(x)  # prepare() wrapped forward in autocast
+
+    def backward_and_step(self, model, opt, loss):
+        self.acc.backward(loss)
+        self.acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+
+class Fabric:
+    def __init__(self, precision: str, device: torch.device):
+        from lightning_fabric import Fabric as LightningFabric
+
+        mode = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[precision]
+        self.fabric = LightningFabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=1,
+                                      precision=mode)
+
+    def setup(self, model, opt):
+        return self.fabric.setup(model, opt)
+
+    def forward(self, model, x):
+        return model(x)  # setup() wrapped forward in the precision plugin's autocast
+
+    def backward_and_step(self, model, opt, loss):
+        self.fabric.backward(loss)
+        self.fabric.clip_gradients(model, opt, max_norm=1.0)
+        opt.step()
+
+
+def framework_loop(driver, tokens: np.ndarray, steps: int, window: int, batch: int, seq: int, lr: float,
+                   seed: int, device: torch.device) -> list[float]:
+    torch.manual_seed(seed)
+    model = TinyGPT(**MODEL).to(device)
+    model, opt = driver.setup(model, _optimizer(model, lr))
+    rng = np.random.default_rng(seed)
     times, start = [], time.perf_counter()
     for it in range(steps):
-        progress = min(1.0, max(0.0, (it - warmup) / max(1, steps - warmup)))
-        step_lr = lr * (it + 1) / warmup if it < warmup else min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
         for group in opt.param_groups:
-            group["lr"] = step_lr
+            group["lr"] = _lr_at(it, steps, lr)
         ix = rng.integers(0, len(tokens) - seq - 1, batch)
-        block = torch.from_numpy(np.stack([tokens[i:i + seq + 1] for i in ix]).astype(np.int64))
+        block = torch.from_numpy(np.stack([tokens[i:i + seq + 1] for i in ix]).astype(np.int64)).to(device)
         x, y = block[:, :-1], block[:, 1:]
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            logits = model(x)
+        logits = driver.forward(model, x)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
+        driver.backward_and_step(model, opt, loss)
         opt.zero_grad(set_to_none=True)
         if (it + 1) % window == 0:
-            loss.item()  # the loop's log step: sync like tierlab does once per window
+            loss.item()  # the loop's log step: one sync per window, as tierlab does
             now = time.perf_counter()
             times.append(1000 * (now - start) / window)
             start = now
@@ -70,13 +142,25 @@ def plain_loop(tokens: np.ndarray, steps: int, window: int, batch: int, seq: int
 
 
 def tierlab_loop(out: Path, name: str, steps: int, window: int, batch: int, seq: int, precision: str,
-                 lr: float, seed: int) -> list[float]:
+                 lr: float, seed: int, device: torch.device) -> list[float]:
     torch.manual_seed(seed)
     cfg = tierlab.TrainConfig(model_args={}, data="demo", precision=precision, max_steps=steps, batch_size=batch,
                               seq_len=seq, lr=lr, log_every=window, eval_every=0, out=str(out), name=name,
-                              seed=seed, quiet=True)
+                              seed=seed, quiet=True, device=str(device), no_plots=True, ckpt_every=0)
     run = tierlab.train(TinyGPT(**MODEL), config=cfg)
     return [r["step_ms"] for r in run.metrics("train")][1:]
+
+
+def make_drivers(precision: str, device: torch.device) -> tuple[dict[str, object], dict[str, str]]:
+    drivers, missing = {}, {}
+    for side, cls in (("plain", Plain), ("accelerate", Accelerate), ("fabric", Fabric)):
+        try:
+            drivers[side] = cls(precision, device)
+        except ImportError as exc:
+            missing[side] = f"not installed ({exc.name})"
+        except Exception as exc:  # noqa: BLE001 - a framework refusing the precision/device is a result
+            missing[side] = f"cannot run {precision} on {device.type}: {type(exc).__name__}: {exc}"
+    return drivers, missing
 
 
 def main() -> None:
@@ -87,28 +171,40 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--device", default="auto")
     args = ap.parse_args()
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
     tokens = np.asarray(prepare_data("demo", "byte", 0.1).train)
-    tier, plain = [], []
+    drivers, missing = make_drivers(args.precision, device)
+    sides = ["tierlab"] + list(drivers)
+    figures: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as out:
         for r in range(args.rounds):
-            # Alternate which side goes first, so neither always runs on a warmer machine.
-            order = ("tierlab", "plain") if r % 2 == 0 else ("plain", "tierlab")
+            order = sides[r % len(sides):] + sides[:r % len(sides)]  # rotate who goes first
             for side in order:
                 common = dict(steps=args.steps, window=args.window, batch=args.batch_size, seq=args.seq_len,
-                              precision=args.precision, lr=1e-3, seed=r)
+                              lr=1e-3, seed=r, device=device)
                 if side == "tierlab":
-                    tier += tierlab_loop(Path(out), f"r{r}", **common)
+                    figures[side] += tierlab_loop(Path(out), f"r{r}", precision=args.precision, **common)
                 else:
-                    plain += plain_loop(tokens, **common)
-    t, p = statistics.median(tier), statistics.median(plain)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+                    figures[side] += framework_loop(drivers[side], tokens, **common)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(f"machine: {name} [{device}], {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"model: tiny-gpt {MODEL}, batch {args.batch_size} x seq {args.seq_len}, {args.precision}, "
           f"{args.rounds} rounds x {args.steps} steps, windows of {args.window}")
-    print(f"plain loop   median step {p:8.2f} ms  ({len(plain)} windows)")
-    print(f"tierlab      median step {t:8.2f} ms  ({len(tier)} windows)")
-    print(f"ratio tierlab/plain: {t / p:.3f}  (target <= 1.03)")
+    plain = statistics.median(figures["plain"])
+    print(f"{'side':<11} {'median ms/step':>15} {'windows':>8} {'ratio to plain':>15}")
+    for side in sides:
+        median = statistics.median(figures[side])
+        print(f"{side:<11} {median:15.2f} {len(figures[side]):8d} {median / plain:15.3f}")
+    for side, why in missing.items():
+        print(f"{side:<11} {why}")
+    tier = statistics.median(figures["tierlab"])
+    peers = [s for s in sides if s not in ("tierlab", "plain")]
+    best_peer = min((statistics.median(figures[s]) for s in peers), default=None)
+    print(f"tierlab / plain: {tier / plain:.3f} (target <= 1.03)"
+          + (f"; tierlab / fastest peer: {tier / best_peer:.3f} (target <= 1.00)" if best_peer else ""))
 
 
 if __name__ == "__main__":

@@ -72,6 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default=None, metavar="PNG",
                         help="where to write the image (default: RUN/dashboard.png for one run, ./dashboard.png "
                              "for several)")
+    bench = sub.add_parser("bench", help="benchmarks on your model and machine (bench precision)",
+                           description="Benchmarks run on your own model and machine.")
+    bench_sub = bench.add_subparsers(dest="bench", metavar="BENCHMARK", parser_class=_Parser)
+    prec = bench_sub.add_parser(
+        "precision", help="time fp32, tf32, bf16 and fp16 training steps side by side",
+        description="Train one copy of the model per precision from the same weights on the same batches, "
+                    "interleaved, and report median step time, tokens/s, speed-up over fp32, peak memory, MFU "
+                    "and the validation loss after the same steps.")
+    prec.add_argument("--config", metavar="FILE", help="a train config (TOML or JSON) to take the model, data, "
+                                                       "batch and sequence length from")
+    prec.add_argument("--model", help="tiny-gpt, gpt2-small or PATH.py[:factory] (default tiny-gpt)")
+    prec.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    prec.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    prec.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
+    prec.add_argument("--batch-size", type=int, metavar="N", help="sequences per step (default 8)")
+    prec.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (default 256)")
+    prec.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 3e-4)")
+    prec.add_argument("--steps", type=int, default=20, metavar="N", help="timed steps per precision (default 20)")
+    prec.add_argument("--warmup-steps", type=int, default=3, metavar="N",
+                      help="untimed steps per precision first (default 3)")
+    prec.add_argument("--chunk", type=int, default=5, metavar="N",
+                      help="steps each precision runs per interleaved round (default 5)")
+    prec.add_argument("--precisions", default=",".join(BENCH_PRECISIONS_DEFAULT), metavar="LIST",
+                      help="comma-separated subset of fp32,tf32,bf16,fp16 (default all)")
+    prec.add_argument("--compile", action="store_true", help="torch.compile each copy (compile time reported apart)")
+    prec.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    prec.add_argument("--seed", type=int, metavar="S", help="seed for the weights and the batches")
+    prec.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    prec.add_argument("--png", default="bench-precision.png", metavar="PATH",
+                      help="bar chart of the figures (default bench-precision.png)")
+    prec.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
+    prec.add_argument("--quiet", action="store_true", help="print only the table")
     sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
                           description="Send every record of metrics.jsonl and events.jsonl to W&B or TensorBoard.")
     sync.add_argument("run", help="run directory")
@@ -83,11 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
+# Train options `tierlab bench precision` passes on, and its own defaults for them.
+_BENCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile")
+_BENCH_DEFAULTS = {"batch_size": 8, "seq_len": 256, "lr": 3e-4}
+
 # Option groups of `tierlab train --help`, in the README's order.
 _GROUPS = {
     "model": ("model", "model_args"),
     "data": ("data", "tokenizer", "val_fraction"),
-    "precision and device": ("precision", "strict_precision", "device", "loss_scale_init",
+    "precision and device": ("precision", "strict_precision", "device", "compile", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
@@ -163,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(ns)
         if ns.command == "sync":
             return _sync(ns)
+        if ns.command == "bench":
+            return _bench(ns)
     except UserError as err:
         sys.stderr.write(f"tierlab: error: {err}\n")
         return EXIT_USER_ERROR
@@ -257,3 +296,42 @@ def _validate(ns: argparse.Namespace) -> int:
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")
     return 0 if report.ok else 1
+
+
+def _bench(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .bench import bench_precision
+    from .bench.output import markdown, table, write_json, write_png
+    from .progress import console
+
+    if ns.bench is None:
+        raise UserError("tierlab bench needs a benchmark name.", "run `tierlab bench precision --help`.")
+    values: dict[str, Any] = dict(_BENCH_DEFAULTS)
+    if ns.config:
+        file_values = load_config_file(ns.config)
+        values.update({k: v for k, v in file_values.items() if k in _BENCH_TRAIN_OPTIONS + ("model_args",)})
+    values.update({k: getattr(ns, k) for k in _BENCH_TRAIN_OPTIONS
+                   if getattr(ns, k) is not None and getattr(ns, k) is not False})  # given on the command line
+    model_args = dict(values.get("model_args") or {})
+    model_args.update(dict(parse_model_arg(item) for item in ns.model_args))
+    values["model_args"] = model_args
+    cfg = TrainConfig.from_mapping(values, ns.config or "the command line")
+    precisions = tuple(p.strip() for p in ns.precisions.split(",") if p.strip())
+    for path in (ns.json, ns.png):  # fail before minutes of benchmarking, not after
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UserError(f"Cannot write {path!r}: its folder does not exist.", "create the folder or pick another path.")
+    with console(quiet=ns.quiet, stream=sys.stderr):
+        result = bench_precision(cfg, steps=ns.steps, warmup_steps=ns.warmup_steps, precisions=precisions,
+                                 chunk=ns.chunk)
+    print(table(result))
+    if ns.markdown:
+        print()
+        print(markdown(result))
+    if ns.json:
+        write_json(result, Path(ns.json))
+    if ns.png:
+        write_png(result, Path(ns.png))
+        if not ns.quiet:
+            print(f"chart: {ns.png}")
+    return 0

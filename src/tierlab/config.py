@@ -25,11 +25,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # Options that say how to run, not what the run is: never part of a run's identity.
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
-                   "no_plots")
+                   "no_plots", "compile")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -45,9 +45,10 @@ class TrainConfig:
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
     # --- precision and device ---------------------------------------------------------
-    precision: str = _opt("auto", "auto, fp32, bf16 or fp16 (fp16 uses a GradScaler)")
+    precision: str = _opt("auto", "auto, fp32, tf32 (CUDA), bf16 or fp16 (fp16 uses a GradScaler)")
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
+    compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")
     # --- how long ---------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to run (default 400 unless --epochs is given)")
     epochs: float | None = _opt(None, "passes over the training tokens (alternative to --max-steps)")

@@ -71,3 +71,23 @@ def test_non_finite_gradients_skip_the_step_on_the_device(tmp_path, precision):
     skipped = policy.step(optimizer, torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
     assert not bool(skipped)
     assert not torch.equal(before[0], model.weight)
+
+
+def test_tf32_is_a_cuda_mode_and_says_so_on_a_cpu():
+    d = decide_precision("tf32", CPU)
+    assert d.used == "fp32" and d.fallback and "tensor cores" in d.reason
+    with pytest.raises(PrecisionError, match="does not exist on a CPU"):
+        decide_precision("tf32", CPU, strict=True)
+
+
+@pytest.mark.parametrize("name, inside", [("fp32", "highest"), ("bf16", "medium")])
+def test_activate_sets_and_restores_the_matmul_precision(name, inside):
+    policy = PrecisionPolicy(decide_precision(name, CPU), CPU)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        with policy.activate():
+            assert torch.get_float32_matmul_precision() == inside  # strict fp32 is strict; others untouched
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)

@@ -22,10 +22,15 @@ class BlockSampler:
         self.seq_len = seq_len
         self.generator = torch.Generator().manual_seed(seed)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_block(self) -> torch.Tensor:
+        """The next [B, T + 1] int64 block: inputs are ``[:, :-1]``, targets ``[:, 1:]``."""
         high = len(self.tokens) - self.seq_len  # exclusive bound for a block of seq_len + 1
         starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
-        return blocks_at(self.tokens, starts, self.seq_len)
+        return block_at(self.tokens, starts, self.seq_len)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        block = self.next_block()
+        return block[:, :-1], block[:, 1:]
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -34,10 +39,15 @@ class BlockSampler:
         self.generator.set_state(state["generator"])
 
 
+def block_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> torch.Tensor:
+    """The int64 blocks [B, T + 1] of ``seq_len + 1`` tokens starting at ``starts``."""
+    index = starts[:, None] + np.arange(seq_len + 1)[None, :]  # [B, T + 1]
+    return torch.from_numpy(tokens[index].astype(np.int64))
+
+
 def blocks_at(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs [B, T] and targets [B, T] (int64) for blocks starting at ``starts``."""
-    index = starts[:, None] + np.arange(seq_len + 1)[None, :]  # [B, T + 1]
-    block = torch.from_numpy(tokens[index].astype(np.int64))
+    block = block_at(tokens, starts, seq_len)
     return block[:, :-1], block[:, 1:]
 
 

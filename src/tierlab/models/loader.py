@@ -18,6 +18,13 @@ from ..errors import ModelError
 log = logging.getLogger(__name__)
 
 BUILTIN = "tiny-gpt"
+# Built-in sizes of the same architecture: name -> TinyGPT arguments (``--model-arg`` still overrides).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-gpt": {},
+    # GPT-2 small: 12 layers x 12 heads x 768, 1024 positions, GPT-2's 50,257-token vocabulary
+    # rounded up to 50,304 (a multiple of 64, as nanoGPT does for faster matmuls): 124 M parameters.
+    "gpt2-small": {"n_layer": 12, "n_head": 12, "d_model": 768, "max_seq_len": 1024, "vocab_size": 50304},
+}
 # Attribute names under which models (and Hugging Face configs) publish their context length.
 _MAX_LEN_ATTRS = ("max_seq_len", "block_size", "max_len", "max_position_embeddings", "n_positions",
                   "n_ctx", "context_length", "seq_len")
@@ -38,21 +45,23 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Mod
     ``vocab_size`` (the tokenizer's) is passed to a factory that accepts a ``vocab_size``
     argument the user did not set, so a model sized for the data needs no extra flag.
     """
-    if spec == BUILTIN:
+    preset: dict[str, Any] = {}
+    if spec in PRESETS:
         from .tiny_gpt import TinyGPT
         factory: Callable[..., Any] = TinyGPT
-        where = "the built-in tiny-gpt"
+        where = f"the built-in {spec}"
+        preset = PRESETS[spec]
     else:
         path, name = split_spec(spec)
         if path.suffix != ".py":
-            raise ModelError(f"--model {spec!r} is neither 'tiny-gpt' nor a Python file.",
+            raise ModelError(f"--model {spec!r} is neither a built-in model ({', '.join(PRESETS)}) nor a Python file.",
                              "pass tiny-gpt or the path of a .py file that defines build_model() or Model.")
         if not path.is_file():
             raise ModelError(f"Model file {str(path)!r} does not exist.", "check the path given to --model.")
         module = _import_file(path)
         factory = _find_factory(module, path, name)
         where = f"{path}:{getattr(factory, '__name__', name)}"
-    kwargs = dict(model_args)
+    kwargs = {**preset, **model_args}
     accepted = _accepted_kwargs(factory)
     if "vocab_size" not in kwargs and accepted is not None and "vocab_size" in accepted:
         kwargs["vocab_size"] = vocab_size

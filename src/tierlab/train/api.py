@@ -25,12 +25,14 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import TokenData, prepare_data
+from ..data.sampler import block_at
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
 from ..track import EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
+from .compile import compile_model
 from .device import resolve_device
 from .guards import Diverged
 from .loop import Trainer
@@ -86,7 +88,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
 
     sinks = _make_sinks(cfg, run_dir)  # before anything runs: a missing tracker package is a user error
     device = resolve_device(cfg.device)
-    _seed_everything(cfg.seed)
+    seed_everything(cfg.seed)
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
@@ -96,7 +98,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     if cfg.warmup_steps >= max_steps and cfg.warmup_steps > 0:
         raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) must be smaller than the run ({max_steps} steps).",
                           "shorten the warm-up or train longer.")
-    _check_sizes(cfg, tokens)
+    check_sizes(cfg, tokens)
 
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
@@ -107,10 +109,13 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     if resume_state is not None:
         check_same_model(resume_state, model, ckpt_path)
     model.to(device)
-    vocab = _probe_model(model, cfg, tokens, device)
+    vocab = probe_model(model, cfg, tokens, device)
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
+    forward, compile_seconds = model, None
+    if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
+        forward, compile_seconds = compile_model(model, first_block(tokens, cfg), policy, device)
 
     # --- every check passed: only now is the run directory written -------------------------
     metrics, events = _open_run_dir(run_dir, cfg, tokens, resume_state)
@@ -120,7 +125,8 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     trackers = Trackers(sinks, events.emit_local)
     trackers.start(identity["config"])
     metrics.listener, events.listener = trackers.log, trackers.event
-    trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress)
+    trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress,
+                      forward)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps)
@@ -131,6 +137,8 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
                     train_tokens=len(tokens.train), val_tokens=len(tokens.val))
     events.emit("precision", **decision.as_event())
+    if compile_seconds is not None:
+        events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
     log.info("precision: %s (%s)", decision.used, decision.reason)
     if decision.warning:
         log.warning("%s", decision.warning)
@@ -148,7 +156,8 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
         status = "diverged"
         raise
     finally:
-        _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events)
+        _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
+                   compile_seconds)
         trackers.close()
         if not cfg.no_plots:
             _write_dashboard(run_dir)
@@ -189,7 +198,7 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
 
 
 def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, wall: float,
-               metrics: JsonlWriter, events: EventLog) -> None:
+               metrics: JsonlWriter, events: EventLog, compile_seconds: float | None) -> None:
     if trainer.buffered:  # steps done since the last log step still get their record
         try:
             trainer.flush()
@@ -203,7 +212,7 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         "precision_requested": decision.requested, "skipped_steps": state.skipped_steps,
         "final_loss_scale": state.loss_scale, "wall_seconds": wall,
         "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
-        "rollbacks": trainer.guard.state.rollbacks,
+        "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
     }
     save_model(model, str(run_dir / "model.safetensors"))
     write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
@@ -258,7 +267,7 @@ def _refuse_existing(run_dir: Path) -> None:
                           "choose another --name, or delete that directory if you no longer need it.")
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -271,7 +280,13 @@ def _steps_for_epochs(cfg: TrainConfig, tokens: TokenData) -> int:
     return max(1, math.ceil(cfg.epochs * len(tokens.train) / per_step))
 
 
-def _check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
+def first_block(tokens: TokenData, cfg: TrainConfig) -> torch.Tensor:
+    """A real [B, T + 1] block of training tokens (evenly spaced offsets; draws nothing from the sampler)."""
+    starts = np.linspace(0, len(tokens.train) - cfg.seq_len - 1, num=cfg.batch_size).astype(np.int64)
+    return block_at(tokens.train, starts, cfg.seq_len)
+
+
+def check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
     need = cfg.seq_len + 1
     if len(tokens.train) < need:
         raise DataError(f"The training split has {len(tokens.train)} tokens, fewer than one block of "
@@ -282,7 +297,7 @@ def _check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
                         "use a larger corpus, a larger --val-fraction, a smaller --seq-len, or --eval-every 0.")
 
 
-def _probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: torch.device) -> int:
+def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: torch.device) -> int:
     """One forward pass at the training shape; returns the model's vocabulary size (V).
 
     Catches, before any training, the mistakes that otherwise surface as an opaque CUDA

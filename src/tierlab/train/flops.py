@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 # Dense peak TFLOP/s by (device-name fragment, precision), from the vendors' data sheets.
+# "fp32" is strict IEEE fp32 on the CUDA cores; "tf32" is fp32 storage with TF32 tensor-core matmuls.
 _PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
     ("H200", {"bf16": 989.0, "fp16": 989.0, "tf32": 495.0, "fp32": 67.0}),
     ("H100 PCIe", {"bf16": 756.0, "fp16": 756.0, "tf32": 378.0, "fp32": 51.0}),
@@ -26,16 +27,32 @@ def _first_int(owner: object, names: tuple[str, ...]) -> int | None:
     return None
 
 
+def matmul_params(model: nn.Module) -> int:
+    """N: parameters that take part in matrix multiplies, i.e. all but embedding tables.
+
+    An embedding is a lookup, not a matmul, so its table is left out -- unless the same
+    tensor is also an output head (weight tying), where it *is* a [C, V] matmul every token.
+    """
+    counted: dict[int, int] = {}
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            continue
+        for p in module.parameters(recurse=False):
+            counted[id(p)] = p.numel()
+    return sum(counted.values())
+
+
 def flops_per_token(model: nn.Module, seq_len: int) -> float:
     """Training FLOPs per token = 6·N + 12·L·H·Q·T.
 
-    N counts non-embedding parameters (matrix multiplies: 2 FLOPs forward, 4 backward per
-    parameter); the second term is attention's score and value products, with L layers,
-    H heads, Q head dimension and T sequence length.  It is left out where the model does
-    not publish L, H and the width.
+    N = matmul (non-embedding) parameters, see :func:`matmul_params`: each costs 2 FLOPs in
+    the forward pass and 4 in the backward pass per token.  The second term is attention's
+    score (QKᵀ) and value (AV) products -- 2·2·T·Q FLOPs per head and layer forward, times 3
+    for forward plus backward -- with L layers, H heads, Q head dimension and T sequence
+    length.  It is left out where the model does not publish L, H and the width (on the
+    model or its ``config``), which undercounts, never overcounts.
     """
-    embedding = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    n = sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+    n = matmul_params(model)
     layers = _first_int(model, ("n_layer", "num_hidden_layers", "n_layers", "num_layers"))
     heads = _first_int(model, ("n_head", "num_attention_heads", "n_heads", "num_heads"))
     width = _first_int(model, ("d_model", "n_embd", "hidden_size", "dim"))
@@ -44,12 +61,11 @@ def flops_per_token(model: nn.Module, seq_len: int) -> float:
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """Dense peak FLOP/s of ``device`` in ``precision``, or None where unknown (CPUs)."""
+    """Dense peak FLOP/s of ``device`` running ``precision``, or None where unknown (CPUs, unlisted GPUs)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    key = "tf32" if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32 else precision
     for fragment, table in _PEAKS_TFLOPS:
-        if fragment in name and key in table:
-            return table[key] * 1e12
+        if fragment in name:
+            return table[precision] * 1e12 if precision in table else None
     return None

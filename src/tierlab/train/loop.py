@@ -18,24 +18,24 @@ import dataclasses
 import logging
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import TrainConfig
-from ..data import BlockSampler, TokenData, blocks_at, eval_starts
+from ..data import BlockSampler, DevicePrefetcher, TokenData, blocks_at, eval_starts
 from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
 from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
+from .memory import peak_memory_mb
 from .precision import PrecisionPolicy
 from .schedule import WarmupCosine
 
@@ -80,13 +80,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
 class Trainer:
     def __init__(self, model: nn.Module, data: TokenData, cfg: TrainConfig, policy: PrecisionPolicy,
                  device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
-                 identity: dict[str, Any], progress: Progress | None = None):
+                 identity: dict[str, Any], progress: Progress | None = None, forward: Callable | None = None):
         self.model, self.data, self.cfg, self.policy, self.device = model, data, cfg, policy, device
+        self.forward = forward if forward is not None else model  # the compiled model under --compile; its weights are ``model``'s
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
         self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, max_steps)
-        self.sampler = BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed)
+        self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            has_scaler=policy.scaler is not None)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -107,6 +108,10 @@ class Trainer:
 
     # ----------------------------------------------------------------------- loop
     def fit(self) -> LoopState:
+        with self.policy.activate():
+            return self._fit()
+
+    def _fit(self) -> LoopState:
         cfg = self.cfg
         self.model.train()
         if self.progress:
@@ -139,11 +144,9 @@ class Trainer:
         self.lr.copy_(self.schedule(self.real_steps))
         loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
         for _ in range(cfg.grad_accum):
-            x, y = self.sampler.next_batch()
-            x = x.to(self.device, non_blocking=True)  # [B, T]
-            y = y.to(self.device, non_blocking=True)  # [B, T]
+            x, y = self.batches.next_batch()  # [B, T] each, already on the device
             with policy.autocast():
-                logits = extract_logits(self.model(x))  # [B, T, V]
+                logits = extract_logits(self.forward(x))  # [B, T, V]
             loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
             # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss.
             policy.backward(loss / cfg.grad_accum)
@@ -192,7 +195,7 @@ class Trainer:
 
         Returns "rollback" when the non-finite policy asks for one.
         """
-        rows = self.buffer[: self.buffered].tolist()  # host sync: once per log step
+        rows = self.take_rows().tolist()  # host sync: once per log step
         elapsed = time.perf_counter() - self._window_start - self._window_excluded
         first_step = self.state.step - len(rows) + 1
         bad_params = self._bad_params() if any(r[SKIPPED] for r in rows) else []
@@ -227,7 +230,7 @@ class Trainer:
             "kind": "train", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
             "loss": self.state.last_loss, "lr": lr, "grad_norm": norm, "loss_scale": self.state.loss_scale,
             "skipped_steps": self.state.skipped_steps, "tokens_per_s": tokens_per_s,
-            "step_ms": 1000.0 * elapsed / max(timed, 1), "mem_peak_mb": _peak_memory_mb(self.device),
+            "step_ms": 1000.0 * elapsed / max(timed, 1), "mem_peak_mb": peak_memory_mb(self.device),
             "mfu": (tokens_per_s * self.flops_per_token / self.peak) if self.peak else None,
         }
         self.metrics.write(record)
@@ -237,10 +240,15 @@ class Trainer:
                          record["skipped_steps"], tokens_per_s)
         if self.progress:
             self.progress.update(record)
-        self.buffered = 0
         self.have_bad.zero_()
         self._start_window()
         return self._apply_guard(bad_steps)
+
+    def take_rows(self) -> torch.Tensor:
+        """The buffered steps' rows [n, 5] (loss, grad_norm, lr, scale, skipped), still on the device; empties the buffer."""
+        rows = self.buffer[: self.buffered].clone()
+        self.buffered = 0
+        return rows
 
     def _bad_params(self) -> list[str]:
         norms = self.first_bad_norms.tolist()  # host sync, only in a window that had a skipped step
@@ -285,7 +293,7 @@ class Trainer:
             x, y = blocks_at(self.data.val, starts, self.cfg.seq_len)
             x, y = x.to(self.device), y.to(self.device)
             with self.policy.autocast():
-                logits = extract_logits(self.model(x)).float()
+                logits = extract_logits(self.forward(x)).float()
             loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
             correct += (logits.argmax(-1) == y).sum()
             count += y.numel()
@@ -317,7 +325,7 @@ class Trainer:
             "schedule": {"lr": self.schedule.lr, "min_lr": self.schedule.min_lr,
                          "warmup_steps": self.schedule.warmup_steps, "total_steps": self.schedule.total_steps},
             "precision": self.policy.state_dict(),
-            "sampler": self.sampler.state_dict(),
+            "sampler": self.batches.state_dict(),
             "rng": rng_state(self.device),
             "loop": dataclasses.asdict(self.state),
             "guard": dataclasses.asdict(self.guard.state),
@@ -335,7 +343,7 @@ class Trainer:
             group["lr"] = self.lr
         self.real_steps.copy_(state["real_steps"])
         self.policy.load_state_dict(state["precision"])
-        self.sampler.load_state_dict(state["sampler"])
+        self.batches.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.state = LoopState(**state["loop"])
         window = state["window"]
@@ -380,14 +388,3 @@ class Trainer:
         log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,
                     self.state.step, lr_scale)
 
-
-def _peak_memory_mb(device: torch.device) -> float | None:
-    """Peak allocated memory on CUDA; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # macOS reports bytes, Linux KiB

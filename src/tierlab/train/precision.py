@@ -1,7 +1,8 @@
 """Precision as a small policy object: which dtype, why, and the five operations it changes.
 
-The loop calls ``autocast()``, ``backward()``, ``unscale_()``, ``step()`` and reads
-``loss_scale``; everything that differs between fp32, bf16 and fp16 + GradScaler lives here.
+The loop runs inside ``activate()``, calls ``autocast()``, ``backward()``, ``unscale_()``,
+``step()`` and reads ``loss_scale``; everything that differs between fp32, tf32, bf16 and
+fp16 + GradScaler lives here.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -18,7 +20,10 @@ from .device import cpu_native_bf16
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Autocast dtype per precision; fp32 and tf32 run without autocast (tf32 changes how fp32 matmuls run).
+DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# torch.set_float32_matmul_precision value per precision: strict fp32 really is strict.
+_MATMUL_PRECISION = {"fp32": "highest", "tf32": "high"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,9 @@ def decide_precision(requested: str, device: torch.device, strict: bool = False)
         warning = (f"{requested} autocast on this CPU is a correctness path, not a speed path: it runs "
                    f"several times slower than fp32 (no native {'bf16' if requested == 'bf16' else 'fp16'} "
                    "matrix units); use --precision fp32 for speed")
+    if requested == "tf32":
+        return PrecisionDecision(requested, requested, "tf32 was requested: fp32 weights and activations, "
+                                 "matrix multiplies on the TF32 tensor cores")
     scaler_note = " with a GradScaler" if requested == "fp16" else ""
     return PrecisionDecision(requested, requested, f"{requested}{scaler_note} was requested", warning=warning)
 
@@ -74,6 +82,14 @@ def _auto(device: torch.device) -> PrecisionDecision:
 
 def _cannot_run(precision: str, device: torch.device) -> str | None:
     """Why torch cannot run ``precision`` on ``device``, or None when it can (probed for real)."""
+    if precision == "tf32":
+        if device.type != "cuda":
+            return "TF32 is a mode of NVIDIA tensor cores (Ampere or newer); it does not exist on a CPU"
+        major, minor = torch.cuda.get_device_capability(device)
+        if major < 8:
+            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no TF32 "
+                    "tensor cores (Ampere or newer needed)")
+        return None
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name(device)} has no bf16 support"
     try:
@@ -114,6 +130,23 @@ class PrecisionPolicy:
                 "('Attempting to unscale FP16 gradients').",
                 "keep the weights in float32 (drop model.half()); --precision fp16 already runs the "
                 "maths in fp16 through autocast.")
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        """The process-wide settings this precision needs, for as long as the loop runs.
+
+        fp32 means strict IEEE matmuls ("highest"), tf32 lets fp32 matmuls use TF32 tensor
+        cores ("high"); the previous setting comes back on exit, so runs in one process (or
+        interleaved benchmark rounds) do not leak their choice into each other.
+        """
+        wanted = _MATMUL_PRECISION.get(self.name)
+        previous = torch.get_float32_matmul_precision()
+        if wanted:
+            torch.set_float32_matmul_precision(wanted)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(previous)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype is None:

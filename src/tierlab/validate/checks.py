@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import extract_logits
+from ..train.memory import SavedForBackward
 from .report import CheckResult
 
 
@@ -181,12 +182,6 @@ def memory(p: Probe) -> CheckResult:
     for name, weight_bytes in (("fp32", 4), ("bf16/fp16 autocast (fp32 master weights)", 4)):
         per_precision[name] = {"params": params * weight_bytes, "grads": trainable * 4,
                                "adamw_state": trainable * 8}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor):
-        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
     p.model.train()
     ids = p.tokens(p.batch_size, p.seq_len, seed=4)
     cuda = p.device.type == "cuda"
@@ -195,10 +190,10 @@ def memory(p: Probe) -> CheckResult:
         torch.cuda.reset_peak_memory_stats(p.device)
         baseline = torch.cuda.memory_allocated(p.device)
     # Activation memory = what autograd saves for backward, measured on any device.
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with SavedForBackward() as saved:
         logits = p.logits(ids)
         loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1))
-    activations = sum(saved.values())
+    activations = saved.bytes
     loss.backward()
     peak = (torch.cuda.max_memory_allocated(p.device) - baseline) if cuda else None
     p.model.zero_grad(set_to_none=True)

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The GPU benchmark, in one script for a CUDA machine:
+#   1. make tierlab importable (pip install -e . when a registry is reachable, else PYTHONPATH=src),
+#   2. the CUDA-only tests (no host syncs under set_sync_debug_mode("error"), bf16 by default, MFU,
+#      exact resume),
+#   3. `tierlab bench precision` on the built-in gpt2-small (124 M parameters, seq 1024), eager,
+#   4. the same with --compile,
+#   5. the CUDA compile test,
+# printing Markdown tables ready for BENCHMARKS.md.  Figures, JSON and PNGs go to $RESULTS.
+#
+#   bash benchmarks/gpu.sh                      # defaults below
+#   BATCH=8 STEPS=30 bash benchmarks/gpu.sh     # smaller batch, more timed steps
+#
+# Each step has its own time limit so that one hang cannot eat the others' time.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+MODEL=${MODEL:-gpt2-small}
+BATCH=${BATCH:-16}
+SEQ=${SEQ:-1024}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-3}
+RESULTS=${RESULTS:-${OUT:-gpu-results}}
+EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2" for a dry run
+export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
+export PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS"
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+
+echo "== install"
+if ! "$PY" -c "import tierlab" 2>/dev/null; then
+  if ! timeout 120 "$PY" -m pip install -q -e . 2>/dev/null; then
+    echo "pip install -e . failed (offline?): using PYTHONPATH=src with the packages already installed"
+    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+  fi
+fi
+"$PY" -c "import tierlab, tokenizers, safetensors, tqdm, matplotlib; print('tierlab', tierlab.__version__)" || exit 1
+TIERLAB=("$PY" -m tierlab)
+
+echo "== CUDA tests (sync-debug hot path, auto precision, MFU, exact resume, bench, validate)"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "not compiled" 2>&1 | tee "$RESULTS/tests.txt"
+
+bench() {  # $1: label, rest: extra options
+  local label=$1; shift
+  echo "== bench precision: $label"
+  timeout "${BENCH_TIMEOUT:-300}" "${TIERLAB[@]}" bench precision --model "$MODEL" --batch-size "$BATCH" \
+    --seq-len "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP" --markdown --json "$RESULTS/bench-$label.json" \
+    --png "$RESULTS/bench-$label.png" $EXTRA "$@" 2>&1 | tee "$RESULTS/bench-$label.txt"
+}
+bench eager
+TORCH_LOGS=recompiles bench compile --compile
+
+echo "== CUDA compile test"
+timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "compiled" 2>&1 | tee -a "$RESULTS/tests.txt"
+echo "== done: $RESULTS"

@@ -1,0 +1,64 @@
+"""``--compile``: torch.compile the model and pay the compile time up front, measured on its own.
+
+Compilation happens lazily at the first call of the compiled model.  Left there it would
+land inside the first timed window of training (or of a benchmark) and make the first
+tokens/s figure meaningless, so :func:`compile_model` runs one forward and backward pass on
+a real training-shaped batch right away, times it, and throws the gradients away.  That
+pass runs under ``torch.random.fork_rng``: a run with ``--compile`` draws the same random
+numbers (dropout, sampling) as one without, and a resumed run the same as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ModelError
+from ..models import extract_logits
+from .precision import PrecisionPolicy
+
+log = logging.getLogger(__name__)
+
+# torch.compile backend; "inductor" (the default) generates fused kernels.  "aot_eager"
+# exercises the same tracing without code generation (useful to tell a tracing problem
+# from a code-generation one, and what the test suite uses to stay fast).
+BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
+
+
+def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
+                  device: torch.device) -> tuple[Callable, float]:
+    """(compiled forward, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1]."""
+    backend = os.environ.get(BACKEND_ENV, "inductor")
+    block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
+    x, y = block[:, :-1], block[:, 1:]
+    devices = [device] if device.type == "cuda" else []
+    _sync(device)
+    started = time.perf_counter()
+    try:
+        compiled = torch.compile(model, backend=backend)
+        with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
+            with policy.autocast():
+                logits = extract_logits(compiled(x))
+            F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)).backward()
+        _sync(device)
+    except Exception as exc:  # torch.compile's failures are many and long; say it in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"torch.compile ({backend}) could not compile the model: {type(exc).__name__}: {first}",
+                         "train without --compile (same results, eager speed); on a CPU inductor also needs a "
+                         "working C++ compiler.") from None
+    finally:
+        model.zero_grad(set_to_none=True)
+    seconds = time.perf_counter() - started
+    log.info("torch.compile (%s): compiled in %.1f s", backend, seconds)
+    return compiled, seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

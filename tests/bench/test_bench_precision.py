@@ -1,0 +1,96 @@
+"""tierlab bench precision on the CPU: every row present, figures that add up, JSON, PNG, errors."""
+
+import json
+import statistics
+
+import pytest
+from helpers import assert_user_error, run_cli
+
+from tierlab.train.device import cpu_native_bf16
+
+STEPS, BATCH, SEQ = 4, 4, 32
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    where = tmp_path_factory.mktemp("bench")
+    result = run_cli("bench", "precision", "--model-arg", "n_layer=1", "--model-arg", "d_model=32",
+                     "--model-arg", "n_head=2", "--model-arg", "max_seq_len=64", "--batch-size", BATCH,
+                     "--seq-len", SEQ, "--steps", STEPS, "--warmup-steps", 1, "--chunk", 2,
+                     "--json", "bench.json", "--png", "bench.png", "--markdown", cwd=where)
+    assert result.returncode == 0, result.stderr
+    return where, result, json.loads((where / "bench.json").read_text())
+
+
+def test_every_precision_has_a_row_and_tf32_says_why_not(bench):
+    _, result, data = bench
+    rows = {r["precision"]: r for r in data["rows"]}
+    assert list(rows) == ["fp32", "tf32", "bf16", "fp16"]
+    for name in ("fp32", "bf16", "fp16"):
+        assert rows[name]["status"] == "ok", rows[name]
+        assert len(rows[name]["step_ms"]) == STEPS
+        assert rows[name]["val_loss"] > 0 and rows[name]["peak_mem_mb"] > 0
+        assert rows[name]["mfu"] is None  # no known peak for a CPU
+    assert rows["tf32"]["status"] == "unavailable" and "CPU" in rows["tf32"]["reason"]
+    assert "tf32" in result.stdout and "unavailable" in result.stdout  # shown, not silently skipped
+    assert "| bf16 |" in result.stdout  # the Markdown table
+
+
+def test_json_schema(bench):
+    _, _, data = bench
+    assert {"device", "device_name", "torch_version", "model", "params", "flops_per_token", "batch_size",
+            "seq_len", "tokens_per_step", "steps", "warmup_steps", "compile", "peak_mem_method", "rows",
+            "verdict"} <= set(data)
+    assert data["tokens_per_step"] == BATCH * SEQ and data["steps"] == STEPS and data["compile"] is False
+    row_keys = {"precision", "status", "reason", "median_step_ms", "tokens_per_s", "speedup_vs_fp32",
+                "peak_mem_mb", "mfu", "val_loss", "val_loss_diff_vs_fp32", "final_train_loss", "skipped_steps",
+                "compile_s", "step_ms"}
+    assert all(set(r) == row_keys for r in data["rows"])
+
+
+def test_speedups_and_throughput_follow_from_the_step_times(bench):
+    _, _, data = bench
+    ok = [r for r in data["rows"] if r["status"] == "ok"]
+    fp32 = next(r for r in ok if r["precision"] == "fp32")
+    for r in ok:
+        assert r["median_step_ms"] == pytest.approx(statistics.median(r["step_ms"]))
+        assert r["tokens_per_s"] == pytest.approx(BATCH * SEQ / (r["median_step_ms"] / 1000))
+        assert r["speedup_vs_fp32"] == pytest.approx(fp32["median_step_ms"] / r["median_step_ms"])
+        assert r["val_loss_diff_vs_fp32"] == pytest.approx(r["val_loss"] - fp32["val_loss"])
+    assert fp32["speedup_vs_fp32"] == 1.0
+    # Same weights and batches: after a few steps the precisions agree to well under 1%.
+    assert all(abs(r["val_loss_diff_vs_fp32"]) < 0.01 * fp32["val_loss"] for r in ok)
+
+
+def test_rounds_are_interleaved_in_rotating_order(bench):
+    _, result, _ = bench
+    assert "round 1/2: fp32, bf16, fp16" in result.stderr
+    assert "round 2/2: bf16, fp16, fp32" in result.stderr
+
+
+def test_png_is_written(bench):
+    where, _, _ = bench
+    head = (where / "bench.png").read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+    assert (width, height) == (1300, 450)
+
+
+def test_cpu_verdict_is_plain(bench):
+    _, result, data = bench
+    fastest = max((r for r in data["rows"] if r["status"] == "ok"), key=lambda r: r["tokens_per_s"])
+    assert data["verdict"].startswith(f"Fastest here: {fastest['precision']}")
+    if cpu_native_bf16() is None and fastest["precision"] == "fp32":
+        assert "fp32 is the fastest choice here" in result.stdout
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--precisions", "fp32,fp8"], ["--precisions", "fp8", "fp32,tf32,bf16,fp16"]),
+    (["--steps", "0"], ["--steps must be at least 1"]),
+    (["--batch-size", "0"], ["--batch-size must be at least 1"]),
+    (["--model", "missing.py"], ["does not exist"]),
+    (["--json", "no/such/dir/b.json"], ["folder does not exist"]),
+])
+def test_bad_options_are_user_errors(tmp_path, args, fragments):
+    assert_user_error(run_cli("bench", "precision", *args, cwd=tmp_path), *fragments)
+    assert not (tmp_path / "bench-precision.png").exists()
