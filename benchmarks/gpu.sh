@@ -33,27 +33,35 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 echo "== install"
 if ! "$PY" -c "import tierlab" 2>/dev/null; then
-  if ! timeout 120 "$PY" -m pip install -q -e . 2>/dev/null; then
-    echo "pip install -e . failed (offline?): using PYTHONPATH=src with the packages already installed"
+  if "$PY" -c "import torch, numpy, tokenizers, safetensors, tqdm, matplotlib" 2>/dev/null; then
+    # Everything tierlab needs is there (a GPU image): install just tierlab, offline.
+    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>/dev/null || true
+  else
+    PIP_DEFAULT_TIMEOUT=15 timeout 600 "$PY" -m pip install -q -e . || true
+  fi
+  if ! "$PY" -c "import tierlab" 2>/dev/null; then
+    echo "could not pip install tierlab: using PYTHONPATH=src"
     export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
   fi
 fi
 "$PY" -c "import tierlab, tokenizers, safetensors, tqdm, matplotlib; print('tierlab', tierlab.__version__)" || exit 1
 TIERLAB=("$PY" -m tierlab)
 
-echo "== CUDA tests (sync-debug hot path, auto precision, MFU, exact resume, bench, validate)"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "not compiled" 2>&1 | tee "$RESULTS/tests.txt"
+echo "== [${SECONDS}s] CUDA tests (sync-debug hot path, auto precision, MFU, exact resume, bench, validate)"
+timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "not compiled" 2>&1 | tee "$RESULTS/tests.txt"
 
 bench() {  # $1: label, rest: extra options
   local label=$1; shift
-  echo "== bench precision: $label"
+  echo "== [${SECONDS}s] bench precision: $label"
   timeout "${BENCH_TIMEOUT:-300}" "${TIERLAB[@]}" bench precision --model "$MODEL" --batch-size "$BATCH" \
     --seq-len "$SEQ" --steps "$STEPS" --warmup-steps "$WARMUP" --markdown --json "$RESULTS/bench-$label.json" \
     --png "$RESULTS/bench-$label.png" $EXTRA "$@" 2>&1 | tee "$RESULTS/bench-$label.txt"
 }
 bench eager
+echo "== [${SECONDS}s] overhead against a plain loop, Accelerate and Fabric (tiny-gpt, bf16; launch-bound on a GPU)"
+timeout 120 "$PY" benchmarks/overhead.py --precision bf16 --rounds 3 --steps 60 --window 10 2>&1 | tee "$RESULTS/overhead.txt"
 TORCH_LOGS=recompiles bench compile --compile
 
-echo "== CUDA compile test"
-timeout 240 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "compiled" 2>&1 | tee -a "$RESULTS/tests.txt"
-echo "== done: $RESULTS"
+echo "== [${SECONDS}s] CUDA compile test"
+timeout 120 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "compiled" 2>&1 | tee -a "$RESULTS/tests.txt"
+echo "== [${SECONDS}s] done: $RESULTS"

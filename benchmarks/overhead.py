@@ -98,7 +98,10 @@ class Accelerate:
 
 class Fabric:
     def __init__(self, precision: str, device: torch.device):
-        from lightning_fabric import Fabric as LightningFabric
+        try:
+            from lightning_fabric import Fabric as LightningFabric
+        except ImportError:  # the `lightning` package ships it as lightning.fabric
+            from lightning.fabric import Fabric as LightningFabric
 
         mode = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[precision]
         self.fabric = LightningFabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=1,
