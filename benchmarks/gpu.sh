@@ -58,8 +58,10 @@ bench() {  # $1: label, rest: extra options
     --png "$RESULTS/bench-$label.png" $EXTRA "$@" 2>&1 | tee "$RESULTS/bench-$label.txt"
 }
 bench eager
-echo "== [${SECONDS}s] overhead against a plain loop, Accelerate and Fabric (tiny-gpt, bf16; launch-bound on a GPU)"
+echo "== [${SECONDS}s] overhead against a plain loop, Accelerate and Fabric: tiny-gpt (launch-bound), then gpt2-small"
 timeout 120 "$PY" benchmarks/overhead.py --precision bf16 --rounds 3 --steps 60 --window 10 2>&1 | tee "$RESULTS/overhead.txt"
+timeout 150 "$PY" benchmarks/overhead.py --precision bf16 --preset gpt2-small --batch-size 8 --seq-len 1024 \
+  --rounds 3 --steps 30 --window 5 2>&1 | tee -a "$RESULTS/overhead.txt"
 TORCH_LOGS=recompiles bench compile --compile
 
 echo "== [${SECONDS}s] CUDA compile test"

@@ -33,10 +33,11 @@ import torch.nn.functional as F
 
 import tierlab
 from tierlab.data import prepare_data
+from tierlab.models.loader import PRESETS
 from tierlab.models.tiny_gpt import TinyGPT
 from tierlab.train.precision import DTYPES
 
-MODEL = dict(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=256)
+MODEL = dict(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=256)  # --preset tiny-gpt (4 x 128)
 SIDES = ("tierlab", "plain", "accelerate", "fabric")
 
 
@@ -175,7 +176,12 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--preset", default=None, choices=list(PRESETS),
+                    help="a built-in model size instead of the default 4 x 128 tiny-gpt (e.g. gpt2-small on a GPU)")
     args = ap.parse_args()
+    if args.preset:
+        MODEL.clear()
+        MODEL.update({"vocab_size": 256, **PRESETS[args.preset]})
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     tokens = np.asarray(prepare_data("demo", "byte", 0.1).train)
@@ -194,7 +200,7 @@ def main() -> None:
                     figures[side] += framework_loop(drivers[side], tokens, **common)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"machine: {name} [{device}], {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"model: tiny-gpt {MODEL}, batch {args.batch_size} x seq {args.seq_len}, {args.precision}, "
+    print(f"model: {args.preset or 'tiny-gpt'} {MODEL}, batch {args.batch_size} x seq {args.seq_len}, {args.precision}, "
           f"{args.rounds} rounds x {args.steps} steps, windows of {args.window}")
     plain = statistics.median(figures["plain"])
     print(f"{'side':<11} {'median ms/step':>15} {'windows':>8} {'ratio to plain':>15}")

@@ -174,14 +174,14 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     replica = copy.deepcopy(model)
     replica.load_state_dict(init_state)
     policy.check_model(replica)
-    forward = replica
+    loss_fn = None
     if cfg.compile:
-        forward, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device)
+        loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device)
     run_dir = scratch / row.precision
     run_dir.mkdir()
     trainer = Trainer(replica, tokens, cfg.replace(precision=row.precision), policy, device, run_dir,
                       JsonlWriter(run_dir / "metrics.jsonl"), EventLog(run_dir / "events.jsonl"), cfg.max_steps,
-                      identity={}, forward=forward)
+                      identity={}, loss_fn=loss_fn)
     replica.train()
     return _Contender(row, trainer)
 
@@ -251,9 +251,6 @@ def _finish(c: _Contender, cfg: TrainConfig, device: torch.device, fpt: float) -
     row.mfu = row.tokens_per_s * fpt / peak if peak else None
     row.skipped_steps = c.skipped
     row.final_train_loss = statistics.fmean(c.losses[-min(5, len(c.losses)):]) if c.losses else None
-    # Evaluated through the eager model (same weights): compiling the eval-mode graph too would
-    # cost another compile per precision and measure nothing.
-    trainer.forward = trainer.model
     with trainer.policy.activate():
         row.val_loss = trainer.evaluate()["val_loss"]
         resident = tensor_bytes(list(trainer.model.parameters()) + optimizer_state_tensors(trainer.optimizer))

@@ -113,9 +113,9 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
-    forward, compile_seconds = model, None
+    loss_fn, compile_seconds = None, None
     if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
-        forward, compile_seconds = compile_model(model, first_block(tokens, cfg), policy, device)
+        loss_fn, compile_seconds = compile_model(model, first_block(tokens, cfg), policy, device)
 
     # --- every check passed: only now is the run directory written -------------------------
     metrics, events = _open_run_dir(run_dir, cfg, tokens, resume_state)
@@ -126,7 +126,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     trackers.start(identity["config"])
     metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress,
-                      forward)
+                      loss_fn)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps)

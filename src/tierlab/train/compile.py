@@ -1,6 +1,9 @@
-"""``--compile``: torch.compile the model and pay the compile time up front, measured on its own.
+"""``--compile``: torch.compile the training step's forward and loss, paying the compile time up front.
 
-Compilation happens lazily at the first call of the compiled model.  Left there it would
+What is compiled is :func:`~tierlab.train.loss.make_loss_fn` (the model's forward under
+autocast plus the cross-entropy), so the logits' fp32 upcast fuses into the loss.
+Evaluation runs the eager model: a compiled eval-mode graph would cost a second compile
+for a small share of the run's time.  Compilation happens lazily at the first call.  Left there it would
 land inside the first timed window of training (or of a benchmark) and make the first
 tokens/s figure meaningless, so :func:`compile_model` runs one forward and backward pass on
 a real training-shaped batch right away, times it, and throws the gradients away.  That
@@ -13,14 +16,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelError
-from ..models import extract_logits
+from .loss import LossFn, make_loss_fn
 from .precision import PrecisionPolicy
 
 log = logging.getLogger(__name__)
@@ -32,8 +32,8 @@ BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
 
 
 def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
-                  device: torch.device) -> tuple[Callable, float]:
-    """(compiled forward, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1]."""
+                  device: torch.device) -> tuple[LossFn, float]:
+    """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1]."""
     backend = os.environ.get(BACKEND_ENV, "inductor")
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
     x, y = block[:, :-1], block[:, 1:]
@@ -41,11 +41,9 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     _sync(device)
     started = time.perf_counter()
     try:
-        compiled = torch.compile(model, backend=backend)
+        compiled = torch.compile(make_loss_fn(model, policy), backend=backend)
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
-            with policy.autocast():
-                logits = extract_logits(compiled(x))
-            F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1)).backward()
+            compiled(x, y).backward()
         _sync(device)
     except Exception as exc:  # torch.compile's failures are many and long; say it in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""

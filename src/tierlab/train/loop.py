@@ -21,7 +21,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +35,7 @@ from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, list_chec
                          save_checkpoint, set_rng_state)
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
+from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
 from .precision import PrecisionPolicy
 from .schedule import WarmupCosine
@@ -80,18 +81,21 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
 class Trainer:
     def __init__(self, model: nn.Module, data: TokenData, cfg: TrainConfig, policy: PrecisionPolicy,
                  device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
-                 identity: dict[str, Any], progress: Progress | None = None, forward: Callable | None = None):
+                 identity: dict[str, Any], progress: Progress | None = None, loss_fn: LossFn | None = None):
         self.model, self.data, self.cfg, self.policy, self.device = model, data, cfg, policy, device
-        self.forward = forward if forward is not None else model  # the compiled model under --compile; its weights are ``model``'s
+        # Forward + loss of a micro-batch; compiled under --compile (the weights are ``model``'s either way).
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(model, policy)
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
         self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, max_steps)
+        self.lr_table = self.schedule.table(device)
         self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            has_scaler=policy.scaler is not None)
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.real_steps = torch.zeros((), dtype=torch.int64, device=device)  # steps that updated weights
+        self._no_scale = torch.zeros((), dtype=torch.float32, device=device)  # the scale column without a scaler
         self.buffer = torch.zeros(cfg.log_every, 5, dtype=torch.float32, device=device)
         # Per-parameter gradient norms of the first skipped step since the last log step (diagnosis).
         self.first_bad_norms = torch.zeros(len(self.params), dtype=torch.float32, device=device)
@@ -141,16 +145,16 @@ class Trainer:
     def train_step(self) -> None:
         """One optimizer step. No host syncs: every result stays on the device."""
         cfg, policy = self.cfg, self.policy
-        self.lr.copy_(self.schedule(self.real_steps))
-        loss_sum = torch.zeros((), dtype=torch.float32, device=self.device)
+        # The schedule follows the steps that really happened; a gather, not `table[t]`, which
+        # would read the index back to the host.
+        self.lr.copy_(self.lr_table.gather(0, self.real_steps.view(1)).view(()))
+        loss_sum = None
         for _ in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
-            with policy.autocast():
-                logits = extract_logits(self.forward(x))  # [B, T, V]
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
             # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss.
-            policy.backward(loss / cfg.grad_accum)
-            loss_sum += loss.detach()
+            policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
+            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach()
         policy.unscale_(self.optimizer)
         grad_norm, param_norms = self._clip()  # pre-clip norm of the true gradient
         skipped = policy.step(self.optimizer, grad_norm)
@@ -162,8 +166,8 @@ class Trainer:
         self.have_bad |= skipped
         scale = policy.loss_scale
         self.buffer[self.buffered] = torch.stack([
-            loss_sum / cfg.grad_accum, grad_norm.float(), self.lr,
-            scale.float() if scale is not None else torch.zeros((), device=self.device),
+            loss_sum / cfg.grad_accum if cfg.grad_accum > 1 else loss_sum, grad_norm.float(), self.lr,
+            scale.float() if scale is not None else self._no_scale,
             skipped.float()])
         self.buffered += 1
 
@@ -293,7 +297,7 @@ class Trainer:
             x, y = blocks_at(self.data.val, starts, self.cfg.seq_len)
             x, y = x.to(self.device), y.to(self.device)
             with self.policy.autocast():
-                logits = extract_logits(self.forward(x)).float()
+                logits = extract_logits(self.model(x)).float()
             loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
             correct += (logits.argmax(-1) == y).sum()
             count += y.numel()
@@ -359,6 +363,7 @@ class Trainer:
         scale = self.guard.state.lr_scale
         self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.min_lr * scale, self.cfg.warmup_steps,
                                      self.max_steps)
+        self.lr_table = self.schedule.table(self.device)
 
     def checkpoint(self) -> Path:
         # The event goes first so that the checkpoint's record offsets include it: a resume

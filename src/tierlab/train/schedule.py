@@ -28,6 +28,14 @@ class WarmupCosine:
         warm = self.lr * (s + 1) / self.warmup_steps
         return torch.where(s < self.warmup_steps, warm, cosine)
 
+    def table(self, device: torch.device) -> torch.Tensor:
+        """The float32 learning rate after every possible count of real steps, 0..total_steps.
+
+        The loop looks its learning rate up in this table with one device-side gather per
+        step, instead of evaluating the formula (a dozen tiny kernels) every step.
+        """
+        return self(torch.arange(self.total_steps + 1, device=device)).to(torch.float32)
+
     def value(self, step: int) -> float:
         """Host-side value for step ``step`` (for reports and tests; never in the hot path)."""
         return float(self(torch.tensor(step)))
