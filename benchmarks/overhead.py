@@ -84,6 +84,8 @@ class Accelerate:
 
         mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
         self.acc = Accelerator(mixed_precision=mixed, cpu=device.type == "cpu")
+        if precision != "fp32" and not self.acc.native_amp:  # it would quietly train in fp32
+            raise RuntimeError(f"Accelerate does not run {precision} autocast on {device.type} (native_amp is False)")
 
     def setup(self, model, opt):
         return self.acc.prepare(model, opt)
@@ -104,6 +106,8 @@ class Fabric:
         except ImportError:  # the `lightning` package ships it as lightning.fabric
             from lightning.fabric import Fabric as LightningFabric
 
+        if precision == "fp16" and device.type == "cpu":  # Fabric would silently switch to bf16-mixed
+            raise RuntimeError("Lightning Fabric has no fp16 AMP on a CPU (it substitutes bf16)")
         mode = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[precision]
         self.fabric = LightningFabric(accelerator="cuda" if device.type == "cuda" else "cpu", devices=1,
                                       precision=mode)
@@ -155,9 +159,11 @@ def tierlab_loop(out: Path, name: str, steps: int, window: int, batch: int, seq:
     return [r["step_ms"] for r in run.metrics("train")][1:]
 
 
-def make_drivers(precision: str, device: torch.device) -> tuple[dict[str, object], dict[str, str]]:
+def make_drivers(precision: str, device: torch.device, sides: list[str]) -> tuple[dict[str, object], dict[str, str]]:
     drivers, missing = {}, {}
     for side, cls in (("plain", Plain), ("accelerate", Accelerate), ("fabric", Fabric)):
+        if side not in sides:
+            continue
         try:
             drivers[side] = cls(precision, device)
         except ImportError as exc:
@@ -178,14 +184,18 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--preset", default=None, choices=list(PRESETS),
                     help="a built-in model size instead of the default 4 x 128 tiny-gpt (e.g. gpt2-small on a GPU)")
+    ap.add_argument("--sides", default=",".join(SIDES), help=f"comma-separated subset of {','.join(SIDES)}")
     args = ap.parse_args()
+    wanted = [s.strip() for s in args.sides.split(",")]
+    if "plain" not in wanted or "tierlab" not in wanted or set(wanted) - set(SIDES):
+        ap.error(f"--sides must include tierlab and plain and name only {', '.join(SIDES)}")
     if args.preset:
         MODEL.clear()
         MODEL.update({"vocab_size": 256, **PRESETS[args.preset]})
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
     tokens = np.asarray(prepare_data("demo", "byte", 0.1).train)
-    drivers, missing = make_drivers(args.precision, device)
+    drivers, missing = make_drivers(args.precision, device, wanted)
     sides = ["tierlab"] + list(drivers)
     figures: dict[str, list[float]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as out:

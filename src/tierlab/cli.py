@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--config", metavar="FILE", help="a train config (TOML or JSON) to take the model, data, "
                                                        "batch and sequence length from")
     prec.add_argument("--model", help="tiny-gpt, gpt2-small or PATH.py[:factory] (default tiny-gpt)")
-    prec.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    prec.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                      help="argument for the model factory (repeatable)")
     prec.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
     prec.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
     prec.add_argument("--batch-size", type=int, metavar="N", help="sequences per step (default 8)")
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--seed", type=int, metavar="S", help="seed for the weights and the batches")
     prec.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     prec.add_argument("--png", default="bench-precision.png", metavar="PATH",
-                      help="bar chart of the figures (default bench-precision.png)")
+                      help="bar chart of the figures (default bench-precision.png; \"\" for none)")
     prec.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     prec.add_argument("--quiet", action="store_true", help="print only the table")
     sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The same as tierlab.bench.BENCH_PRECISIONS, written out so that `--help` need not import torch.
 BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
 # Train options `tierlab bench precision` passes on, and its own defaults for them.
 _BENCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile")

@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+import torch
 from helpers import assert_user_error, run_cli
 
 from tierlab.train.device import cpu_native_bf16
@@ -34,6 +35,13 @@ def test_every_precision_has_a_row_and_tf32_says_why_not(bench):
     assert rows["tf32"]["status"] == "unavailable" and "CPU" in rows["tf32"]["reason"]
     assert "tf32" in result.stdout and "unavailable" in result.stdout  # shown, not silently skipped
     assert "| bf16 |" in result.stdout  # the Markdown table
+
+
+def test_the_cli_default_lists_every_precision():
+    from tierlab.bench import BENCH_PRECISIONS
+    from tierlab.cli import BENCH_PRECISIONS_DEFAULT
+
+    assert BENCH_PRECISIONS_DEFAULT == BENCH_PRECISIONS
 
 
 def test_json_schema(bench):
@@ -94,3 +102,44 @@ def test_cpu_verdict_is_plain(bench):
 def test_bad_options_are_user_errors(tmp_path, args, fragments):
     assert_user_error(run_cli("bench", "precision", *args, cwd=tmp_path), *fragments)
     assert not (tmp_path / "bench-precision.png").exists()
+
+
+def test_a_hugging_face_module_in_python(tmp_path):
+    """The Python API takes an in-memory module (here a Hugging Face GPT-2 built from a config)."""
+    transformers = pytest.importorskip("transformers")
+    from helpers import fast_config
+    from tierlab.bench import bench_precision
+    from tierlab.train.flops import flops_per_token
+
+    config = transformers.GPT2Config(vocab_size=256, n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    model = transformers.GPT2LMHeadModel(config)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = bench_precision(fast_config(tmp_path), steps=2, warmup_steps=1, precisions=("fp32", "bf16"),
+                             model=model)
+    assert [(r.precision, r.status) for r in result.rows] == [("fp32", "ok"), ("bf16", "ok")]
+    assert result.model == "<in-memory GPT2LMHeadModel>" and result.flops_per_token == flops_per_token(model, 32)
+    assert result.flops_per_token > 6 * 32 * 256  # the HF config publishes L, H and the width: attention counted
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the user's module untouched
+
+
+def test_a_model_file_returning_logits_and_loss(tmp_path):
+    from helpers import write_model
+
+    path = write_model(tmp_path, """
+        import torch
+        from torch import nn
+
+        class Model(nn.Module):  # nanoGPT style: forward returns (logits, loss)
+            def __init__(self, vocab_size=256):
+                super().__init__()
+                self.emb = nn.Embedding(vocab_size, 32)
+                self.head = nn.Linear(32, vocab_size)
+
+            def forward(self, idx, targets=None):
+                return self.head(torch.cumsum(self.emb(idx), dim=1)), None
+        """)
+    result = run_cli("bench", "precision", "--model", path, "--precisions", "fp32", "--steps", 2,
+                     "--warmup-steps", 0, "--batch-size", 2, "--seq-len", 16, "--png", "", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "my_model.py" in result.stdout and "fp32" in result.stdout
+    assert not (tmp_path / "bench-precision.png").exists()  # --png "" writes no chart

@@ -30,3 +30,11 @@ def test_no_warmup_starts_at_peak():
 def test_default_warmup_is_five_percent_capped():
     assert default_warmup(400) == 20 and default_warmup(100_000) == 100
     assert default_warmup(10) == 1 and default_warmup(1) == 0
+
+
+def test_the_device_table_holds_the_schedule_for_every_step_count():
+    sched = WarmupCosine(1e-3, 1e-4, warmup_steps=5, total_steps=50)
+    table = sched.table(torch.device("cpu"))
+    assert table.dtype == torch.float32 and table.shape == (51,)
+    for step in range(51):
+        assert table[step].item() == pytest.approx(sched.value(step), rel=1e-6)

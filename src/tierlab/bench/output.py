@@ -74,9 +74,13 @@ def write_png(result: BenchResult, path: Path) -> None:
                   for r in result.rows]
         bars = ax.bar(names, values, color=colors)
         for bar, r in zip(bars, result.rows):
-            label = _bar_label(r, attr)
-            ax.annotate(label, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
-                        va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
+            below = bar.get_height() < 0  # a negative bar gets its label underneath
+            ax.annotate(_bar_label(r, attr), (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                        va="top" if below else "bottom", fontsize=9, xytext=(0, -2 if below else 2),
+                        textcoords="offset points")
+        if attr == "val_loss_diff_vs_fp32":  # symmetric around 0, so "better" and "worse" read alike
+            reach = max((abs(v) for v in values), default=0.0) or 1e-4
+            ax.set_ylim(-1.4 * reach, 1.4 * reach)
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
         ax.margins(y=0.18)  # room for the labels above the bars

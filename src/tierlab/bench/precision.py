@@ -98,8 +98,11 @@ class _Contender:
 
 def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
                     precisions: tuple[str, ...] = BENCH_PRECISIONS, chunk: int = 5,
-                    cache_dir: str | Path | None = None) -> BenchResult:
-    """Measure ``precisions`` for ``cfg``'s model, data, batch and sequence length."""
+                    cache_dir: str | Path | None = None, model: nn.Module | None = None) -> BenchResult:
+    """Measure ``precisions`` for ``cfg``'s model (or ``model``, an in-memory module), data, batch and length.
+
+    ``model`` is left untouched: every precision trains a copy of it.
+    """
     _check_options(steps, warmup_steps, precisions, chunk)
     device = resolve_device(cfg.device)
     # The LR warms up over the untimed steps; the buffer holds one chunk (or the warm-up) of step rows.
@@ -108,7 +111,11 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
     check_sizes(cfg.replace(eval_every=1), tokens)  # the validation split must hold a block too
     seed_everything(cfg.seed)
-    model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
+    if model is None:
+        model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
+    else:
+        cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
+        model = copy.deepcopy(model)
     model.to(device)
     probe_model(model, cfg, tokens, device)
     init_state = copy.deepcopy(model.state_dict())
