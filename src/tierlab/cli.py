@@ -105,6 +105,36 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bar chart of the figures (default bench-precision.png; \"\" for none)")
     prec.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
     prec.add_argument("--quiet", action="store_true", help="print only the table")
+    search = sub.add_parser(
+        "search", help="Optuna hyperparameter search whose trials are real training runs",
+        description="Find a good learning rate, warm-up, weight decay and batch size (or any options, with "
+                    "--space) with Optuna: each trial is a tierlab training run, bad trials are pruned early, the "
+                    "study lives in a database (SQLite in --out by default) so re-running resumes it and several "
+                    "workers can share it. Writes best.toml, trials.csv and plots to --out.")
+    search.add_argument("--config", metavar="FILE", help="a train config (TOML or JSON) for everything not searched")
+    search.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
+    search.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="argument for the model factory (repeatable)")
+    search.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    search.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
+    for flag, kind, text in (("--precision", str, "precision of every trial (default auto)"),
+                             ("--device", str, "device of every trial (default auto)"),
+                             ("--seq-len", int, "tokens per sequence (default 128)"),
+                             ("--eval-batches", int, "validation batches per evaluation (default 20)")):
+        search.add_argument(flag, type=kind, help=text)
+    search.add_argument("--trials", type=int, default=30, metavar="N",
+                        help="trials the study should hold in all (default 30); re-running adds the missing ones")
+    search.add_argument("--steps-per-trial", type=int, default=500, metavar="N", help="training steps per trial")
+    search.add_argument("--space", metavar="FILE", help="search space in TOML (default: lr, warmup_fraction, "
+                                                        "weight_decay, batch_size)")
+    search.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"],
+                        help="stop unpromising trials early (default median)")
+    search.add_argument("--out", default="search", metavar="DIR", help="search directory (default ./search)")
+    search.add_argument("--storage", metavar="URL", help="Optuna storage URL (default sqlite:///DIR/study.db); "
+                                                         "e.g. postgresql://user:pw@host/db for several machines")
+    search.add_argument("--study", default="tierlab", metavar="NAME", help="study name in the storage")
+    search.add_argument("--seed", type=int, metavar="S", help="makes the sampler's suggestions repeatable")
+    search.add_argument("--quiet", action="store_true", help="print only the summary")
     sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
                           description="Send every record of metrics.jsonl and events.jsonl to W&B or TensorBoard.")
     sync.add_argument("run", help="run directory")
@@ -204,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _sync(ns)
         if ns.command == "bench":
             return _bench(ns)
+        if ns.command == "search":
+            return _search(ns)
     except UserError as err:
         sys.stderr.write(f"tierlab: error: {err}\n")
         return EXIT_USER_ERROR
@@ -300,6 +332,40 @@ def _validate(ns: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _options_config(ns: argparse.Namespace, names: tuple[str, ...], defaults: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from --config FILE, then the given options; shared by bench and search."""
+    values: dict[str, Any] = dict(defaults)
+    if ns.config:
+        values.update(load_config_file(ns.config))
+    values.update({k: getattr(ns, k) for k in names
+                   if getattr(ns, k, None) is not None and getattr(ns, k) is not False})  # given on the command line
+    model_args = dict(values.get("model_args") or {})
+    model_args.update(dict(parse_model_arg(item) for item in ns.model_args))
+    values["model_args"] = model_args
+    return TrainConfig.from_mapping(values, ns.config or "the command line")
+
+
+_SEARCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "precision", "device", "seq_len", "eval_batches")
+
+
+def _search(ns: argparse.Namespace) -> int:
+    from .progress import console, quieted
+    from .search import SearchConfig, load_space, run_search
+    from .search.outputs import summary_text
+    from .search.space import DEFAULT_SPACE
+
+    base = _options_config(ns, _SEARCH_TRAIN_OPTIONS, {})
+    space = load_space(ns.space) if ns.space else DEFAULT_SPACE
+    cfg = SearchConfig(base=base, trials=ns.trials, steps_per_trial=ns.steps_per_trial, out=ns.out,
+                       storage=ns.storage, study=ns.study, pruner=ns.pruner, seed=ns.seed, space=space)
+    # One line per trial from the search; the trials' own training lines are in their run directories.
+    with console(quiet=ns.quiet, stream=sys.stderr), quieted("tierlab.train", "tierlab.metrics", "tierlab.data",
+                                                              "tierlab.models"):
+        result = run_search(cfg)
+    print(summary_text(result))
+    return 0
+
+
 def _bench(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -309,16 +375,7 @@ def _bench(ns: argparse.Namespace) -> int:
 
     if ns.bench is None:
         raise UserError("tierlab bench needs a benchmark name.", "run `tierlab bench precision --help`.")
-    values: dict[str, Any] = dict(_BENCH_DEFAULTS)
-    if ns.config:
-        file_values = load_config_file(ns.config)
-        values.update({k: v for k, v in file_values.items() if k in _BENCH_TRAIN_OPTIONS + ("model_args",)})
-    values.update({k: getattr(ns, k) for k in _BENCH_TRAIN_OPTIONS
-                   if getattr(ns, k) is not None and getattr(ns, k) is not False})  # given on the command line
-    model_args = dict(values.get("model_args") or {})
-    model_args.update(dict(parse_model_arg(item) for item in ns.model_args))
-    values["model_args"] = model_args
-    cfg = TrainConfig.from_mapping(values, ns.config or "the command line")
+    cfg = _options_config(ns, _BENCH_TRAIN_OPTIONS, _BENCH_DEFAULTS)
     precisions = tuple(p.strip() for p in ns.precisions.split(",") if p.strip())
     for path in (ns.json, ns.png):  # fail before minutes of benchmarking, not after
         if path and not Path(path).resolve().parent.is_dir():

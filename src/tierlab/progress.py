@@ -97,3 +97,17 @@ def console(quiet: bool = False, stream=None) -> Iterator[Progress | None]:
         logger.handlers[:] = saved[1]
         logger.propagate = saved[2]
         metrics_logger.setLevel(saved[3])
+
+
+@contextlib.contextmanager
+def quieted(*names: str) -> Iterator[None]:
+    """Raise the named loggers to WARNING inside the block (e.g. a search's per-trial training lines)."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

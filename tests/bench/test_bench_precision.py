@@ -94,14 +94,22 @@ def test_cpu_verdict_is_plain(bench):
 
 @pytest.mark.parametrize("args, fragments", [
     (["--precisions", "fp32,fp8"], ["--precisions", "fp8", "fp32,tf32,bf16,fp16"]),
-    (["--steps", "0"], ["--steps must be at least 1"]),
-    (["--batch-size", "0"], ["--batch-size must be at least 1"]),
-    (["--model", "missing.py"], ["does not exist"]),
     (["--json", "no/such/dir/b.json"], ["folder does not exist"]),
 ])
 def test_bad_options_are_user_errors(tmp_path, args, fragments):
     assert_user_error(run_cli("bench", "precision", *args, cwd=tmp_path), *fragments)
     assert not (tmp_path / "bench-precision.png").exists()
+
+
+def test_bad_values_are_refused_before_any_work(tmp_path):
+    from helpers import fast_config
+    from tierlab.bench import bench_precision
+    from tierlab.errors import ConfigError, ModelError
+
+    with pytest.raises(ConfigError, match="--steps must be at least 1"):
+        bench_precision(fast_config(tmp_path), steps=0)
+    with pytest.raises(ModelError, match="does not exist"):
+        bench_precision(fast_config(tmp_path, model="missing.py"), steps=1)
 
 
 def test_a_hugging_face_module_in_python(tmp_path):

@@ -29,6 +29,7 @@ from ..config import TrainConfig
 from ..data import TokenData, prepare_data
 from ..errors import ConfigError, PrecisionError, UserError
 from ..models import load_model
+from ..progress import quieted
 from ..track import EventLog, JsonlWriter
 from ..train.api import check_sizes, first_block, probe_model, seed_everything
 from ..train.compile import compile_model
@@ -124,8 +125,8 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
 
     rows: list[BenchRow] = []
     contenders: list[_Contender] = []
-    quiet_eval = _Quieted("tierlab.metrics")  # the per-copy evaluation lines would only repeat the table
-    with tempfile.TemporaryDirectory(prefix="tierlab-bench-") as scratch, quiet_eval:
+    # The per-copy evaluation lines would only repeat the table.
+    with tempfile.TemporaryDirectory(prefix="tierlab-bench-") as scratch, quieted("tierlab.metrics"):
         for precision in precisions:
             row = BenchRow(precision, "ok")
             rows.append(row)
@@ -321,20 +322,6 @@ def _device_name(device: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-class _Quieted:
-    """Raise a logger to WARNING inside a ``with`` block."""
-
-    def __init__(self, name: str):
-        self.logger = logging.getLogger(name)
-
-    def __enter__(self) -> None:
-        self.level = self.logger.level
-        self.logger.setLevel(logging.WARNING)
-
-    def __exit__(self, *exc) -> None:
-        self.logger.setLevel(self.level)
 
 
 def _sync(device: torch.device) -> None:

@@ -155,6 +155,10 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     except Diverged:
         status = "diverged"
         raise
+    except StopTraining as stop:  # asked for by the caller (e.g. a search pruning this trial)
+        status = stop.status
+        events.emit("stopped", step=trainer.state.step, status=stop.status, reason=stop.reason)
+        raise
     finally:
         _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
                    compile_seconds)
@@ -163,6 +167,14 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
             _write_dashboard(run_dir)
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
+
+
+class StopTraining(Exception):
+    """Raised by a ``progress`` callback to end a run early; the run closes with ``status`` (e.g. "pruned")."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def resume(run_or_checkpoint: str | Path, changes: Mapping[str, Any] | None = None, *,

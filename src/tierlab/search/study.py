@@ -1,0 +1,212 @@
+"""``tierlab search``: an Optuna study whose trials are real tierlab training runs.
+
+Each trial samples the space, trains with :func:`tierlab.train` (same loop, precision
+policy, metrics and run directory, under ``<out>/trials/trial-NNNN``), reports the val
+loss of every evaluation to Optuna and stops early when the pruner says so.  A trial that
+diverges (non-finite values; trials run with ``--on-nonfinite raise``) is pruned with the
+diagnosis as its reason; one that runs out of memory is marked failed; the study goes on.
+
+The study lives in an Optuna RDB storage: by default a SQLite file in the search
+directory, or any ``--storage`` URL (PostgreSQL for several machines).  Trials are
+counted in the storage, so re-running the command resumes the study and several workers
+on one storage run ``--trials`` trials between them, each trial number exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import TrainConfig
+from ..errors import ConfigError, UserError
+from ..train.api import StopTraining, train
+from ..train.guards import Diverged
+from .space import DEFAULT_SPACE, Dimension, apply_params
+
+log = logging.getLogger(__name__)
+
+PRUNERS = ("median", "hyperband", "none")
+SURPLUS = "surplus: the study already had its trials"
+INTERRUPTED = "interrupted (Ctrl-C or SIGTERM): run again to replace it"
+
+
+def _real_trials(study: Any) -> list:
+    """Every trial of the study except surplus ones (a worker's extra ask at the very end)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("reason") != SURPLUS]
+
+
+def _counted_trials(study: Any) -> list:
+    """The trials that count towards --trials: interrupted ones are replaced when the search runs again."""
+    return [t for t in _real_trials(study) if t.user_attrs.get("reason") != INTERRUPTED]
+
+
+@dataclass
+class SearchConfig:
+    base: TrainConfig
+    trials: int = 30
+    steps_per_trial: int = 500
+    out: str = "search"
+    storage: str | None = None  # default: sqlite:///<out>/study.db
+    study: str = "tierlab"
+    pruner: str = "median"
+    seed: int | None = None
+    space: tuple[Dimension, ...] = DEFAULT_SPACE
+    evals_per_trial: int = 5
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise ConfigError(f"--trials must be at least 1, got {self.trials}.", "pass e.g. --trials 30.")
+        if self.steps_per_trial < 2:
+            raise ConfigError(f"--steps-per-trial must be at least 2, got {self.steps_per_trial}.",
+                              "pass e.g. --steps-per-trial 500.")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"--pruner {self.pruner!r} is not a pruner.", f"use one of {', '.join(PRUNERS)}.")
+        if not self.study.strip():
+            raise ConfigError("--study needs a name.", "pass e.g. --study my-study.")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or f"sqlite:///{(Path(self.out) / 'study.db').resolve()}"
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.steps_per_trial // self.evals_per_trial)
+
+
+@dataclass
+class SearchResult:
+    study: Any
+    out: Path
+    best_config: Path | None
+    counts: dict[str, int] = field(default_factory=dict)
+    steps_spent: int = 0
+
+
+class _TrialReporter:
+    """A ``progress`` for :func:`train` that reports each evaluation to Optuna and prunes."""
+
+    def __init__(self, trial: Any):
+        self.trial = trial
+        self.steps = 0
+
+    def start(self, total_steps: int) -> None:
+        pass
+
+    def update(self, record: dict[str, Any]) -> None:
+        self.steps = record["step"]
+        if record["kind"] != "eval":
+            return
+        value = record["val_loss"]
+        if not math.isfinite(value):
+            raise StopTraining("pruned", f"val_loss is {value} at step {record['step']}")
+        self.trial.report(value, record["step"])
+        if self.trial.should_prune():
+            raise StopTraining("pruned", f"pruned at step {record['step']} (val_loss {value:.4f})")
+
+
+def open_study(cfg: SearchConfig):
+    """Create or load the study (the same name in the same storage continues it)."""
+    try:
+        import optuna
+    except ImportError:
+        raise UserError("tierlab search needs Optuna, which is not installed.",
+                        "pip install 'tierlab[search]' (or pip install optuna).") from None
+
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.eval_every),
+              "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every,
+                                                                  max_resource=cfg.steps_per_trial),
+              "none": optuna.pruners.NopPruner}[cfg.pruner]()
+    try:
+        return optuna.create_study(study_name=cfg.study, storage=cfg.storage_url, direction="minimize",
+                                   sampler=sampler, pruner=pruner, load_if_exists=True)
+    except ImportError as exc:  # e.g. a postgresql:// URL without its driver
+        raise UserError(f"--storage {cfg.storage_url!r} needs a database driver that is not installed: {exc}.",
+                        "install it (for PostgreSQL: pip install 'psycopg[binary]', or pip install 'tierlab[postgres]').") from None
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many connection errors, said in one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"Cannot open the study storage {cfg.storage_url!r}: {first}",
+                        "check the URL, that the database server is running and reachable, and the "
+                        "credentials.") from None
+
+
+def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
+    """Run trials until the study holds ``cfg.trials`` of them; then write the outputs."""
+    study = open_study(cfg)
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    out = Path(cfg.out)
+    log.info("study %r in %s: %s", cfg.study, cfg.storage_url, "; ".join(d.describe() for d in cfg.space))
+    while len(_counted_trials(study)) < cfg.trials:
+        trial = study.ask()
+        earlier = [t for t in _counted_trials(study) if t.number < trial.number]
+        if len(earlier) >= cfg.trials:
+            # Another worker asked for the last trial a moment before this one: this one is
+            # surplus, recorded as such (so counts stay exact) and never trained.
+            trial.set_user_attr("reason", SURPLUS)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        _run_trial(cfg, study, trial, out, cache_dir)
+    from .outputs import write_outputs
+
+    return write_outputs(cfg, study, out)
+
+
+def _run_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: str | Path | None) -> None:
+    from optuna.trial import TrialState
+
+    params = {d.name: d.suggest(trial) for d in cfg.space}
+    name = f"trial-{trial.number:04d}"
+    trial_cfg = apply_params(cfg.base, params, cfg.steps_per_trial).replace(
+        max_steps=cfg.steps_per_trial, epochs=None, out=str(out / "trials"), name=name, quiet=True,
+        eval_every=cfg.eval_every, on_nonfinite="raise", resume=None, no_plots=True,
+        ckpt_every=0, keep_ckpts=1)
+    trial.set_user_attr("run_dir", str(out / "trials" / name))
+    reporter = _TrialReporter(trial)
+    started = time.perf_counter()
+    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+    state, value, reason = TrialState.COMPLETE, None, ""
+    try:
+        run = train(None, None, trial_cfg, progress=reporter, cache_dir=cache_dir)
+        value = run.summary["best_val_loss"]
+        reporter.steps = run.summary["steps"]
+        if value is None or not math.isfinite(value):
+            state, reason = TrialState.PRUNED, "no finite validation loss"
+    except StopTraining as stop:
+        state, reason = TrialState.PRUNED, stop.reason
+    except Diverged as err:
+        state, reason = TrialState.PRUNED, "diverged: " + str(err).splitlines()[0]
+    except UserError:
+        study.tell(trial, state=TrialState.FAIL)
+        raise  # the same mistake would repeat in every trial: stop the search and say it
+    except KeyboardInterrupt:  # the trial's run is checkpointed; the study records why it stopped
+        trial.set_user_attr("reason", INTERRUPTED)
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as exc:  # noqa: BLE001 - out of memory and other failures end this trial only
+        import torch
+
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        state, reason = TrialState.FAIL, ("out of memory: " if oom else f"{type(exc).__name__}: ") + \
+            (str(exc).splitlines()[0] if str(exc) else "")
+    trial.set_user_attr("steps", reporter.steps)
+    trial.set_user_attr("seconds", time.perf_counter() - started)
+    if reason:
+        trial.set_user_attr("reason", reason)
+    if state == TrialState.COMPLETE:
+        study.tell(trial, value)
+        log.info("trial %d: best val_loss %.4f", trial.number, value)
+    else:
+        study.tell(trial, state=state)
+        log.info("trial %d: %s (%s)", trial.number, state.name.lower(), reason)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,176 @@
+"""tierlab search: a real Optuna study on SQLite (and PostgreSQL when CI provides one)."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli
+from tierlab.errors import ConfigError
+
+optuna = pytest.importorskip("optuna")
+
+from tierlab.search import SearchConfig, load_space, run_search  # noqa: E402
+from tierlab.search.space import DEFAULT_SPACE, apply_params  # noqa: E402
+
+MODEL_ARGS = [arg for k, v in TINY_MODEL.items() for arg in ("--model-arg", f"{k}={v}")]
+COMMON = [*MODEL_ARGS, "--seq-len", "32", "--eval-batches", "2", "--precision", "fp32"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _space(tmp_path, text):
+    path = tmp_path / "space.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, fragments", [
+    ("[learning_rate]\ntype = 'float'\nlow = 1e-4\nhigh = 1e-2\n", ["'learning_rate'", "not a train option"]),
+    ("[out]\ntype = 'categorical'\nchoices = ['a']\n", ["'out'", "cannot be searched"]),
+    ("[lr]\ntype = 'gaussian'\nlow = 1\nhigh = 2\n", ["'lr'", "'gaussian'"]),
+    ("[lr]\ntype = 'float'\nlow = 0.1\nhigh = 0.01\n", ["'lr'", "smaller than high"]),
+    ("[lr]\ntype = 'float'\nlow = 0.0\nhigh = 0.01\nlog = true\n", ["'lr'", "log scale needs low > 0"]),
+    ("[batch_size]\ntype = 'categorical'\nchoices = []\n", ["'batch_size'", "non-empty list"]),
+    ("[batch_size]\ntype = 'categorical'\nchoices = [8, 0]\n", ["'batch_size'", "value 0 is not valid"]),
+    ("[n_layer]\ntype = 'int'\nlow = 1\nhigh = 2.5\n", ["'n_layer'", "not a train option"]),
+    ("[model_args.n_layer]\ntype = 'int'\nlow = 1\nhigh = 2.5\n", ["'model_args.n_layer'", "whole numbers"]),
+    ("[lr]\ntype = 'float'\nlow = 1e-4\nhigh = 1e-2\nstep = 2\n", ["'lr'", "unknown key(s) step"]),
+    ("lr = [", ["not valid TOML"]),
+])
+def test_invalid_spaces_name_the_key(tmp_path, text, fragments):
+    with pytest.raises(ConfigError) as err:
+        load_space(_space(tmp_path, text))
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_a_user_space_over_train_options_and_model_args(tmp_path):
+    space = load_space(_space(tmp_path, """
+        [clip_grad]
+        type = "float"
+        low = 0.5
+        high = 2.0
+        [model_args]
+        n_layer = {type = "int", low = 1, high = 3}
+        """.replace("        ", "")))
+    assert [(d.name, d.kind) for d in space] == [("clip_grad", "float"), ("model_args.n_layer", "int")]
+    cfg = apply_params(fast_config(tmp_path), {"clip_grad": 0.7, "model_args.n_layer": 3, "warmup_fraction": 0.1},
+                       steps=50)
+    assert cfg.clip_grad == 0.7 and cfg.model_args["n_layer"] == 3 and cfg.warmup_steps == 5
+    high_lr = apply_params(fast_config(tmp_path, lr=1e-3), {"lr": 0.5}, steps=50)
+    assert high_lr.min_lr == 0.05  # the default lr/10 follows the trial's own lr
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    where = tmp_path_factory.mktemp("search")
+    result = run_cli("search", *COMMON, "--trials", "3", "--steps-per-trial", "12", "--out", "s", "--seed", "0",
+                     cwd=where)
+    assert result.returncode == 0, result.stderr
+    return where, result
+
+
+def test_a_study_writes_best_toml_csv_plots_and_a_summary(study):
+    where, result = study
+    out = where / "s"
+    rows = _rows(out / "trials.csv")
+    assert [r["number"] for r in rows] == ["0", "1", "2"]
+    assert {"param_lr", "param_warmup_fraction", "param_weight_decay", "param_batch_size"} <= set(rows[0])
+    completed = [r for r in rows if r["state"] == "complete"]
+    assert completed and all(float(r["val_loss"]) > 0 for r in completed)
+    for r in rows:  # every trial is a real run directory with its metrics
+        assert (where / r["run_dir"] / "metrics.jsonl").is_file() if not os.path.isabs(r["run_dir"]) else \
+            (os.path.isfile(os.path.join(r["run_dir"], "metrics.jsonl")))
+    best = min(completed, key=lambda r: float(r["val_loss"]))
+    text = (out / "best.toml").read_text()
+    assert f"# trial {best['number']}:" in text and "max_steps = 12" in text
+    for name in ("optimization_history", "param_importances", "intermediate_values"):
+        assert (out / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+    assert f"best: trial {best['number']}" in result.stdout and "3 completed" in result.stdout
+
+
+def test_best_toml_trains_and_rerunning_adds_trials(study):
+    where, _ = study
+    trained = run_cli("train", "--config", "s/best.toml", "--out", "runs", "--name", "best", "--quiet", cwd=where)
+    assert trained.returncode == 0, trained.stderr
+    assert (where / "runs" / "best" / "summary.json").is_file()
+
+    more = run_cli("search", *COMMON, "--trials", "5", "--steps-per-trial", "12", "--out", "s", "--seed", "0",
+                   cwd=where)
+    assert more.returncode == 0, more.stderr
+    rows = _rows(where / "s" / "trials.csv")
+    assert [r["number"] for r in rows] == ["0", "1", "2", "3", "4"]  # resumed: two more, not five new
+    assert len({r["run_dir"] for r in rows}) == 5
+
+
+def test_a_diverging_region_prunes_trials_and_the_study_goes_on(tmp_path):
+    space = _space(tmp_path, "[lr]\ntype = 'float'\nlow = 50.0\nhigh = 500.0\nlog = true\n"
+                             "[clip_grad]\ntype = 'categorical'\nchoices = [0.0]\n")
+    cfg = SearchConfig(base=fast_config(tmp_path, precision="fp32"), trials=3, steps_per_trial=10,
+                       out=str(tmp_path / "s"), pruner="hyperband", seed=1, space=load_space(space))
+    result = run_search(cfg)
+    states = [t.state.name for t in result.study.trials]
+    assert len(states) == 3  # every trial ran to a verdict
+    bad = [t for t in result.study.trials if t.state.name in ("PRUNED", "FAIL")]
+    assert bad, states
+    assert all(t.user_attrs.get("reason") for t in bad)  # each with its reason
+    rows = _rows(tmp_path / "s" / "trials.csv")
+    assert any("diverged" in r["reason"] or "val_loss is" in r["reason"] for r in rows), rows
+
+
+def _two_workers(tmp_path, storage, trials=4):
+    args = [sys.executable, "-m", "tierlab", "search", *COMMON, "--trials", str(trials), "--steps-per-trial", "8",
+            "--out", str(tmp_path / "s"), "--study", "shared", "--quiet"]
+    if storage:
+        args += ["--storage", storage]
+    workers = [subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    assert all(w.returncode == 0 for w in workers), outputs
+    study = optuna.load_study(study_name="shared", storage=storage or f"sqlite:///{tmp_path / 's' / 'study.db'}")
+    real = [t for t in study.trials if not str(t.user_attrs.get("reason", "")).startswith("surplus")]
+    assert sorted(t.number for t in real) == list(range(trials))  # N trials, each number exactly once
+    run_dirs = [t.user_attrs["run_dir"] for t in real]
+    assert len(set(run_dirs)) == trials and all(os.path.isdir(d) for d in run_dirs)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in real)
+
+
+def test_two_workers_share_one_sqlite_study(tmp_path):
+    _two_workers(tmp_path, None)
+
+
+def test_two_workers_share_one_postgresql_study(tmp_path):
+    url = os.environ.get("TIERLAB_TEST_POSTGRES")
+    if not url:
+        pytest.skip("no PostgreSQL server: .ci/run starts one and sets TIERLAB_TEST_POSTGRES")
+    pytest.importorskip("psycopg")
+    import uuid
+
+    _two_workers(tmp_path, url.rstrip("/") + "?application_name=tierlab-" + uuid.uuid4().hex[:8])
+
+
+def test_search_mistakes_are_user_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--trials must be at least 1"):
+        SearchConfig(base=fast_config(tmp_path), trials=0)
+    with pytest.raises(ConfigError, match="missing.toml' does not exist"):
+        load_space(tmp_path / "missing.toml")
+    with pytest.raises(ConfigError, match="--pruner 'random'"):
+        SearchConfig(base=fast_config(tmp_path), pruner="random")
+
+
+def test_an_unreachable_storage_exits_2_with_one_line(tmp_path):
+    result = run_cli("search", *COMMON, "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", "s",
+                     cwd=tmp_path)
+    assert_user_error(result, "Cannot open the study storage", "database server is running")
+
+
+def test_default_space_is_the_documented_one():
+    assert [d.describe() for d in DEFAULT_SPACE] == [
+        "lr float [0.0001, 0.01] log", "warmup_fraction float [0, 0.2]",
+        "weight_decay float [0.001, 0.3] log", "batch_size in [8, 16, 32]"]
