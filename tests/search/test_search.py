@@ -174,3 +174,20 @@ def test_default_space_is_the_documented_one():
     assert [d.describe() for d in DEFAULT_SPACE] == [
         "lr float [0.0001, 0.01] log", "warmup_fraction float [0, 0.2]",
         "weight_decay float [0.001, 0.3] log", "batch_size in [8, 16, 32]"]
+
+
+def test_a_pruned_trial_stops_its_run_with_status_pruned(tmp_path):
+    """The pruner's verdict reaches the training loop at the evaluation that triggered it."""
+    import tierlab
+    from tierlab.search.study import _TrialReporter
+    from tierlab.train.api import StopTraining
+
+    study = optuna.create_study(pruner=optuna.pruners.ThresholdPruner(upper=1.0))  # prunes any val loss > 1
+    reporter = _TrialReporter(study.ask())
+    cfg = fast_config(tmp_path, max_steps=20, eval_every=5, ckpt_every=0)
+    with pytest.raises(StopTraining, match="pruned at step 5"):
+        tierlab.train(config=cfg, progress=reporter)
+    run = tierlab.Run.load(tmp_path / "runs" / "run")
+    assert run.summary["status"] == "pruned" and run.summary["steps"] == 5
+    (stopped,) = run.events("stopped")
+    assert stopped["status"] == "pruned" and stopped["step"] == 5

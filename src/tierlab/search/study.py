@@ -116,6 +116,7 @@ def open_study(cfg: SearchConfig):
         raise UserError("tierlab search needs Optuna, which is not installed.",
                         "pip install 'tierlab[search]' (or pip install optuna).") from None
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tierlab says what happens, once per trial
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     pruner = {"median": lambda: optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=cfg.eval_every),
@@ -138,10 +139,8 @@ def open_study(cfg: SearchConfig):
 def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
     """Run trials until the study holds ``cfg.trials`` of them; then write the outputs."""
     study = open_study(cfg)
-    import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(cfg.out)
     log.info("study %r in %s: %s", cfg.study, cfg.storage_url, "; ".join(d.describe() for d in cfg.space))
     while len(_counted_trials(study)) < cfg.trials:
