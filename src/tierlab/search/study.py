@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .space import DEFAULT_SPACE, Dimension, apply_params
 log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "hyperband", "none")
+_OPEN_ATTEMPTS = 4
 SURPLUS = "surplus: the study already had its trials"
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM): run again to replace it"
 
@@ -123,17 +125,25 @@ def open_study(cfg: SearchConfig):
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every,
                                                                   max_resource=cfg.steps_per_trial),
               "none": optuna.pruners.NopPruner}[cfg.pruner]()
-    try:
-        return optuna.create_study(study_name=cfg.study, storage=cfg.storage_url, direction="minimize",
-                                   sampler=sampler, pruner=pruner, load_if_exists=True)
-    except ImportError as exc:  # e.g. a postgresql:// URL without its driver
-        raise UserError(f"--storage {cfg.storage_url!r} needs a database driver that is not installed: {exc}.",
-                        "install it (for PostgreSQL: pip install 'psycopg[binary]', or pip install 'tierlab[postgres]').") from None
-    except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many connection errors, said in one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"Cannot open the study storage {cfg.storage_url!r}: {first}",
-                        "check the URL, that the database server is running and reachable, and the "
-                        "credentials.") from None
+    for attempt in range(_OPEN_ATTEMPTS):
+        try:
+            return optuna.create_study(study_name=cfg.study, storage=cfg.storage_url, direction="minimize",
+                                       sampler=sampler, pruner=pruner, load_if_exists=True)
+        except ImportError as exc:  # e.g. a postgresql:// URL without its driver
+            raise UserError(f"--storage {cfg.storage_url!r} needs a database driver that is not installed: {exc}.",
+                            "install it (for PostgreSQL: pip install 'psycopg[binary]', or pip install "
+                            "'tierlab[postgres]').") from None
+        except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many connection errors, said in one line
+            # Workers started together race to create the schema (one gets "already exists"):
+            # the loser waits a moment and finds the tables there.
+            if attempt + 1 < _OPEN_ATTEMPTS:
+                time.sleep(0.5 + random.random())
+                continue
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"Cannot open the study storage {cfg.storage_url!r}: {first}",
+                            "check the URL, that the database server is running and reachable, and the "
+                            "credentials.") from None
+    raise AssertionError("unreachable")
 
 
 def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
