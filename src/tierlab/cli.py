@@ -204,13 +204,16 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
         values = base_config(resume, given.get("out", file_values.get("out", "runs")),
                              given.get("name", file_values.get("name"))) or {}
     values.update(file_values)
-    model_args = dict(values.get("model_args") or {})
-    for item in given.pop("model_args", []):
-        key, value = parse_model_arg(item)
-        model_args[key] = value
+    items = given.pop("model_args", [])
     values.update(given)
-    values["model_args"] = model_args
-    return TrainConfig.from_mapping(values, ns.config or "the command line")
+    return TrainConfig.from_mapping(_with_model_args(values, items), ns.config or "the command line")
+
+
+def _with_model_args(values: dict[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """``values`` with the command line's --model-arg KEY=VALUE items laid over its model_args."""
+    model_args = dict(values.get("model_args") or {})
+    model_args.update(parse_model_arg(item) for item in items)
+    return {**values, "model_args": model_args}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,21 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     from .train.guards import Diverged
 
+    commands = {"train": _train, "sample": _sample, "validate": _validate, "report": _report, "sync": _sync,
+                "bench": _bench, "search": _search}
     try:
-        if ns.command == "train":
-            return _train(ns)
-        if ns.command == "sample":
-            return _sample(ns)
-        if ns.command == "validate":
-            return _validate(ns)
-        if ns.command == "report":
-            return _report(ns)
-        if ns.command == "sync":
-            return _sync(ns)
-        if ns.command == "bench":
-            return _bench(ns)
-        if ns.command == "search":
-            return _search(ns)
+        return commands[ns.command](ns)
     except UserError as err:
         sys.stderr.write(f"tierlab: error: {err}\n")
         return EXIT_USER_ERROR
@@ -250,7 +242,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    return 0
 
 
 def _train(ns: argparse.Namespace) -> int:
@@ -339,10 +330,7 @@ def _options_config(ns: argparse.Namespace, names: tuple[str, ...], defaults: di
         values.update(load_config_file(ns.config))
     values.update({k: getattr(ns, k) for k in names
                    if getattr(ns, k, None) is not None and getattr(ns, k) is not False})  # given on the command line
-    model_args = dict(values.get("model_args") or {})
-    model_args.update(dict(parse_model_arg(item) for item in ns.model_args))
-    values["model_args"] = model_args
-    return TrainConfig.from_mapping(values, ns.config or "the command line")
+    return TrainConfig.from_mapping(_with_model_args(values, ns.model_args), ns.config or "the command line")
 
 
 _SEARCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "precision", "device", "seq_len", "eval_batches")

@@ -33,7 +33,7 @@ from ..progress import quieted
 from ..track import EventLog, JsonlWriter
 from ..train.api import check_sizes, first_block, probe_model, seed_everything
 from ..train.compile import compile_model
-from ..train.device import cpu_native_bf16, resolve_device
+from ..train.device import cpu_native_bf16, resolve_device, synchronize
 from ..train.flops import flops_per_token, peak_flops
 from ..train.loop import LOSS, SKIPPED, Trainer
 from ..train.memory import SavedForBackward, optimizer_state_tensors, tensor_bytes
@@ -217,7 +217,7 @@ def _run_chunk(c: _Contender, count: int, device: torch.device, timed: bool) -> 
     cuda = device.type == "cuda"
     try:
         with trainer.policy.activate():
-            _sync(device)
+            synchronize(device)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
                 start_bytes = torch.cuda.memory_allocated(device)
@@ -232,7 +232,7 @@ def _run_chunk(c: _Contender, count: int, device: torch.device, timed: bool) -> 
                     marks[i + 1].record()
                 else:
                     marks.append(time.perf_counter())
-            _sync(device)
+            synchronize(device)
     except torch.cuda.OutOfMemoryError:
         _fail(c.row, f"out of memory at batch {trainer.cfg.batch_size} x {trainer.cfg.seq_len}")
         c.trainer = None
@@ -322,8 +322,3 @@ def _device_name(device: torch.device) -> str:
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

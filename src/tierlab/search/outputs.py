@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import SESSION_OPTIONS
-from .space import apply_params
+from .space import apply_params, fmt_param
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def write_outputs(cfg, study: Any, out: Path):
     counts = {s.name.lower(): sum(t.state == s for t in trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
     write_csv(trials, out / "trials.csv")
-    best_path = None
+    best_path, best = None, None
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     if completed:
         best = min(completed, key=lambda t: t.value)
@@ -42,7 +43,7 @@ def write_outputs(cfg, study: Any, out: Path):
         _write_atomic(best_path, header + to_toml(values))
     write_plots(study, out)
     steps = sum(int(t.user_attrs.get("steps", 0)) for t in trials)
-    return SearchResult(study=study, out=out, best_config=best_path, counts=counts, steps_spent=steps)
+    return SearchResult(study=study, out=out, best_config=best_path, best=best, counts=counts, steps_spent=steps)
 
 
 def write_csv(trials: list, path: Path) -> None:
@@ -55,12 +56,11 @@ def write_csv(trials: list, path: Path) -> None:
                      "steps": t.user_attrs.get("steps", ""), "seconds": _round(t.user_attrs.get("seconds")),
                      "reason": t.user_attrs.get("reason", ""), "run_dir": t.user_attrs.get("run_dir", "")})
     fields = ["number", "state", "val_loss", *(f"param_{k}" for k in names), "steps", "seconds", "reason", "run_dir"]
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(path, text.getvalue())
 
 
 def write_plots(study: Any, out: Path) -> list[Path]:
@@ -96,16 +96,12 @@ def write_plots(study: Any, out: Path) -> list[Path]:
 
 
 def summary_text(result) -> str:
-    from optuna.trial import TrialState
-
-    study = result.study
     c = result.counts
-    lines = [f"study {study.study_name!r}: {c.get('complete', 0)} completed, {c.get('pruned', 0)} pruned, "
+    lines = [f"study {result.study.study_name!r}: {c.get('complete', 0)} completed, {c.get('pruned', 0)} pruned, "
              f"{c.get('fail', 0)} failed; {result.steps_spent:,} training steps in all"]
-    completed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if completed:
-        best = min(completed, key=lambda t: t.value)
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+    best = result.best
+    if best is not None:
+        params = ", ".join(f"{k}={fmt_param(v)}" for k, v in best.params.items())
         lines.append(f"best: trial {best.number}, val_loss {best.value:.4f} ({params})")
         lines.append(f"best config: {result.best_config}  (tierlab train --config {result.best_config})")
     else:
@@ -139,14 +135,11 @@ def _toml_value(value: Any) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
+    """Several workers may write the same file at the end: each writes its own temporary, then renames."""
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8", newline="")
     tmp.replace(path)
 
 
 def _round(value: Any) -> Any:
     return round(value, 2) if isinstance(value, float) else ("" if value is None else value)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

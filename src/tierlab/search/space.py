@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import TrainConfig, load_config_file
+from ..config import TrainConfig, tomllib
 from ..errors import ConfigError
 
 # Options a trial must not vary: where it writes, how it runs, or how long it is.
@@ -77,12 +77,6 @@ def load_space_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Search space file {str(p)!r} does not exist.", "check the path given to --space.")
-    import sys
-
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover
-        import tomli as tomllib
     try:
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
@@ -161,5 +155,6 @@ def apply_params(base: TrainConfig, params: dict[str, Any], steps: int) -> Train
     return TrainConfig.from_mapping({**base.to_dict(), **changes, "model_args": model_args}, "the search space")
 
 
-def load_base_config(path: str | None) -> dict[str, Any]:
-    return load_config_file(path) if path else {}
+def fmt_param(value: Any) -> str:
+    """A sampled value as people read it in logs and summaries (floats to 4 significant digits)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -26,7 +26,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..train.api import StopTraining, train
 from ..train.guards import Diverged
-from .space import DEFAULT_SPACE, Dimension, apply_params
+from .space import DEFAULT_SPACE, Dimension, apply_params, fmt_param
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,7 @@ class SearchResult:
     study: Any
     out: Path
     best_config: Path | None
+    best: Any = None  # the best completed trial (an Optuna FrozenTrial), None when none completed
     counts: dict[str, int] = field(default_factory=dict)
     steps_spent: int = 0
 
@@ -180,7 +181,7 @@ def _run_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: 
     trial.set_user_attr("run_dir", str(out / "trials" / name))
     reporter = _TrialReporter(trial)
     started = time.perf_counter()
-    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()))
+    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items()))
     state, value, reason = TrialState.COMPLETE, None, ""
     try:
         run = train(None, None, trial_cfg, progress=reporter, cache_dir=cache_dir)
@@ -215,7 +216,3 @@ def _run_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: 
     else:
         study.tell(trial, state=state)
         log.info("trial %d: %s (%s)", trial.number, state.name.lower(), reason)
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

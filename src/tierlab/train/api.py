@@ -25,7 +25,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..data import TokenData, prepare_data
-from ..data.sampler import block_at
+from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
 from ..track import EventLog, JsonlWriter
@@ -294,7 +294,7 @@ def _steps_for_epochs(cfg: TrainConfig, tokens: TokenData) -> int:
 
 def first_block(tokens: TokenData, cfg: TrainConfig) -> torch.Tensor:
     """A real [B, T + 1] block of training tokens (evenly spaced offsets; draws nothing from the sampler)."""
-    starts = np.linspace(0, len(tokens.train) - cfg.seq_len - 1, num=cfg.batch_size).astype(np.int64)
+    (starts,) = eval_starts(len(tokens.train), cfg.seq_len, cfg.batch_size, batches=1)
     return block_at(tokens.train, starts, cfg.seq_len)
 
 

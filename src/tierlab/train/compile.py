@@ -16,10 +16,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+
 import torch
 from torch import nn
 
 from ..errors import ModelError
+from .device import synchronize
 from .loss import LossFn, make_loss_fn
 from .precision import PrecisionPolicy
 
@@ -38,13 +40,13 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
     x, y = block[:, :-1], block[:, 1:]
     devices = [device] if device.type == "cuda" else []
-    _sync(device)
+    synchronize(device)
     started = time.perf_counter()
     try:
         compiled = torch.compile(make_loss_fn(model, policy), backend=backend)
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
             compiled(x, y).backward()
-        _sync(device)
+        synchronize(device)
     except Exception as exc:  # torch.compile's failures are many and long; say it in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(f"torch.compile ({backend}) could not compile the model: {type(exc).__name__}: {first}",
@@ -55,8 +57,3 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     seconds = time.perf_counter() - started
     log.info("torch.compile (%s): compiled in %.1f s", backend, seconds)
     return compiled, seconds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -50,3 +50,9 @@ def cpu_native_bf16() -> str | None:
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` runs bf16 natively (a bf16-capable GPU, or a CPU with AMX / AVX-512 BF16)."""
     return torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_native_bf16() is not None
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timing, compile warm-up); a no-op on a CPU, which never queues."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

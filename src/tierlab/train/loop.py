@@ -88,11 +88,10 @@ class Trainer:
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
-        self.schedule = WarmupCosine(cfg.lr, cfg.min_lr, cfg.warmup_steps, max_steps)
-        self.lr_table = self.schedule.table(device)
         self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            has_scaler=policy.scaler is not None)
+        self._rebuild_schedule()  # self.schedule and its device table self.lr_table
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.real_steps = torch.zeros((), dtype=torch.int64, device=device)  # steps that updated weights
         self._no_scale = torch.zeros((), dtype=torch.float32, device=device)  # the scale column without a scaler
@@ -360,6 +359,7 @@ class Trainer:
         self.last_checkpoint_step = self.state.step
 
     def _rebuild_schedule(self) -> None:
+        """The schedule for the current learning-rate scale (lowered by rollbacks) and its device table."""
         scale = self.guard.state.lr_scale
         self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.min_lr * scale, self.cfg.warmup_steps,
                                      self.max_steps)

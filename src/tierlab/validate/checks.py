@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import extract_logits
+from ..train.device import synchronize
 from ..train.memory import SavedForBackward
 from .report import CheckResult
 
@@ -214,7 +215,7 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
         for i in range(repeats + 2):
             start = time.perf_counter()
             p.logits(ids)
-            _sync(p.device)
+            synchronize(p.device)
             if i >= 2:
                 forward.append(time.perf_counter() - start)
     p.model.train()
@@ -227,7 +228,7 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
         F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1)).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        _sync(p.device)
+        synchronize(p.device)
         if i >= 1:
             steps.append(time.perf_counter() - start)
     fwd, step = statistics.median(forward), statistics.median(steps)
@@ -250,11 +251,6 @@ def determinism(p: Probe) -> CheckResult:
                            {"max_diff": diff}, "dropout or other randomness is active in eval mode, or the model "
                            "keeps state between calls")
     return CheckResult("determinism", "pass", "two eval forwards agree", {"max_diff": diff})
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _mb(n: float) -> str:
