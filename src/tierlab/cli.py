@@ -157,7 +157,7 @@ _GROUPS = {
     "model": ("model", "model_args"),
     "data": ("data", "tokenizer", "val_fraction"),
     "precision and device": ("precision", "strict_precision", "device", "compile", "loss_scale_init",
-                             "loss_scale_growth_interval"),
+                             "loss_scale_growth_interval", "dist_timeout"),
     "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
     "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "on_nonfinite",
@@ -217,6 +217,22 @@ def _with_model_args(values: dict[str, Any], items: Sequence[str]) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import os
+
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # Under torchrun: an unexpected exception is also written where torchrun reads it,
+        # so its failure report shows this rank's error, not "To enable traceback see ...".
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_main)(argv)
+    return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from .progress import torchrun_rank
+
+    rank = torchrun_rank()
+    who = f"tierlab (rank {rank})" if rank else "tierlab"
     parser = build_parser()
     ns = parser.parse_args(argv)
     if ns.command is None:
@@ -229,13 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return commands[ns.command](ns)
     except UserError as err:
-        sys.stderr.write(f"tierlab: error: {err}\n")
+        sys.stderr.write(f"{who}: error: {err}\n")
         return EXIT_USER_ERROR
     except Diverged as err:
-        sys.stderr.write(f"tierlab: {err}\n")
+        sys.stderr.write(f"{who}: {err}\n")
         return Diverged.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("tierlab: interrupted\n")
+        sys.stderr.write(f"{who}: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
         import os
@@ -245,13 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from .progress import console  # imports tqdm only when needed
+    from .progress import console, torchrun_rank  # imports tqdm only when needed
     from .train import train
 
     cfg = config_from_args(ns)
     with console(quiet=cfg.quiet) as progress:
         run = train(None, None, cfg, progress=progress)
-    if not cfg.quiet:
+    if not cfg.quiet and not torchrun_rank():
         s = run.summary
         val = f"{s['final_val_loss']:.4f}" if s["final_val_loss"] is not None else "n/a"
         loss = f"{s['final_loss']:.4f}" if s["final_loss"] is not None else "n/a"

@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # Options that say how to run, not what the run is: never part of a run's identity.
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
-                   "no_plots", "compile")
+                   "no_plots", "compile", "dist_timeout")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -49,6 +49,8 @@ class TrainConfig:
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")
+    dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
+                               "job ends with an error (a hung or lost rank)")
     # --- how long ---------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to run (default 400 unless --epochs is given)")
     epochs: float | None = _opt(None, "passes over the training tokens (alternative to --max-steps)")
@@ -136,6 +138,9 @@ class TrainConfig:
                      "loss_scale_growth_interval"):
             value = getattr(self, name)
             need(value >= 1, f"{_flag(name)} must be at least 1, got {value}.", f"pass a positive {_flag(name)}.")
+        need(math.isfinite(self.dist_timeout) and self.dist_timeout > 0,
+             f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}.",
+             "pass e.g. --dist-timeout 600.")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or positive, got {self.eval_every}.",
              "pass 0 to disable evaluation or a positive step interval.")
         need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {self.val_fraction}.",

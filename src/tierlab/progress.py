@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
 import sys
 from typing import Any, Iterator, Protocol
@@ -66,6 +67,13 @@ class _TqdmHandler(logging.Handler):
         tqdm.write(self.format(record), file=sys.stderr)
 
 
+def torchrun_rank() -> int:
+    """This process's RANK in a torchrun job of several processes; 0 otherwise (torch is not imported)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 @contextlib.contextmanager
 def console(quiet: bool = False, stream=None) -> Iterator[Progress | None]:
     stream = stream or sys.stdout
@@ -75,9 +83,14 @@ def console(quiet: bool = False, stream=None) -> Iterator[Progress | None]:
     logger.handlers.clear()
     logger.propagate = False
     bar = None
-    if quiet:
-        logger.setLevel(logging.ERROR)
+    rank = torchrun_rank()
+    if rank:  # ranks other than 0 of a torchrun job: rank 0 speaks for the job, the others only warn
+        logger.setLevel(logging.WARNING)
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"[rank {rank}] %(levelname)s: %(message)s"))
+    elif quiet:
+        logger.setLevel(logging.ERROR)
+        handler = logging.StreamHandler(sys.stderr)
     elif stream.isatty():
         logger.setLevel(logging.INFO)
         metrics_logger.setLevel(logging.WARNING)  # the bar shows them
@@ -86,7 +99,8 @@ def console(quiet: bool = False, stream=None) -> Iterator[Progress | None]:
     else:
         logger.setLevel(logging.INFO)
         handler = logging.StreamHandler(stream)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if quiet else "%(message)s"))
+    if not rank:
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s" if quiet else "%(message)s"))
     logger.addHandler(handler)
     try:
         yield bar

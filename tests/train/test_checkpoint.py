@@ -29,11 +29,13 @@ def test_periodic_and_final_checkpoints_keep_the_newest(run):
 
 def test_checkpoint_holds_everything_a_resume_needs(run):
     state = load_checkpoint(latest_checkpoint(run.dir))
-    assert {"model", "optimizer", "schedule", "precision", "sampler", "rng", "loop", "guard", "records", "config",
-            "tokenizer", "corpus_sha256", "model_fingerprint", "step", "tokens", "real_steps"} <= set(state)
+    assert {"model", "optimizer", "schedule", "precision", "ranks", "world_size", "loop", "guard", "records",
+            "config", "tokenizer", "corpus_sha256", "model_fingerprint", "step", "tokens", "real_steps"} <= set(state)
+    assert state["world_size"] == 1 and len(state["ranks"]) == 1
+    assert {"rng", "sampler", "window"} == set(state["ranks"][0])
     assert state["step"] == 20 and state["tokens"] == 20 * 8 * 32 and int(state["real_steps"]) == 20
     assert state["tokenizer"] == "byte" and state["config"]["max_steps"] == 20
-    assert {"python", "numpy", "torch"} <= set(state["rng"])
+    assert {"python", "numpy", "torch"} <= set(state["ranks"][0]["rng"])
     assert state["loop"]["best_val_loss"] == run.summary["best_val_loss"]
     assert torch.equal(state["model"]["head.weight"], run.model.head.weight.detach())
 

@@ -12,20 +12,30 @@ class BlockSampler:
     Inputs are the first ``seq_len`` tokens of each block, targets the last ``seq_len``.
     The offsets come from a CPU ``torch.Generator``: drawing them never touches the
     accelerator, and ``state_dict()`` captures exactly where the stream of batches is.
+
+    With several processes (``world_size`` > 1) every rank draws the offsets of the whole
+    global batch, ``batch_size * world_size`` of them, from the same seed, and keeps its own
+    slice: ranks see different blocks, and together exactly the blocks a single process
+    with ``batch_size * world_size`` draws, so a multi-process run is the same run as that
+    one (up to floating-point summation order).  Drawing a few hundred integers per step
+    costs nothing next to the step.
     """
 
-    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int):
+    def __init__(self, tokens: np.ndarray, batch_size: int, seq_len: int, seed: int, rank: int = 0,
+                 world_size: int = 1):
         if len(tokens) < seq_len + 1:
             raise ValueError(f"{len(tokens)} tokens cannot fill a block of {seq_len + 1}")
         self.tokens = tokens
         self.batch_size = batch_size
         self.seq_len = seq_len
+        self.rank, self.world_size = rank, world_size
         self.generator = torch.Generator().manual_seed(seed)
 
     def next_block(self) -> torch.Tensor:
         """The next [B, T + 1] int64 block: inputs are ``[:, :-1]``, targets ``[:, 1:]``."""
         high = len(self.tokens) - self.seq_len  # exclusive bound for a block of seq_len + 1
-        starts = torch.randint(0, high, (self.batch_size,), generator=self.generator).numpy()
+        starts = torch.randint(0, high, (self.batch_size * self.world_size,), generator=self.generator).numpy()
+        starts = starts[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]  # this rank's slice
         return block_at(self.tokens, starts, self.seq_len)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,5 +1,5 @@
 """Run records: metrics and events."""
 
-from .records import EventLog, JsonlWriter, read_jsonl
+from .records import Discard, EventLog, JsonlWriter, read_jsonl
 
-__all__ = ["EventLog", "JsonlWriter", "read_jsonl"]
+__all__ = ["Discard", "EventLog", "JsonlWriter", "read_jsonl"]

@@ -73,3 +73,27 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+class Discard:
+    """Stands in for metrics.jsonl and events.jsonl on ranks other than 0, which write nothing."""
+
+    listener = None
+
+    def write(self, record: dict[str, Any], forward: bool = True) -> None:
+        pass
+
+    def emit(self, event: str, **fields: Any) -> dict[str, Any]:
+        return {"event": event, **fields}
+
+    def emit_local(self, event: str, **fields: Any) -> None:
+        pass
+
+    def tell(self) -> int:
+        return 0
+
+    def truncate(self, size: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

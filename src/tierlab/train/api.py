@@ -3,6 +3,11 @@
 Set-up order matters for the user: every check that can fail on bad input (config, data,
 model, vocabulary, sequence length, precision) runs *before* the run directory is
 created, so a mistake costs nothing and never touches an existing run.
+
+Under torchrun every process runs :func:`train`; only rank 0 touches the file system
+(run directory, checkpoints, trackers, plots), and it alone decides what to do with an
+existing directory.  All ranks read the same checkpoint on resume, so the run directory
+must be on a file system every machine sees.
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import extract_logits, load_model, max_positions
-from ..track import EventLog, JsonlWriter
+from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
 from .compile import compile_model
-from .device import resolve_device
+from .distributed import Dist, setup
 from .guards import Diverged
 from .loop import Trainer
 from .precision import PrecisionPolicy, decide_precision
@@ -69,7 +74,14 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
                          "pass a torch.nn.Module, 'tiny-gpt' or the path of a model file.")
     if data is not None:
         cfg = cfg.replace(data=str(data))
+    dist, device = setup(cfg.device, cfg.dist_timeout)  # torchrun: join the job (a no-op otherwise)
+    run = _train(model_or_path, cfg, dist, device, progress if dist.is_main else None, cache_dir)
+    dist.close()  # only after a clean finish: on an error the process exits and torchrun ends the job
+    return run
 
+
+def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, device: torch.device,
+           progress: Progress | None, cache_dir: str | Path | None) -> Run:
     # --- what to resume, if anything -----------------------------------------------------
     ckpt_path, resume_state = None, None
     if cfg.resume:
@@ -78,18 +90,22 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
             resume_state = load_checkpoint(ckpt_path)
             cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
             check_same_run(cfg, resume_state["config"], ckpt_path)
-        elif run_dir.exists():
+        elif run_dir.exists() and dist.is_main:
             set_aside(run_dir)
     if cfg.name is None:
-        cfg = cfg.replace(name=default_run_name())
+        cfg = cfg.replace(name=dist.broadcast(default_run_name()))  # one name for all ranks
     run_dir = Path(cfg.out) / cfg.name
-    if resume_state is None:
+    if resume_state is None and dist.is_main:
         _refuse_existing(run_dir)
+    if resume_state is not None and len(resume_state.get("ranks", [None])) != dist.world_size:
+        log.warning("%s was written by %d process(es) and is resumed by %d: the global batch and the order of the "
+                    "batches change from here on", ckpt_path, len(resume_state["ranks"]), dist.world_size)
 
-    sinks = _make_sinks(cfg, run_dir)  # before anything runs: a missing tracker package is a user error
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
+    # Trackers only on rank 0; before anything runs: a missing tracker package is a user error.
+    sinks = _make_sinks(cfg, run_dir) if dist.is_main else []
+    seed_everything(cfg.seed)  # the same on every rank: DDP starts from rank 0's weights anyway
+    with dist.main_first():  # rank 0 fills the token cache, the others read it
+        tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or _steps_for_epochs(cfg, tokens)
@@ -113,20 +129,26 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
+    net = dist.wrap(model, device, first_block(tokens, cfg)[:, :-1])  # DDP under torchrun
+    if dist.rank:
+        torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
     loss_fn, compile_seconds = None, None
     if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
-        loss_fn, compile_seconds = compile_model(model, first_block(tokens, cfg), policy, device)
+        loss_fn, compile_seconds = compile_model(net, first_block(tokens, cfg), policy, device)
 
     # --- every check passed: only now is the run directory written -------------------------
-    metrics, events = _open_run_dir(run_dir, cfg, tokens, resume_state)
+    if dist.is_main:
+        metrics, events = _open_run_dir(run_dir, cfg, tokens, resume_state)
+    else:
+        metrics, events = Discard(), Discard()
     identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
                 "tokenizer": tokens.tokenizer.identity, "corpus_sha256": tokens.corpus_hash,
                 "model_fingerprint": model_fingerprint(model)}
     trackers = Trackers(sinks, events.emit_local)
     trackers.start(identity["config"])
     metrics.listener, events.listener = trackers.log, trackers.event
-    trainer = Trainer(model, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress,
-                      loss_fn)
+    trainer = Trainer(net, tokens, cfg, policy, device, run_dir, metrics, events, max_steps, identity, progress,
+                      loss_fn, dist)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
         events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps)
@@ -135,17 +157,22 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
         events.emit("run_start", device=str(device), torch=torch.__version__, max_steps=max_steps,
                     params=sum(p.numel() for p in model.parameters()), vocab_size=vocab,
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
-                    train_tokens=len(tokens.train), val_tokens=len(tokens.val))
+                    train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
+                    global_batch_size=cfg.batch_size * cfg.grad_accum * dist.world_size,
+                    tokens_per_step=trainer.tokens_per_step)
     events.emit("precision", **decision.as_event())
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
     log.info("precision: %s (%s)", decision.used, decision.reason)
+    log.info("global batch: %d sequences x %d micro-batches x %d process(es) = %d sequences, %d tokens per step",
+             cfg.batch_size, cfg.grad_accum, dist.world_size, cfg.batch_size * cfg.grad_accum * dist.world_size,
+             trainer.tokens_per_step)
     if decision.warning:
         log.warning("%s", decision.warning)
 
     started, status = time.perf_counter(), "failed"
     try:
-        with _graceful_stop(trainer):
+        with _graceful_stop(trainer, repeat_window_s=3.0 if dist.active else 0.0):
             trainer.fit()
         status = "completed"
     except KeyboardInterrupt:
@@ -161,10 +188,11 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
         raise
     finally:
         _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
-                   compile_seconds)
+                   compile_seconds, dist)
         trackers.close()
-        if not cfg.no_plots:
+        if not cfg.no_plots and dist.is_main:
             _write_dashboard(run_dir)
+    dist.barrier()  # every rank returns once rank 0 has written the summary
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
 
@@ -210,8 +238,11 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
 
 
 def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, wall: float,
-               metrics: JsonlWriter, events: EventLog, compile_seconds: float | None) -> None:
-    if trainer.buffered:  # steps done since the last log step still get their record
+               metrics: JsonlWriter, events: EventLog, compile_seconds: float | None, dist: Dist) -> None:
+    # Steps done since the last log step still get their record.  With several processes
+    # that read is a collective, and a run ends between log steps only when something went
+    # wrong on some rank, which may be gone: the record is left out rather than risk a hang.
+    if trainer.buffered and not dist.active:
         try:
             trainer.flush()
         except Diverged:
@@ -225,7 +256,10 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         "final_loss_scale": state.loss_scale, "wall_seconds": wall,
         "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
+        "world_size": dist.world_size, "global_batch_size": trainer.tokens_per_step // trainer.cfg.seq_len,
     }
+    if not dist.is_main:
+        return
     save_model(model, str(run_dir / "model.safetensors"))
     write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
     events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
@@ -234,18 +268,28 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
 
 
 @contextlib.contextmanager
-def _graceful_stop(trainer: Trainer) -> Iterator[None]:
-    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (exit 130). A second signal aborts."""
+def _graceful_stop(trainer: Trainer, repeat_window_s: float = 0.0) -> Iterator[None]:
+    """SIGINT/SIGTERM: finish the current step, checkpoint, then stop (exit 130). A second signal aborts.
+
+    Under torchrun, Ctrl-C reaches each worker twice (from the terminal and forwarded by
+    torchrun): a repeat within ``repeat_window_s`` of the first is the same request.  The
+    ranks agree on stopping at the next log step, so all of them checkpoint the same step.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    first_signal: list[float] = []
 
     def handler(signum, frame):
         if trainer.stop_requested:
+            if time.monotonic() - first_signal[0] < repeat_window_s:
+                return
             raise KeyboardInterrupt
         trainer.stop_requested = True
-        log.warning("%s: stopping after this step with a checkpoint (press Ctrl-C again to abort at once)",
-                    signal.Signals(signum).name)
+        first_signal.append(time.monotonic())
+        when = "at the next log step (all ranks together)" if repeat_window_s else "after this step"
+        log.warning("%s: stopping %s with a checkpoint (press Ctrl-C again to abort at once)",
+                    signal.Signals(signum).name, when)
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

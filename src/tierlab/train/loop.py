@@ -10,10 +10,15 @@ once per log step (the only host sync), turning it into metric records and into 
 stamped with the exact step they happened at.  A checkpoint saves the unread part of the
 buffer with everything else, so a resumed run writes exactly the records (and events) an
 uninterrupted run writes.
+
+Under torchrun the same loop runs in every process (see :mod:`.distributed`): the model is
+wrapped in DDP, gradients are all-reduced in the last micro-batch's backward, the log-step
+read gathers every rank's rows, and only rank 0 writes anything.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -26,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data import BlockSampler, DevicePrefetcher, TokenData, blocks_at, eval_starts
@@ -33,6 +39,7 @@ from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
 from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
                          save_checkpoint, set_rng_state)
+from .distributed import SINGLE, Dist
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
@@ -81,14 +88,20 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) ->
 class Trainer:
     def __init__(self, model: nn.Module, data: TokenData, cfg: TrainConfig, policy: PrecisionPolicy,
                  device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
-                 identity: dict[str, Any], progress: Progress | None = None, loss_fn: LossFn | None = None):
-        self.model, self.data, self.cfg, self.policy, self.device = model, data, cfg, policy, device
+                 identity: dict[str, Any], progress: Progress | None = None, loss_fn: LossFn | None = None,
+                 dist: Dist = SINGLE):
+        # ``model`` may come wrapped in DDP: ``net`` runs the training forward (its hooks
+        # all-reduce the gradients), ``self.model`` is the plain module everything else uses.
+        self.net = model
+        model = model.module if isinstance(model, DistributedDataParallel) else model
+        self.model, self.data, self.cfg, self.policy, self.device, self.dist = model, data, cfg, policy, device, dist
         # Forward + loss of a micro-batch; compiled under --compile (the weights are ``model``'s either way).
-        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(model, policy)
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(self.net, policy)
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
-        self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed), device)
+        self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed,
+                                                     dist.rank, dist.world_size), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            has_scaler=policy.scaler is not None)
         self._rebuild_schedule()  # self.schedule and its device table self.lr_table
@@ -101,11 +114,19 @@ class Trainer:
         self.have_bad = torch.zeros((), dtype=torch.bool, device=device)
         self.buffered = self._untimed_rows = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
+        # Global figures: tokens of all ranks per step, and the peak of all their devices.
+        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dist.world_size
         self.flops_per_token = flops_per_token(model, cfg.seq_len)
-        self.peak = peak_flops(device, policy.name)
-        self._eval_starts = eval_starts(len(data.val), cfg.seq_len, cfg.batch_size, cfg.eval_batches)
+        peak = peak_flops(device, policy.name)
+        self.peak = peak * dist.world_size if peak else peak
+        # The fixed validation blocks are laid out in global batches, like the training ones:
+        # each rank scores its slice of each and the sums are added up, so the val loss is
+        # the one a single process with the global batch size computes.
+        width = cfg.batch_size
+        self._eval_starts = [starts[dist.rank * width:(dist.rank + 1) * width] for starts in
+                             eval_starts(len(data.val), cfg.seq_len, width * dist.world_size, cfg.eval_batches)]
         self.stop_requested = False  # set by the SIGINT/SIGTERM handler; checked between steps
+        self._stop_agreed = False  # several processes: whether any rank was asked to stop (log steps)
         self.last_checkpoint_step: int | None = None
         self._start_window()
 
@@ -133,9 +154,10 @@ class Trainer:
                     continue
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == self.max_steps):
                 self.evaluate()
-            if ckpt_due or self.stop_requested:
+            stopping = self._stop_agreed if self.dist.active else self.stop_requested
+            if ckpt_due or stopping:
                 self.checkpoint()
-            if self.stop_requested:
+            if stopping:
                 raise KeyboardInterrupt
         if self.last_checkpoint_step != self.state.step:
             self.checkpoint()
@@ -148,11 +170,12 @@ class Trainer:
         # would read the index back to the host.
         self.lr.copy_(self.lr_table.gather(0, self.real_steps.view(1)).view(()))
         loss_sum = None
-        for _ in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
-            loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
-            # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss.
-            policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
+            with self._no_sync(last=micro == cfg.grad_accum - 1):
+                loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
+                # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss.
+                policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach()
         policy.unscale_(self.optimizer)
         grad_norm, param_norms = self._clip()  # pre-clip norm of the true gradient
@@ -169,6 +192,12 @@ class Trainer:
             scale.float() if scale is not None else self._no_scale,
             skipped.float()])
         self.buffered += 1
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP: gradients are all-reduced once per optimizer step, in the last micro-batch's backward."""
+        if last or not isinstance(self.net, DistributedDataParallel):
+            return contextlib.nullcontext()
+        return self.net.no_sync()
 
     def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(total norm, per-parameter norms) before clipping; clips in place when --clip-grad > 0.
@@ -198,7 +227,7 @@ class Trainer:
 
         Returns "rollback" when the non-finite policy asks for one.
         """
-        rows = self.take_rows().tolist()  # host sync: once per log step
+        rows = self._all_rows(self.take_rows())  # host sync: once per log step
         elapsed = time.perf_counter() - self._window_start - self._window_excluded
         first_step = self.state.step - len(rows) + 1
         bad_params = self._bad_params() if any(r[SKIPPED] for r in rows) else []
@@ -244,8 +273,30 @@ class Trainer:
         if self.progress:
             self.progress.update(record)
         self.have_bad.zero_()
+        if self.dist.active:  # a stop asked of any rank is a stop of all, at the same step
+            self._stop_agreed = self.dist.any(self.stop_requested, self.device)
         self._start_window()
         return self._apply_guard(bad_steps)
+
+    def _all_rows(self, rows: torch.Tensor) -> list[list[float]]:
+        """The rows as host lists; with several ranks, the loss averaged over them.
+
+        Gradients are all-reduced, so the gradient norm, the skip decision and the loss
+        scale are the same on every rank by construction; they are checked anyway, because
+        replicas that drifted apart would otherwise train on silently.
+        """
+        if not self.dist.active:
+            return rows.tolist()
+        every = self.dist.gather(rows).tolist()  # [world, n, 5]
+        merged = []
+        for i, row in enumerate(every[0]):
+            column = [rank_rows[i] for rank_rows in every]
+            if any(r[SKIPPED] != row[SKIPPED] or r[SCALE] != row[SCALE] for r in column):
+                raise RuntimeError(f"The ranks disagree at step {self.state.step - len(every[0]) + i + 1}: skipped "
+                                   f"{[r[SKIPPED] for r in column]}, loss scale {[r[SCALE] for r in column]}. The "
+                                   "model replicas are no longer identical (a non-deterministic gradient hook?).")
+            merged.append([statistics.fmean(r[LOSS] for r in column), *row[1:]])
+        return merged
 
     def take_rows(self) -> torch.Tensor:
         """The buffered steps' rows [n, 5] (loss, grad_norm, lr, scale, skipped), still on the device; empties the buffer."""
@@ -291,7 +342,7 @@ class Trainer:
         self.model.eval()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        count = 0
+        count = 0  # this rank's share of the blocks; the sums below add up all ranks'
         for starts in self._eval_starts:
             x, y = blocks_at(self.data.val, starts, self.cfg.seq_len)
             x, y = x.to(self.device), y.to(self.device)
@@ -301,10 +352,13 @@ class Trainer:
             correct += (logits.argmax(-1) == y).sum()
             count += y.numel()
         self.model.train()
-        val_loss = loss_sum.item() / count  # host sync: evaluation steps only
+        totals = torch.stack([loss_sum, correct.to(torch.float64),
+                              torch.tensor(float(count), dtype=torch.float64, device=self.device)])
+        loss_total, correct_total, count_total = self.dist.sum_(totals).tolist()  # host sync: evaluations only
+        val_loss = loss_total / count_total
         record = {"kind": "eval", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
                   "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
-                  "val_acc": correct.item() / count}
+                  "val_acc": correct_total / count_total}
         self.metrics.write(record)
         metrics_log.info("step %d/%d | val_loss %.4f | val_ppl %.2f | val_acc %.3f", record["step"], self.max_steps,
                          val_loss, record["val_ppl"], record["val_acc"])
@@ -317,8 +371,22 @@ class Trainer:
         return record
 
     # ----------------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        """Everything an exact resume needs, as plain data (weights_only-loadable)."""
+    def rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: random streams (dropout), sampler position, unread rows."""
+        return {
+            "rng": rng_state(self.device),
+            "sampler": self.batches.state_dict(),
+            # Steps since the last log step, not yet read: their record is written after a resume.
+            "window": {"rows": self.buffer[: self.buffered].detach().cpu(), "have_bad": self.have_bad.cpu(),
+                       "first_bad_norms": self.first_bad_norms.detach().cpu()},
+        }
+
+    def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything an exact resume needs, as plain data (weights_only-loadable).
+
+        ``ranks`` holds every rank's :meth:`rank_state` (gathered by :meth:`checkpoint`);
+        the rest is the same on all ranks.
+        """
         return {
             "step": self.state.step,
             "tokens": self.state.step * self.tokens_per_step,
@@ -328,14 +396,11 @@ class Trainer:
             "schedule": {"lr": self.schedule.lr, "min_lr": self.schedule.min_lr,
                          "warmup_steps": self.schedule.warmup_steps, "total_steps": self.schedule.total_steps},
             "precision": self.policy.state_dict(),
-            "sampler": self.batches.state_dict(),
-            "rng": rng_state(self.device),
             "loop": dataclasses.asdict(self.state),
             "guard": dataclasses.asdict(self.guard.state),
             "records": {"metrics": self.metrics.tell(), "events": self.events.tell()},
-            # Steps since the last log step, not yet read: their record is written after a resume.
-            "window": {"rows": self.buffer[: self.buffered].detach().cpu(), "have_bad": self.have_bad.cpu(),
-                       "first_bad_norms": self.first_bad_norms.detach().cpu()},
+            "world_size": self.dist.world_size,
+            "ranks": ranks if ranks is not None else [self.rank_state()],
             **self.identity,
         }
 
@@ -346,10 +411,11 @@ class Trainer:
             group["lr"] = self.lr
         self.real_steps.copy_(state["real_steps"])
         self.policy.load_state_dict(state["precision"])
-        self.batches.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        part = own_part(state, self.dist)
+        self.batches.load_state_dict(part["sampler"])
+        set_rng_state(part["rng"])
         self.state = LoopState(**state["loop"])
-        window = state["window"]
+        window = part["window"]
         self.buffered = self._untimed_rows = len(window["rows"])
         self.buffer[: self.buffered] = window["rows"].to(self.device)
         self.have_bad.copy_(window["have_bad"])
@@ -365,14 +431,16 @@ class Trainer:
                                      self.max_steps)
         self.lr_table = self.schedule.table(self.device)
 
-    def checkpoint(self) -> Path:
-        # The event goes first so that the checkpoint's record offsets include it: a resume
-        # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
-        self.events.emit("checkpoint", step=self.state.step,
-                         path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
-        path = save_checkpoint(self.run_dir, self.state.step, self.state_dict(), self.cfg.keep_ckpts)
+    def checkpoint(self) -> None:
+        """Every rank hands its own state to rank 0, which writes the checkpoint."""
+        ranks = self.dist.gather_objects(self.rank_state())
+        if self.dist.is_main:
+            # The event goes first so that the checkpoint's record offsets include it: a resume
+            # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
+            self.events.emit("checkpoint", step=self.state.step,
+                             path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
+            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks), self.cfg.keep_ckpts)
         self.last_checkpoint_step = self.state.step
-        return path
 
     def rollback(self) -> None:
         """Return to the last good checkpoint with a lower learning rate (--on-nonfinite rollback)."""
@@ -393,3 +461,15 @@ class Trainer:
         log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,
                     self.state.step, lr_scale)
 
+
+
+def own_part(state: dict[str, Any], dist: Dist) -> dict[str, Any]:
+    """This rank's share of a checkpoint (random streams, sampler, unread rows).
+
+    Resuming with another number of processes takes the parts round-robin: the run goes on,
+    but (as the warning at start-up says) no longer draws the batches it would have drawn.
+    """
+    if "ranks" not in state:  # checkpoints of tierlab before multi-process support
+        return {"rng": state["rng"], "sampler": state["sampler"], "window": state["window"]}
+    parts = state["ranks"]
+    return parts[dist.rank % len(parts)]

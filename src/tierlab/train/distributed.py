@@ -1,0 +1,204 @@
+"""Several processes under ``torchrun``: one device per process, DDP on PyTorch's own process group.
+
+tierlab has no launcher of its own.  ``torchrun`` starts the processes and sets ``RANK``,
+``WORLD_SIZE`` and ``LOCAL_RANK``; :func:`setup` reads them, picks the process's device
+(``cuda:LOCAL_RANK``, or the CPU), and initialises the process group: NCCL on CUDA, gloo
+on a CPU, with a timeout on every collective so that a rank that hangs ends the job with
+an error instead of freezing it.  A process that was not started by torchrun (or a
+torchrun job of one process) gets :data:`SINGLE`, on which every method is a cheap no-op.
+
+What the training loop exchanges between ranks, and when:
+
+* gradients: DDP's all-reduce inside ``backward()`` (skipped with ``no_sync()`` on all but
+  the last micro-batch of an accumulated step);
+* at log steps only: the buffered per-step rows (the loss is averaged, the skip flags and
+  loss scales are checked to be identical) and whether any rank was asked to stop;
+* at evaluations: the sums of loss and correct predictions (each rank scores its share of
+  the validation blocks);
+* at checkpoints: each rank's random streams and unread rows, which rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..errors import ConfigError
+from ..models import extract_logits
+from .device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+def env_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) from torchrun's environment, or None when not launched by it."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    try:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except ValueError:
+        raise ConfigError(f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not numbers.",
+                          "launch with torchrun, which sets them, or unset them.") from None
+    return rank, world, local
+
+
+def is_main_process() -> bool:
+    """False on every rank but 0 of a torchrun job (decides what a process prints)."""
+    found = env_rank()
+    return found is None or found[0] == 0
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the job; :data:`SINGLE` for a plain one-process run."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    owns_group: bool = False  # tierlab initialised the process group, so it also destroys it
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ------------------------------------------------------------------ collectives
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (small Python objects: a run name, a decision)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather_objects(self, value: Any) -> list[Any]:
+        """Every rank's ``value``, in rank order, on every rank (checkpoint parts; small and rare)."""
+        if not self.active:
+            return [value]
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """[world_size, *tensor.shape]: every rank's ``tensor`` (no host sync)."""
+        if not self.active:
+            return tensor.unsqueeze(0)
+        parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place (no host sync)."""
+        if self.active:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def any(self, flag: bool, device: torch.device) -> bool:
+        """Whether ``flag`` is true on any rank (a host sync: log steps only)."""
+        if not self.active:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item())
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (e.g. fills a cache); the others run it after rank 0 is done."""
+        if self.active and not self.is_main:
+            dist.barrier()
+        yield
+        if self.active and self.is_main:
+            dist.barrier()
+
+    # ------------------------------------------------------------------ the model
+    def wrap(self, model: nn.Module, device: torch.device, probe: torch.Tensor) -> nn.Module:
+        """``model`` in DistributedDataParallel (the model itself for one process).
+
+        DDP copies rank 0's weights and buffers to every rank here, so all replicas start
+        equal however each rank initialised them.  Buffers are not re-broadcast before each
+        forward (``broadcast_buffers=False``): a transformer's buffers (masks, rotary
+        tables) are constants, and the broadcast would be one more collective per micro-batch.
+        """
+        if not self.active:
+            return model
+        unused = parameters_without_gradient(model, probe.to(device))
+        if unused:
+            shown = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
+            log.warning("parameters that get no gradient: %s. DDP now looks for unused parameters at every step "
+                        "(slower); remove them or set requires_grad=False on them.", shown)
+        # torch >= 2.12 names the option forward_sync_buffers and deprecates broadcast_buffers.
+        accepted = inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync = {"forward_sync_buffers" if "forward_sync_buffers" in accepted else "broadcast_buffers": False}
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=bool(unused), **no_buffer_sync)
+
+    def close(self) -> None:
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+SINGLE = Dist()
+
+
+def parameters_without_gradient(model: nn.Module, inputs: torch.Tensor) -> list[str]:
+    """Names of trainable parameters that one forward and backward pass leaves without a gradient.
+
+    DDP must be told about them (``find_unused_parameters``), or it fails at the second step
+    with an error that does not name them.  The pass runs under ``fork_rng`` and its
+    gradients are thrown away, so it changes nothing the run does.
+    """
+    devices = [inputs.device] if inputs.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=inputs.device.type):
+        extract_logits(model(inputs[:1])).float().mean().backward()
+    names = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad(set_to_none=True)
+    return names
+
+
+def setup(device_spec: str, timeout_s: float) -> tuple[Dist, torch.device]:
+    """This process's :class:`Dist` and device; joins (or initialises) the process group under torchrun."""
+    found = env_rank()
+    if found is None or found[1] <= 1:
+        return SINGLE, resolve_device(device_spec)
+    rank, world, local = found
+    if device_spec.startswith("cuda:"):
+        raise ConfigError(f"--device {device_spec} names one GPU, but torchrun started {world} processes.",
+                          "use --device cuda (or auto): each process takes the GPU of its LOCAL_RANK.")
+    use_cuda = device_spec == "cuda" or (device_spec == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        resolve_device("cuda")  # a clear error when this build sees no GPU
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"This process has LOCAL_RANK {local}, but the machine has only "
+                              f"{torch.cuda.device_count()} GPU(s).",
+                              f"pass --nproc_per_node {torch.cuda.device_count()} (or fewer) to torchrun.")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    owns = not dist.is_initialized()
+    if owns:
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if use_cuda else None)
+    elif dist.get_world_size() != world:
+        raise ConfigError(f"The process group has {dist.get_world_size()} ranks but WORLD_SIZE is {world}.",
+                          "initialise it from torchrun's environment, or let tierlab do it.")
+    log.info("rank %d of %d on %s (%s)", rank, world, device, dist.get_backend())
+    return Dist(rank, world, local, owns), device
