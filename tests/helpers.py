@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
 
 from tierlab import TrainConfig
 
@@ -63,7 +68,41 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in message, (fragment, message)
 
 
-class SpikeAt(__import__("torch").nn.Module):
+# Figures that depend on the machine's speed, left out when two runs are compared.
+TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
+
+
+def wait_for(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the training process"
+        time.sleep(0.01)
+
+
+def train_records(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def last_step(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    assert train_records(a) == train_records(b)
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    steps = [e.get("step") for e in map(json.loads, (b / "events.jsonl").read_text().splitlines())
+             if e["event"] in ("step_skipped", "loss_scale_change", "checkpoint")]
+    assert len(steps) == len(set((s, i) for i, s in enumerate(steps)))  # nothing written twice
+    assert sorted(steps) == steps
+
+
+class SpikeAt(torch.nn.Module):
     """Wraps a model and multiplies its logits by ``factor`` on training forward number ``at``.
 
     ``at`` is a call number or a container of them (e.g. ``range(8, 10**9)``).

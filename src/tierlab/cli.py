@@ -12,7 +12,13 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
-from .config import TrainConfig, _type_hints, field_help, load_config_file, parse_model_arg
+from .config import (
+    TrainConfig,
+    _type_hints,
+    field_help,
+    load_config_file,
+    parse_model_arg,
+)
 from .errors import UserError
 
 log = logging.getLogger("tierlab")

@@ -40,3 +40,14 @@ def test_eval_blocks_are_fixed_and_cover_the_split():
     assert flat[0] == 0 and flat[-1] == 1000 - 11
     x, y = blocks_at(np.arange(1000, dtype=np.uint16), starts[-1], 10)
     assert int(y.max()) == 999
+
+
+def test_ranks_take_disjoint_slices_of_the_single_process_global_batch():
+    tokens = np.arange(5000, dtype=np.uint16)
+    whole = BlockSampler(tokens, 6, 8, seed=5)
+    ranks = [BlockSampler(tokens, 2, 8, seed=5, rank=r, world_size=3) for r in range(3)]
+    for _ in range(4):
+        expected = whole.next_block()
+        parts = [s.next_block() for s in ranks]
+        assert torch.equal(torch.cat(parts), expected)  # together: exactly the single process's batch
+        assert not torch.equal(parts[0], parts[1])  # apart: different blocks on each rank

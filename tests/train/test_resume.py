@@ -5,14 +5,17 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
-from helpers import assert_user_error, run_cli
+from helpers import (
+    assert_same_run,
+    assert_user_error,
+    last_step,
+    run_cli,
+    train_records,
+    wait_for,
+)
 
 ARGS = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
         "--model-arg", "max_seq_len=64", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2",
@@ -21,43 +24,12 @@ ARGS = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", 
 # fp16 with an over-large initial scale and fast growth: overflows, skipped steps and scale
 # changes happen all through the run, so the exactness covers the GradScaler's state too.
 FP16 = ["--precision", "fp16", "--loss-scale-init", "1048576", "--loss-scale-growth-interval", "4"]
-TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
 
 
 def start(cwd: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, **(env_extra or {})}
     return subprocess.Popen([sys.executable, "-m", "tierlab", "train", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the training process"
-        time.sleep(0.01)
-
-
-def train_records(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
-
-
-def last_step(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    lines = path.read_text().splitlines()
-    return json.loads(lines[-1])["step"] if lines else 0
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    assert train_records(a) == train_records(b)
-    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    steps = [e.get("step") for e in map(json.loads, (b / "events.jsonl").read_text().splitlines())
-             if e["event"] in ("step_skipped", "loss_scale_change", "checkpoint")]
-    assert len(steps) == len(set((s, i) for i, s in enumerate(steps)))  # nothing written twice
-    assert sorted(steps) == steps
 
 
 # fp16 runs in the default suite: it is the superset (the same loop plus the scaler's state, its

@@ -42,9 +42,24 @@ from .distributed import Dist, setup
 from .guards import Diverged
 from .loop import Trainer
 from .precision import PrecisionPolicy, decide_precision
-from .resume import (base_config, check_same_data, check_same_model, check_same_run, find_checkpoint,
-                     model_fingerprint, set_aside)
-from .run import CONFIG, EVENTS, METRICS, SUMMARY, Run, default_run_name, write_json_atomic
+from .resume import (
+    base_config,
+    check_same_data,
+    check_same_model,
+    check_same_run,
+    find_checkpoint,
+    model_fingerprint,
+    set_aside,
+)
+from .run import (
+    CONFIG,
+    EVENTS,
+    METRICS,
+    SUMMARY,
+    Run,
+    default_run_name,
+    write_json_atomic,
+)
 from .schedule import default_warmup
 
 if TYPE_CHECKING:
@@ -97,9 +112,10 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     run_dir = Path(cfg.out) / cfg.name
     if resume_state is None and dist.is_main:
         _refuse_existing(run_dir)
-    if resume_state is not None and len(resume_state.get("ranks", [None])) != dist.world_size:
+    saved_world = len(resume_state.get("ranks", [None])) if resume_state is not None else dist.world_size
+    if saved_world != dist.world_size:
         log.warning("%s was written by %d process(es) and is resumed by %d: the global batch and the order of the "
-                    "batches change from here on", ckpt_path, len(resume_state["ranks"]), dist.world_size)
+                    "batches change from here on", ckpt_path, saved_world, dist.world_size)
 
     # Trackers only on rank 0; before anything runs: a missing tracker package is a user error.
     sinks = _make_sinks(cfg, run_dir) if dist.is_main else []
@@ -151,7 +167,8 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                       loss_fn, dist)
     if resume_state is not None:
         trainer.load_state_dict(resume_state)
-        events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps)
+        events.emit("resume", step=trainer.state.step, checkpoint=str(ckpt_path), max_steps=max_steps,
+                    world_size=dist.world_size, world_size_before=saved_world)
         log.info("resumed %s at step %d", ckpt_path, trainer.state.step)
     else:
         events.emit("run_start", device=str(device), torch=torch.__version__, max_steps=max_steps,
@@ -185,6 +202,13 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     except StopTraining as stop:  # asked for by the caller (e.g. a search pruning this trial)
         status = stop.status
         events.emit("stopped", step=trainer.state.step, status=stop.status, reason=stop.reason)
+        raise
+    except Exception as exc:
+        if dist.active:  # one line naming the rank next to the traceback (torchrun's report names it too)
+            log.error("rank %d of %d failed at step %d: %s: %s%s", dist.rank, dist.world_size, trainer.state.step + 1,
+                      type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                      " (another rank failed or stopped answering first: see its output)"
+                      if "closed by peer" in str(exc) or "timed out" in str(exc).lower() else "")
         raise
     finally:
         _close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,

@@ -37,8 +37,16 @@ from ..config import TrainConfig
 from ..data import BlockSampler, DevicePrefetcher, TokenData, blocks_at, eval_starts
 from ..models import extract_logits
 from ..track import EventLog, JsonlWriter
-from .checkpoint import (CKPT_DIR, checkpoint_name, latest_checkpoint, list_checkpoints, load_checkpoint, rng_state,
-                         save_checkpoint, set_rng_state)
+from .checkpoint import (
+    CKPT_DIR,
+    checkpoint_name,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .distributed import SINGLE, Dist
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
@@ -174,7 +182,8 @@ class Trainer:
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
             with self._no_sync(last=micro == cfg.grad_accum - 1):
                 loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
-                # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss.
+                # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss (and
+                # DDP averages the ranks' gradients: the mean over the global batch).
                 policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach()
         policy.unscale_(self.optimizer)

@@ -1,0 +1,220 @@
+"""Two processes under the real torchrun, with gloo on the CPU: the DDP path end to end.
+
+fp16 with an over-large initial loss scale and fast growth makes the GradScaler overflow,
+skip steps and change its scale all through these runs, so "the ranks make the same skip
+decisions" is exercised, not assumed (the loop raises when the ranks disagree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from helpers import assert_same_run, last_step, run_cli, train_records, wait_for, write_model
+from tierlab.errors import ConfigError
+from tierlab.train.checkpoint import latest_checkpoint, load_checkpoint
+from tierlab.train.distributed import SINGLE, setup
+
+pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
+                                reason="this torch build has no gloo backend")
+
+MODEL = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
+         "--model-arg", "max_seq_len=64"]
+COMMON = ["--seq-len", "32", "--eval-batches", "2", "--lr", "0.01", "--max-steps", "40", "--log-every", "5",
+          "--eval-every", "10", "--ckpt-every", "10", "--device", "cpu", "--quiet",
+          "--precision", "fp16", "--loss-scale-init", "1048576", "--loss-scale-growth-interval", "4"]
+# One thread per process for every run here: torchrun sets it for its workers, and the
+# single-process reference must compute with the same kernels to be comparable.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def torchrun(cwd: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 -m tierlab train ARGS`` in its own process group."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "tierlab", "train", *args]
+    return subprocess.Popen(command, cwd=cwd, env={**ENV, **(env_extra or {})}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def kill_job(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers at once, as when the machine is lost.
+
+    torchrun starts each worker in a session of its own, so killing torchrun's process
+    group would leave the workers running: they are found by their parent pid instead.
+    """
+    workers = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == proc.pid:  # the field after the state is the parent pid
+            workers.append(int(stat.parent.name))
+    for pid in [proc.pid, *workers]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_job(proc)
+        raise
+    return proc.returncode, err
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """An uninterrupted two-process run: 2 ranks x batch 4 = global batch 8, with TensorBoard on."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    code, err = finish(torchrun(cwd, *MODEL, *COMMON, "--batch-size", "4", "--tensorboard", "--name", "full"))
+    assert code == 0, err
+    return cwd / "runs" / "full"
+
+
+def test_matches_a_single_process_run_with_the_same_global_batch(tmp_path):
+    fp32 = [*MODEL, *COMMON, "--precision", "fp32", "--max-steps", "10"]  # later options win
+    code, err = finish(torchrun(tmp_path, *fp32, "--batch-size", "4", "--name", "ddp"))
+    assert code == 0, err
+    single = subprocess.run([sys.executable, "-m", "tierlab", "train", *fp32, "--batch-size", "8", "--name", "one"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=240)
+    assert single.returncode == 0, single.stderr
+    ddp, one = train_records(tmp_path / "runs" / "ddp"), train_records(tmp_path / "runs" / "one")
+    assert [(r["kind"], r["step"], r["tokens"]) for r in ddp] == [(r["kind"], r["step"], r["tokens"]) for r in one]
+    assert len(ddp) == 3  # train records at steps 5 and 10, an evaluation at 10
+    for a, b in zip(ddp, one):  # the same blocks, split over two ranks: equal up to summation order
+        for key in ("loss", "val_loss", "val_acc", "grad_norm", "lr"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key, a[key], b[key])
+    start = json.loads((tmp_path / "runs" / "ddp" / "events.jsonl").read_text().splitlines()[0])
+    assert (start["world_size"], start["global_batch_size"], start["tokens_per_step"]) == (2, 8, 8 * 32)
+    summary = json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())
+    assert (summary["status"], summary["world_size"], summary["global_batch_size"]) == ("completed", 2, 8)
+
+
+def test_fp16_skip_decisions_are_taken_together(full):
+    # The loop gathers every rank's skip flags and loss scales at each log step and stops the
+    # run if they differ; this run completed with the scaler busy all through.
+    train = [r for r in train_records(full) if r["kind"] == "train"]
+    assert json.loads((full / "summary.json").read_text())["status"] == "completed"
+    assert train[-1]["skipped_steps"] >= 3 and len({r["loss_scale"] for r in train}) >= 3
+    skips = [json.loads(line) for line in (full / "events.jsonl").read_text().splitlines()]
+    assert len([e for e in skips if e["event"] == "step_skipped"]) == train[-1]["skipped_steps"]
+
+
+def test_only_rank_0_writes(full, tmp_path):
+    cwd = full.parent.parent
+    assert sorted(p.name for p in cwd.iterdir()) == ["runs"]
+    assert sorted(p.name for p in full.parent.iterdir()) == ["full"]
+    expected = {"checkpoints", "config.json", "dashboard.png", "events.jsonl", "metrics.jsonl",
+                "model.safetensors", "summary.json", "tensorboard"}
+    assert {p.name for p in full.iterdir()} == expected
+    assert len(list((full / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer, not two
+    steps = [(r["kind"], r["step"]) for r in train_records(full)]
+    assert len(steps) == len(set(steps))  # every record once
+    events = [json.loads(line)["event"] for line in (full / "events.jsonl").read_text().splitlines()]
+    assert events.count("run_start") == 1 and events.count("run_end") == 1
+    assert events.count("checkpoint") == 4
+    # The checkpoint carries each rank's own random streams and position.
+    state = load_checkpoint(latest_checkpoint(full))
+    assert state["world_size"] == 2 and len(state["ranks"]) == 2
+    rank0, rank1 = state["ranks"]
+    assert not torch.equal(rank0["rng"]["torch"], rank1["rng"]["torch"])  # dropout streams differ per rank
+    assert torch.equal(rank0["sampler"]["generator"], rank1["sampler"]["generator"])  # one global batch stream
+
+
+def test_kill_and_resume_continues_exactly(full, tmp_path):
+    (tmp_path / "runs").mkdir()
+    part = tmp_path / "runs" / "part"
+    # 1) SIGKILL every process of the job (a machine lost) between the step-10 and step-20 checkpoints.
+    proc = torchrun(tmp_path, *MODEL, *COMMON, "--batch-size", "4", "--tensorboard", "--name", "part",
+                    env_extra={"TIERLAB_TEST_CKPT_PAUSE": "2"})
+    wait_for(lambda: last_step(part) >= 15)
+    kill_job(proc)
+    assert not (part / "summary.json").exists()
+
+    # 2) Resume; SIGTERM to torchrun alone (a scheduler preempting the job) while rank 0 writes
+    #    the step-20 checkpoint: torchrun forwards it, the ranks agree to stop at the next log
+    #    step, and rank 0 checkpoints that step for everyone.
+    proc = torchrun(tmp_path, "--resume", "runs/part", env_extra={"TIERLAB_TEST_CKPT_PAUSE": "2"})
+    wait_for(lambda: any(p.name.startswith(".step-00000020") for p in (part / "checkpoints").iterdir()))
+    proc.send_signal(signal.SIGTERM)
+    finish(proc)
+    assert json.loads((part / "summary.json").read_text())["status"] == "interrupted"
+    assert (part / "checkpoints" / "latest").read_text() == "step-00000025.pt"
+
+    # 3) Resume to the end: the same records and the same final weights as the uninterrupted run.
+    code, err = finish(torchrun(tmp_path, "--resume", "runs/part"))
+    assert code == 0, err
+    assert_same_run(full, part)
+    events = [json.loads(line)["event"] for line in (part / "events.jsonl").read_text().splitlines()]
+    assert events.count("resume") == 2 and events.count("run_start") == 1
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
+    write_model(tmp_path, """
+        import os
+        from torch import nn
+
+        class FailsOnRank1(nn.Module):
+            def __init__(self, vocab_size=256):
+                super().__init__()
+                self.emb, self.head, self.calls = nn.Embedding(vocab_size, 16), nn.Linear(16, vocab_size), 0
+
+            def forward(self, ids):
+                if self.training:
+                    self.calls += 1
+                    if os.environ["RANK"] == "1" and self.calls > 5:
+                        raise RuntimeError("rank 1 ran out of luck")
+                return self.head(self.emb(ids))
+    """)
+    proc = torchrun(tmp_path, "--model", "my_model.py:FailsOnRank1", "--seq-len", "16", "--batch-size", "2",
+                    "--max-steps", "1000", "--eval-every", "0", "--device", "cpu", "--precision", "fp32",
+                    "--name", "bad")
+    code, err = finish(proc, timeout=120)  # a hang would fail here instead of blocking the suite
+    assert code != 0
+    assert re.search(r"\[rank 1\] ERROR: rank 1 of 2 failed at step \d+: RuntimeError: rank 1 ran out of luck", err), err
+    assert "rank      : 1 (local_rank: 1)" in err  # torchrun's own report names the first failure
+    summary = tmp_path / "runs" / "bad" / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] == "failed"
+
+
+def test_resuming_with_another_number_of_processes_warns(full, tmp_path):
+    copy = tmp_path / "runs" / "full"
+    shutil.copytree(full, copy)
+    result = run_cli("train", "--resume", str(copy), "--max-steps", "45", "--allow-config-change", cwd=tmp_path)
+    # (the warning "... written by 2 process(es) and is resumed by 1 ..." is logged; this run is --quiet)
+    assert result.returncode == 0, result.stderr
+    (event,) = [json.loads(line) for line in (copy / "events.jsonl").read_text().splitlines()
+                if json.loads(line)["event"] == "resume"]
+    assert (event["world_size_before"], event["world_size"]) == (2, 1)
+    assert train_records(copy)[-1]["step"] == 45
+
+
+def test_device_choices_under_torchrun(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert setup("cpu", 60)[0] is SINGLE  # not launched by torchrun: one process, no process group
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert setup("cpu", 60)[0] is SINGLE  # a job of one process needs no DDP either
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="names one GPU"):
+        setup("cuda:0", 60)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="sees no CUDA device"):
+            setup("cuda", 60)
