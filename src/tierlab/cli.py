@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -223,8 +224,6 @@ def _with_model_args(values: dict[str, Any], items: Sequence[str]) -> dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import os
-
     if "TORCHELASTIC_ERROR_FILE" in os.environ:
         # Under torchrun: an unexpected exception is also written where torchrun reads it,
         # so its failure report shows this rank's error, not "To enable traceback see ...".
@@ -246,6 +245,10 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USER_ERROR
     from .train.guards import Diverged
 
+    if ns.command in ("bench", "search") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        sys.stderr.write(f"{who}: error: tierlab {ns.command} runs in one process, not under torchrun. Fix: run "
+                         f"`tierlab {ns.command} ...` directly (on a GPU machine it uses one GPU).\n")
+        return EXIT_USER_ERROR
     commands = {"train": _train, "sample": _sample, "validate": _validate, "report": _report, "sync": _sync,
                 "bench": _bench, "search": _search}
     try:
@@ -260,8 +263,6 @@ def _main(argv: Sequence[str] | None) -> int:
         sys.stderr.write(f"{who}: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 

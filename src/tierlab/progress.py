@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import sys
 from typing import Any, Iterator, Protocol
 
@@ -31,8 +30,12 @@ class BarProgress:
         from tqdm import tqdm
 
         # A terminal that reports no size (some pseudo-terminals, CI runners) would get no bar
-        # at all from tqdm: give it a plain 100 x 24 instead.
-        size = shutil.get_terminal_size((0, 0))
+        # at all from tqdm: give it a plain 100 x 24 instead.  The size is asked of the bar's
+        # own terminal: $COLUMNS (which shutil reads first) may describe another one.
+        try:
+            size = os.get_terminal_size(self.stream.fileno())
+        except (AttributeError, OSError, ValueError):
+            size = os.terminal_size((0, 0))
         sized = size.columns > 0 and size.lines > 0
         self.bar = tqdm(total=total_steps, unit="step", file=self.stream, dynamic_ncols=sized,
                         ncols=None if sized else 100, nrows=None if sized else 24)

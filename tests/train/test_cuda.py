@@ -111,3 +111,29 @@ def test_validate_reports_cuda_peak_memory():
     report = tierlab.validate("tiny-gpt", model_args=dict(TINY_MODEL), device="cuda", doctor=False)
     memory = next(c for c in report.checks if c.name == "memory")
     assert memory.figures["cuda_peak_step_bytes"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="DDP with NCCL needs two GPUs")
+def test_two_gpus_under_torchrun_match_one_gpu(tmp_path):
+    """NCCL: 2 GPUs x batch 4 give the losses of 1 GPU x batch 8 (bf16, so to 2e-2)."""
+    import subprocess
+    import sys
+
+    from helpers import train_records
+
+    args = ["--model-arg", "n_layer=2", "--model-arg", "d_model=64", "--model-arg", "n_head=2", "--seq-len", "64",
+            "--max-steps", "20", "--log-every", "5", "--eval-every", "10", "--eval-batches", "2", "--precision",
+            "bf16", "--quiet", "--no-plots"]
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "tierlab", "train", *args, "--batch-size", "4", "--name", "ddp"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr
+    one = subprocess.run([sys.executable, "-m", "tierlab", "train", *args, "--batch-size", "8", "--name", "one"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr
+    a, b = train_records(tmp_path / "runs" / "ddp"), train_records(tmp_path / "runs" / "one")
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        key = "loss" if x["kind"] == "train" else "val_loss"
+        assert x[key] == pytest.approx(y[key], rel=2e-2)
+    assert json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())["world_size"] == 2

@@ -193,6 +193,15 @@ def test_a_failing_rank_ends_the_job_with_its_error(tmp_path):
     assert not summary.exists() or json.loads(summary.read_text())["status"] == "failed"
 
 
+def test_a_user_error_is_one_plain_line_from_each_rank(tmp_path):
+    code, err = finish(torchrun(tmp_path, "--data", "missing.txt", "--device", "cpu", "--name", "x"), timeout=120)
+    assert code != 0 and "]: Traceback" not in err, err  # no worker traceback (torchrun prints its own report)
+    assert "tierlab: error: Data path 'missing.txt' does not exist." in err
+    assert "tierlab (rank 1): error: Rank 0 stopped before training (DataError: Data path 'missing.txt'" in err
+    assert err.count("exitcode  : 2") == 2  # torchrun's report: both ranks ended with tierlab's user-error code
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resuming_with_another_number_of_processes_warns(full, tmp_path):
     copy = tmp_path / "runs" / "full"
     shutil.copytree(full, copy)

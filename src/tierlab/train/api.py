@@ -105,12 +105,15 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
             resume_state = load_checkpoint(ckpt_path)
             cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
             check_same_run(cfg, resume_state["config"], ckpt_path)
-        elif run_dir.exists() and dist.is_main:
-            set_aside(run_dir)
+        elif run_dir.exists():
+            if dist.is_main:
+                set_aside(run_dir)
     if cfg.name is None:
         cfg = cfg.replace(name=dist.broadcast(default_run_name()))  # one name for all ranks
     run_dir = Path(cfg.out) / cfg.name
-    if resume_state is None and dist.is_main:
+    # Every rank checks (the same file system, before any rank writes) so that a mistake is
+    # one plain error on each, not one error and broken collectives elsewhere.
+    if resume_state is None and (dist.is_main or not cfg.resume):
         _refuse_existing(run_dir)
     saved_world = len(resume_state.get("ranks", [None])) if resume_state is not None else dist.world_size
     if saved_world != dist.world_size:
@@ -120,8 +123,9 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     # Trackers only on rank 0; before anything runs: a missing tracker package is a user error.
     sinks = _make_sinks(cfg, run_dir) if dist.is_main else []
     seed_everything(cfg.seed)  # the same on every rank: DDP starts from rank 0's weights anyway
-    with dist.main_first():  # rank 0 fills the token cache, the others read it
-        tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
+    # Rank 0 fills the token cache, the others then read it.
+    tokens = dist.main_first(lambda: prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction,
+                                                  Path(cache_dir) if cache_dir else None))
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or _steps_for_epochs(cfg, tokens)

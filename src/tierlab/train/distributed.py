@@ -20,24 +20,24 @@ What the training loop exchanges between ranks, and when:
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import inspect
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..models import extract_logits
 from .device import resolve_device
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def env_rank() -> tuple[int, int, int] | None:
@@ -119,14 +119,27 @@ class Dist:
         if self.active:
             dist.barrier()
 
-    @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Rank 0 runs the block first (e.g. fills a cache); the others run it after rank 0 is done."""
-        if self.active and not self.is_main:
-            dist.barrier()
-        yield
-        if self.active and self.is_main:
-            dist.barrier()
+    def main_first(self, work: Callable[[], T]) -> T:
+        """``work()`` on rank 0 first (e.g. filling a cache), then on the others.
+
+        When it fails on rank 0 (a missing file, say), the other ranks stop with one plain
+        line pointing at rank 0's message, not with a traceback from a broken collective.
+        """
+        if not self.active:
+            return work()
+        if self.is_main:
+            try:
+                result = work()
+            except BaseException as exc:
+                said = exc.problem if isinstance(exc, UserError) else str(exc).strip().split("\n")[0]
+                self.broadcast(f"{type(exc).__name__}: {said}")
+                raise
+            self.broadcast(None)
+            return result
+        problem = self.broadcast(None)
+        if problem is not None:
+            raise UserError(f"Rank 0 stopped before training ({problem})", "see rank 0's message above.")
+        return work()
 
     # ------------------------------------------------------------------ the model
     def wrap(self, model: nn.Module, device: torch.device, probe: torch.Tensor) -> nn.Module:
