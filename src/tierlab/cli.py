@@ -142,6 +142,40 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--study", default="tierlab", metavar="NAME", help="study name in the storage")
     search.add_argument("--seed", type=int, metavar="S", help="makes the sampler's suggestions repeatable")
     search.add_argument("--quiet", action="store_true", help="print only the summary")
+    ana = sub.add_parser("analyze", help="attention patterns and robustness to token noise of a fresh or trained model",
+                         description="Tier 2: per layer and head, attention entropy and the share on the previous "
+                                     "token, the first token (attention sinks) and the diagonal, with collapsed heads "
+                                     "flagged and heatmaps; then how far the next-token predictions move (KL, top-1 "
+                                     "flips, loss) when k input tokens are replaced at random. Inputs are real "
+                                     "validation blocks: the run's data with --run, else --data.")
+    ana.add_argument("--model", default=None, help="tiny-gpt, gpt2-small or PATH.py[:factory]; with --run, the run's "
+                                                   "weights are loaded into it (default: the run's model, else "
+                                                   "tiny-gpt)")
+    ana.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    ana.add_argument("--run", default=None, metavar="RUN", help="a run directory: analyse its trained weights on its "
+                                                              "own validation data")
+    ana.add_argument("--data", default="demo", help="corpus for an untrained model (default demo)")
+    ana.add_argument("--tokenizer", default="byte", help="tokenizer for --data (default byte)")
+    ana.add_argument("--batch-size", type=int, default=8, metavar="N")
+    ana.add_argument("--seq-len", type=int, default=None, metavar="N",
+                     help="tokens per sequence (default: the run's, else min(128, the model's positions))")
+    ana.add_argument("--batches", type=int, default=2, metavar="N", help="validation batches analysed (default 2)")
+    ana.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ana.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the random replacements")
+    ana.add_argument("--png", default="attention.png", metavar="PATH",
+                     help="attention heatmaps (default attention.png; \"\" for none)")
+    ana.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+    export = sub.add_parser("export", help="export a trained run as safetensors, TorchScript or ONNX, with a parity "
+                                           "check", description="Write the run's model in a deployable form, with "
+                            "its tokenizer and a README on loading it, after checking that the export's logits match "
+                            "the model's on real validation batches of the run's data (exit 2, nothing written, when "
+                            "they do not or the model cannot be exported).")
+    export.add_argument("run", help="run directory, e.g. runs/NAME")
+    export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
+    export.add_argument("--out", default=None, metavar="DIR", help="where to write it (default RUN/export-FORMAT)")
+    export.add_argument("--batches", type=int, default=4, metavar="N",
+                        help="validation batches the parity check compares (default 4)")
+    export.add_argument("--json", default=None, metavar="PATH", help="also write the result as JSON")
     sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
                           description="Send every record of metrics.jsonl and events.jsonl to W&B or TensorBoard.")
     sync.add_argument("run", help="run directory")
@@ -250,7 +284,8 @@ def _main(argv: Sequence[str] | None) -> int:
                          f"`tierlab {ns.command} ...` directly (on a GPU machine it uses one GPU).\n")
         return EXIT_USER_ERROR
     commands = {"train": _train, "sample": _sample, "validate": _validate, "report": _report, "sync": _sync,
-                "bench": _bench, "search": _search}
+                "bench": _bench, "search": _search, "export": _export,
+                "analyze": _analyze}
     try:
         return commands[ns.command](ns)
     except UserError as err:
@@ -315,6 +350,45 @@ def _report(ns: argparse.Namespace) -> int:
     save_dashboard(dirs, out)
     print(summary_table(dirs))
     print(f"dashboard: {out}")
+    return 0
+
+
+def _analyze(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .analyze import analyze
+    from .train.device import resolve_device
+
+    if ns.run is not None:
+        _run_dirs([ns.run])
+    for path in (ns.json, ns.png):
+        if path and not Path(path).resolve().parent.is_dir():
+            raise UserError(f"Cannot write {path!r}: its folder does not exist.", "create the folder or pick another path.")
+    model_args = dict(parse_model_arg(item) for item in ns.model_args)
+    report = analyze(ns.model, ns.run, model_args=model_args, data=ns.data, tokenizer=ns.tokenizer,
+                     batch_size=ns.batch_size, seq_len=ns.seq_len, batches=ns.batches, seed=ns.seed,
+                     device=str(resolve_device(ns.device)))
+    print(report.text())
+    if ns.png and report.save_heatmaps(ns.png):
+        print(f"heatmaps: {ns.png}")
+    if ns.json:
+        Path(ns.json).write_text(report.to_json() + "\n")
+    return 0
+
+
+def _export(ns: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from .export import export_run
+
+    if ns.batches < 1:
+        raise UserError("--batches must be at least 1.", "pass e.g. --batches 4.")
+    (run_dir,) = _run_dirs([ns.run])
+    result = export_run(run_dir, ns.format, ns.out, ns.batches)
+    print(result.text())
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return 0
 
 

@@ -23,8 +23,7 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
         raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
                         "pass a directory made by tierlab train, e.g. runs/NAME.")
     config = json.loads(config_path.read_text())
-    tokenizer: Tokenizer = (load_tokenizer_file(str(run_dir / "tokenizer.json"))
-                            if (run_dir / "tokenizer.json").is_file() else ByteTokenizer())
+    tokenizer = run_tokenizer(run_dir)
     if str(config["model"]).startswith("<in-memory"):
         raise UserError(f"Run {str(run_dir)!r} trained an in-memory model, which tierlab cannot rebuild.",
                         f"build the model yourself and load {run_dir / WEIGHTS} with safetensors.torch.load_model.")
@@ -32,14 +31,30 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
-        weights = run_dir / WEIGHTS
-        if not weights.is_file():
-            raise UserError(f"Run {str(run_dir)!r} has no {WEIGHTS} (it may still be running or was killed).",
-                            f"sample from a checkpoint: --checkpoint {run_dir}/checkpoints/step-....pt")
-        from safetensors.torch import load_model as load_safetensors
-
-        load_safetensors(model, str(weights))
+        load_run_weights(model, run_dir)
     return model.to(device).eval(), tokenizer
+
+
+def run_tokenizer(run_dir: Path) -> Tokenizer:
+    """The tokenizer a run trained with (its tokenizer.json, or the byte tokenizer, which has no file)."""
+    path = run_dir / "tokenizer.json"
+    return load_tokenizer_file(str(path)) if path.is_file() else ByteTokenizer()
+
+
+def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
+    """Load a run's final weights (model.safetensors) into ``model``, with a plain error when they are missing."""
+    from safetensors.torch import load_model as load_safetensors
+
+    weights = run_dir / WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"Run {str(run_dir)!r} has no {WEIGHTS} (it may still be running or was killed).",
+                        f"use a finished run, or a checkpoint: {run_dir}/checkpoints/step-....pt")
+    try:
+        load_safetensors(model, str(weights))
+    except RuntimeError as exc:
+        raise UserError(f"The weights in {weights} do not fit this model: {str(exc).splitlines()[0][:200]}",
+                        "build the same model (file, factory and --model-arg values) the run trained.") from None
+    return model
 
 
 @torch.no_grad()

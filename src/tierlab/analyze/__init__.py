@@ -1,0 +1,181 @@
+"""``tierlab analyze``: Tier 2 for a fresh or trained model — attention patterns and robustness to token noise.
+
+Inputs are real: blocks of the validation split of a run's own data (``run=``), or of
+``data`` (the built-in demo corpus by default) for a model that has not been trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DataError, ModelError, UserError
+from ..models import extract_logits, load_model, max_positions
+from .attention import COLLAPSE_SHARE, NEAR_ZERO_ENTROPY, AttentionReport, HeadStats, observe_attention
+from .robustness import RobustnessPoint, default_ks, robustness_curve
+
+__all__ = ["AnalysisReport", "AttentionReport", "HeadStats", "RobustnessPoint", "analyze", "observe_attention",
+           "robustness_curve"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AnalysisReport:
+    model: str
+    run: str | None
+    data: str
+    shape: list[int]  # [batch, tokens] of each analysed batch
+    batches: int
+    attention: AttentionReport
+    robustness: list[RobustnessPoint] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "run": self.run, "data": self.data, "shape": self.shape,
+                "batches": self.batches, "attention": self.attention.to_dict(),
+                "robustness": [p.to_dict() for p in self.robustness]}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def text(self) -> str:
+        a = self.attention
+        lines = [f"tierlab analyze: {self.model}" + (f" (run {self.run})" if self.run else " (untrained)"),
+                 f"inputs: {self.batches} batch(es) of {self.shape} from {self.data}", "", "attention"]
+        if not a.observable:
+            lines.append(f"  not observable: {a.source}")
+        else:
+            lines.append(f"  observed through {a.source}; {len({h.layer for h in a.heads})} layer(s), "
+                         f"{len(a.heads)} head(s), {'causal' if a.causal else 'not causal'}")
+            lines.append("  head     entropy  norm   prev   first  diag   pattern")
+            for h in a.heads:
+                flag = "  COLLAPSED" if h.collapsed else ""
+                lines.append(f"  L{h.layer:<2}H{h.head:<3} {h.entropy:7.3f}  {h.normalized_entropy:5.2f}  "
+                             f"{h.previous_token:5.2f}  {h.first_token:5.2f}  {h.diagonal:5.2f}  {h.pattern}{flag}")
+            if a.collapsed:
+                names = ", ".join(f"L{h.layer}H{h.head} ({h.pattern})" for h in a.collapsed)
+                lines.append(f"  collapsed heads: {names} — entropy below {NEAR_ZERO_ENTROPY} nats on at least "
+                             f"{COLLAPSE_SHARE:.0%} of rows: each row puts nearly all weight on one token")
+            else:
+                lines.append("  no collapsed heads")
+        if self.robustness:
+            lines += ["", "robustness to random token replacement (per sequence)",
+                      "  k      KL (nats)  top-1 flips  loss"]
+            for p in self.robustness:
+                loss = f"{p.loss:.4f}" if p.loss is not None else "-"
+                lines.append(f"  {p.k:<5}  {p.kl:9.4f}  {p.flip_rate:10.1%}  {loss}")
+        return "\n".join(lines)
+
+    def save_heatmaps(self, path: str | Path, max_tokens: int = 64) -> Path | None:
+        """Mean attention map of every head (rows: queries, columns: keys) as one PNG; None when unobservable."""
+        if not self.attention.observable or not self.attention.maps:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        maps = self.attention.maps
+        layers, heads = len(maps), max(m.size(0) for m in maps)
+        fig, axes = plt.subplots(layers, heads, figsize=(1.9 * heads + 0.5, 1.9 * layers + 0.6), squeeze=False)
+        stats = {(h.layer, h.head): h for h in self.attention.heads}
+        for layer, m in enumerate(maps):
+            for head in range(heads):
+                ax = axes[layer][head]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if head >= m.size(0):
+                    ax.axis("off")
+                    continue
+                ax.imshow(m[head, :max_tokens, :max_tokens].numpy(), cmap="viridis", vmin=0, vmax=1)
+                s = stats[(layer, head)]
+                ax.set_title(f"L{layer}H{head} {s.pattern}", fontsize=7, color="red" if s.collapsed else "black")
+        fig.suptitle(f"attention (mean over the batch, first {max_tokens} tokens; red: collapsed)", fontsize=9)
+        fig.tight_layout()
+        out = Path(path)
+        fig.savefig(out, dpi=110)
+        plt.close(fig)
+        return out
+
+
+def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None = None, *,
+            model_args: dict[str, Any] | None = None, data: str = "demo", tokenizer: str = "byte",
+            batch_size: int = 8, seq_len: int | None = None, batches: int = 2, ks: list[int] | None = None,
+            seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None) -> AnalysisReport:
+    """Attention statistics and the robustness curve of a model (a module, a model file, or a run's model)."""
+    from ..data import eval_starts, prepare_data
+    from ..data.sampler import blocks_at
+
+    for name, value in (("--batch-size", batch_size), ("--batches", batches)):
+        if value < 1:
+            raise UserError(f"{name} must be at least 1, got {value}.", f"pass a positive {name}.")
+    torch.manual_seed(seed)
+    val_fraction, name = 0.1, None
+    if run is not None:
+        model, config = _run_model(Path(run), model_or_path, model_args)
+        data, tokenizer, val_fraction = config["data"], config["tokenizer"], config["val_fraction"]
+        seq_len = seq_len or int(config["seq_len"])
+        name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
+    tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None)
+    if run is None:
+        if isinstance(model_or_path, nn.Module):
+            model, name = model_or_path, f"<in-memory {type(model_or_path).__name__}>"
+        else:
+            name = model_or_path or "tiny-gpt"
+            model = load_model(name, dict(model_args or {}), tokens.tokenizer.vocab_size)
+    limit = max_positions(model)
+    seq_len = seq_len or min(128, limit or 128)
+    if limit is not None and seq_len > limit:
+        raise ModelError(f"--seq-len {seq_len} is longer than the model's {limit} positions.",
+                         f"use --seq-len {limit} or less.")
+    if len(tokens.val) < seq_len + 1:
+        raise DataError(f"The validation split has {len(tokens.val)} tokens, fewer than one block of {seq_len + 1}.",
+                        "use a larger corpus or a smaller --seq-len.")
+    target = torch.device(device)
+    model = model.to(target)
+    pairs = [tuple(t.to(target) for t in blocks_at(tokens.val, starts, seq_len))
+             for starts in eval_starts(len(tokens.val), seq_len, batch_size, batches)]
+    vocab = _check_vocab(model, pairs[0][0], tokens.max_id)
+    attention = observe_attention(model, pairs[0][0])
+    curve = robustness_curve(model, pairs, vocab, ks if ks is not None else default_ks(seq_len), seed)
+    report = AnalysisReport(name, str(run) if run is not None else None, data, list(pairs[0][0].shape), len(pairs),
+                            attention, curve)
+    log.info("%s", report.text())
+    return report
+
+
+def _run_model(run_dir: Path, model: nn.Module | str | None,
+               model_args: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
+    """The run's trained model: rebuilt from the run, or ``model`` (a module or a model file) with the run's weights."""
+    from ..sample import load, load_run_weights, run_tokenizer
+    from ..train.run import CONFIG
+
+    config_path = run_dir / CONFIG
+    if not config_path.is_file():
+        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
+                        "pass a directory made by tierlab train, e.g. runs/NAME.")
+    config = json.loads(config_path.read_text())
+    if model is None:
+        return load(run_dir)[0], config
+    if isinstance(model, str):
+        args = model_args if model_args else config.get("model_args", {})
+        model = load_model(model, dict(args), run_tokenizer(run_dir).vocab_size)
+    return load_run_weights(model, run_dir), config
+
+
+def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int) -> int:
+    with torch.no_grad():
+        logits = extract_logits(model.eval()(ids[:1]))
+    if logits.dim() != 3 or logits.shape[:2] != ids[:1].shape:
+        raise ModelError(f"The model returned logits of shape {list(logits.shape)} for input_ids {list(ids[:1].shape)}.",
+                         "return logits [B, T, V]: one row per position.")
+    if max_id >= logits.size(-1):
+        raise DataError(f"The data holds token id {max_id} but the model has only {logits.size(-1)} outputs.",
+                        "build the model with a vocabulary as large as the tokenizer's (--model-arg vocab_size=N).")
+    return logits.size(-1)

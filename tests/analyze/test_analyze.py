@@ -1,0 +1,154 @@
+"""tierlab analyze: attention statistics on hand-set patterns, the collapse detector, robustness, the CLI."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli
+from torch import nn
+
+import tierlab
+from tierlab.analyze import analyze, observe_attention, robustness_curve
+from tierlab.analyze.attention import head_stats
+from tierlab.analyze.robustness import default_ks
+
+T = 16
+
+
+def previous_token_mask(t: int) -> torch.Tensor:
+    """[T, T] bool: row i may attend only to key i-1 (row 0, which has no previous token, to itself)."""
+    i = torch.arange(t)
+    return i[None, :] == (i[:, None] - 1).clamp_min(0)
+
+
+class PrevTokenSdpa(nn.Module):
+    """Attention hand-set to always look at the previous token, through F.scaled_dot_product_attention."""
+
+    def __init__(self, vocab=256, d=16, heads=2):
+        super().__init__()
+        self.emb, self.head, self.heads = nn.Embedding(vocab, d), nn.Linear(d, vocab), heads
+
+    def forward(self, ids):
+        b, t = ids.shape
+        q = self.emb(ids).view(b, t, self.heads, -1).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, q, q, attn_mask=previous_token_mask(t))
+        return self.head(out.transpose(1, 2).reshape(b, t, -1))
+
+
+class PrevTokenMha(nn.Module):
+    """The same pattern through nn.MultiheadAttention (which the model asks for no weights)."""
+
+    def __init__(self, vocab=256, d=16, heads=2):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        blocked = torch.zeros(ids.size(1), ids.size(1)).masked_fill(~previous_token_mask(ids.size(1)), float("-inf"))
+        out, _ = self.attn(x, x, x, attn_mask=blocked, need_weights=False)
+        return self.head(out)
+
+
+class NoAttention(nn.Module):
+    def __init__(self, vocab=256):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(vocab, 8), nn.Linear(8, vocab)
+
+    def forward(self, ids):
+        return self.head(self.emb(ids))
+
+
+class CumulativeMean(nn.Module):
+    """Toy causal model: position t predicts from the mean embedding of tokens 0..t."""
+
+    def __init__(self, vocab=64, d=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = nn.Embedding(vocab, d), nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        x = self.emb(ids).cumsum(1) / torch.arange(1, ids.size(1) + 1).view(1, -1, 1)
+        return self.head(x) * 4
+
+
+@pytest.mark.parametrize("model, source", [(PrevTokenSdpa(), "F.scaled_dot_product_attention"),
+                                           (PrevTokenMha(), "nn.MultiheadAttention")])
+def test_a_previous_token_head_gives_the_expected_numbers(model, source):
+    report = observe_attention(model, torch.randint(0, 256, (3, T)))
+    assert report.observable and report.source == source and report.causal
+    assert len(report.heads) == 2
+    for h in report.heads:
+        assert h.previous_token == pytest.approx(1.0, abs=1e-6)
+        assert h.first_token == pytest.approx(1 / (T - 1), abs=1e-6)  # only row 1's previous token is token 0
+        assert h.diagonal == pytest.approx(0.0, abs=1e-6)
+        assert h.entropy == pytest.approx(0.0, abs=1e-5) and h.near_zero_rows == 1.0
+        assert h.collapsed and h.pattern == "previous-token"
+    assert report.maps[0].shape == (2, T, T)
+
+
+def test_the_collapse_detector_leaves_a_healthy_causal_model_alone():
+    # Uniform causal attention: row 0 has entropy 0 by construction, and must not count.
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1).view(-1, 1)
+    stats = head_stats(0, 0, uniform.expand(2, T, T), causal=True)
+    assert not stats.collapsed and stats.near_zero_rows == 0.0
+    assert stats.normalized_entropy == pytest.approx(1.0) and stats.pattern == "uniform"
+    # A real (untrained) transformer, and the same after a short training run.
+    model = tierlab.models.load_model("tiny-gpt", dict(TINY_MODEL), 256)
+    report = observe_attention(model, torch.randint(0, 256, (4, 32)))
+    assert report.observable and len(report.heads) == 2 and not report.collapsed
+
+
+def test_a_first_token_sink_is_flagged():
+    sink = torch.zeros(T, T)
+    sink[:, 0] = 1.0
+    stats = head_stats(0, 0, sink.expand(2, T, T), causal=True)
+    assert stats.collapsed and stats.pattern == "first-token" and stats.first_token == 1.0
+
+
+def test_hugging_face_attentions_are_observed():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=2, n_head=4)
+    model = transformers.GPT2LMHeadModel(config)
+    report = observe_attention(model, torch.randint(0, 256, (2, 24)))
+    assert report.observable and report.source == "output_attentions" and report.causal
+    assert [(h.layer, h.head) for h in report.heads] == [(layer, h) for layer in range(2) for h in range(4)]
+    assert not report.collapsed
+
+
+def test_attention_that_cannot_be_seen_is_said_plainly():
+    report = observe_attention(NoAttention(), torch.randint(0, 256, (2, T)))
+    assert not report.observable and report.heads == []
+    assert "no attention weights could be observed" in report.source
+
+
+def test_robustness_curve_is_monotone_on_a_toy_model():
+    gen = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 64, (16, 32), generator=gen), torch.randint(0, 64, (16, 32), generator=gen))
+               for _ in range(2)]
+    ks = default_ks(32)
+    assert ks == [0, 1, 2, 4, 8, 16]
+    curve = robustness_curve(CumulativeMean(), batches, 64, ks)
+    assert curve[0].kl == 0.0 and curve[0].flip_rate == 0.0
+    kls, flips = [p.kl for p in curve], [p.flip_rate for p in curve]
+    assert kls == sorted(kls) and flips == sorted(flips) and kls[-1] > 10 * kls[1] > 0
+    assert all(p.loss is not None for p in curve)
+
+
+def test_cli_on_a_trained_run_and_on_a_model_file(tmp_path):
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=10))
+    result = run_cli("analyze", "--run", str(run.dir), "--json", "r.json", "--png", "att.png", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "observed through F.scaled_dot_product_attention" in result.stdout and "top-1 flips" in result.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["run"] == str(run.dir) and report["shape"] == [8, 32]
+    assert len(report["attention"]["heads"]) == 2 and report["attention"]["collapsed"] == []
+    assert [p["k"] for p in report["robustness"]] == [0, 1, 2, 4, 8, 16]
+    assert report["robustness"][0]["loss"] == pytest.approx(run.summary["final_val_loss"], rel=0.2)
+    assert (tmp_path / "att.png").stat().st_size > 1000
+    # --model with --run: the model file's architecture, the run's weights (here the same model).
+    same = analyze("tiny-gpt", run.dir, model_args=dict(TINY_MODEL))
+    assert same.robustness[0].loss == pytest.approx(report["robustness"][0]["loss"])
+    assert_user_error(run_cli("analyze", "--run", str(tmp_path / "nope"), cwd=tmp_path), "not a tierlab run")
+    assert_user_error(run_cli("analyze", "--model", "tiny-gpt", "--batches", "0", cwd=tmp_path), "--batches")

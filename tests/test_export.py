@@ -1,0 +1,147 @@
+"""tierlab export: each format's parity on real validation batches, its files, and refusals."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_user_error, fast_config, run_cli, write_corpus, write_model
+
+import tierlab
+from tierlab.export import TOLERANCE, export_run
+
+# A user's own model: nn.MultiheadAttention with a causal mask, its own file and factory.
+MHA_MODEL = """
+    import torch
+    from torch import nn
+
+    class MhaLM(nn.Module):
+        def __init__(self, vocab_size, d=32, heads=2, max_len=64):
+            super().__init__()
+            self.emb, self.pos = nn.Embedding(vocab_size, d), nn.Embedding(max_len, d)
+            self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+            self.norm, self.head = nn.LayerNorm(d), nn.Linear(d, vocab_size)
+
+        def forward(self, ids):
+            t = ids.size(1)
+            x = self.emb(ids) + self.pos(torch.arange(t, device=ids.device))
+            mask = torch.triu(torch.ones(t, t, dtype=torch.bool, device=ids.device), 1)
+            a, _ = self.attn(x, x, x, attn_mask=mask, need_weights=False)
+            return self.head(self.norm(x + a))
+
+    def build(vocab_size):
+        return MhaLM(vocab_size)
+"""
+
+# Keeps Python state between calls: a trace records one call's path, so the export cannot
+# compute what the model computes.
+STATEFUL_MODEL = """
+    from torch import nn
+
+    class Alternating(nn.Module):
+        def __init__(self, vocab_size=256):
+            super().__init__()
+            self.emb, self.head, self.calls = nn.Embedding(vocab_size, 16), nn.Linear(16, vocab_size), 0
+
+        def forward(self, ids):
+            self.calls += 1
+            h = self.emb(ids)
+            return self.head(h if self.calls % 2 else -h)
+"""
+
+
+@pytest.fixture(scope="module")
+def builtin_run(tmp_path_factory):
+    return tierlab.train(config=fast_config(tmp_path_factory.mktemp("export"), max_steps=10)).dir
+
+
+@pytest.fixture(scope="module")
+def user_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export-user")
+    write_model(tmp, MHA_MODEL)
+    corpus = write_corpus(tmp / "corpus.txt", sentences=800)
+    cfg = fast_config(tmp, model=str(tmp / "my_model.py:build"), model_args={}, data=str(corpus), max_steps=10)
+    return tierlab.train(config=cfg).dir
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_export_parity_on_the_builtin_model(builtin_run, tmp_path, fmt):
+    result = export_run(builtin_run, fmt, tmp_path / fmt)
+    assert result.checked and result.max_abs_diff <= TOLERANCE[fmt]
+    assert result.batches == 4 and result.shape == [8, 32]
+    files = {p.name for p in (tmp_path / fmt).iterdir()}
+    assert "README.md" in files and set(result.files) == files
+    readme = (tmp_path / fmt / "README.md").read_text()
+    assert "## Loading" in readme and "byte-level" in readme and f"{result.max_abs_diff:.3g}" in readme
+    # The exported artefact loads the way its README says and computes the model's logits.
+    model, _ = tierlab.load(builtin_run)
+    ids = torch.randint(0, 256, (2, 20))
+    expected = model(ids).detach()
+    if fmt == "torchscript":
+        got = torch.jit.load(str(tmp_path / fmt / "model.pt"))(ids)
+    elif fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(tmp_path / fmt / "model.onnx"))
+        got = torch.from_numpy(session.run(["logits"], {"input_ids": ids.numpy()})[0])
+    else:
+        from safetensors.torch import load_file
+
+        assert json.loads((tmp_path / fmt / "model_config.json").read_text())["vocab_size"] == 256
+        weights = load_file(str(tmp_path / fmt / "model.safetensors"))
+        got = torch.func.functional_call(model, weights, (ids,))
+    assert (got - expected).abs().max() <= max(TOLERANCE[fmt], 1e-6) * 10  # other shape than the check's
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
+def test_export_parity_on_a_user_model_file(user_run, tmp_path, fmt):
+    result = export_run(user_run, fmt, tmp_path / fmt)
+    assert result.checked and result.max_abs_diff <= TOLERANCE[fmt], result.text()
+
+
+def test_cli_export_json_and_refusals(builtin_run, tmp_path):
+    ok = run_cli("export", str(builtin_run), "--format", "torchscript", "--out", str(tmp_path / "ts"), "--json",
+                 str(tmp_path / "r.json"), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert "parity on 4 validation batch(es)" in ok.stdout
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["format"] == "torchscript" and report["checked"] and report["tolerance"] == 1e-5
+    before = sorted(p.name for p in (tmp_path / "ts").iterdir())
+    again = run_cli("export", str(builtin_run), "--format", "torchscript", "--out", str(tmp_path / "ts"), cwd=tmp_path)
+    assert_user_error(again, "already exists")
+    assert sorted(p.name for p in (tmp_path / "ts").iterdir()) == before  # untouched
+    assert_user_error(run_cli("export", str(tmp_path / "nope"), "--format", "onnx", cwd=tmp_path), "not a tierlab run")
+
+
+def test_a_model_that_cannot_be_traced_is_refused_with_the_reason(tmp_path):
+    write_model(tmp_path, STATEFUL_MODEL)
+    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Alternating"), model_args={},
+                                           max_steps=4, eval_every=0))
+    result = run_cli("export", str(run.dir), "--format", "torchscript", cwd=tmp_path)
+    assert_user_error(result, "The torchscript export does not compute what the model computes",
+                      "Python control flow")
+    assert not (run.dir / "export-torchscript").exists()
+    assert not [p for p in run.dir.iterdir() if p.name.startswith(".export")]  # no staging left behind
+
+
+def test_a_data_dependent_branch_stops_the_onnx_exporter(tmp_path):
+    write_model(tmp_path, """
+        from torch import nn
+
+        class Branchy(nn.Module):
+            def __init__(self, vocab_size=256):
+                super().__init__()
+                self.emb, self.head = nn.Embedding(vocab_size, 16), nn.Linear(16, vocab_size)
+
+            def forward(self, ids):
+                h = self.emb(ids)
+                if ids.float().mean() > 100:  # a Python branch on the input's values
+                    h = -h
+                return self.head(h)
+    """)
+    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Branchy"), model_args={},
+                                           max_steps=4, eval_every=0))
+    result = run_cli("export", str(run.dir), "--format", "onnx", cwd=tmp_path)
+    assert_user_error(result, "torch.onnx.export cannot export this model", "data-dependent")
+    assert "def forward" not in result.stderr  # no graph dump on the terminal
+    assert not np.any([p.name.startswith("export") for p in run.dir.iterdir()])
