@@ -1,11 +1,13 @@
 """tierlab: check a hand-built PyTorch transformer, then train it fast and safely in mixed precision."""
 
+from .analyze import AnalysisReport, analyze
 from .config import TrainConfig
 from .errors import UserError
+from .export import ExportResult, export_run
 from .sample import generate, load
 from .train import Diverged, Run, resume, train
 from .validate import Report, validate
 
-__all__ = ["Diverged", "Report", "Run", "TrainConfig", "UserError", "generate", "load", "resume", "train",
-           "validate"]
+__all__ = ["AnalysisReport", "Diverged", "ExportResult", "Report", "Run", "TrainConfig", "UserError", "analyze",
+           "export_run", "generate", "load", "resume", "train", "validate"]
 __version__ = "0.1.0"

@@ -30,10 +30,22 @@ def _series(records: list[dict], x: str, y: str) -> tuple[list, list]:
 
 
 def dashboard(run_dirs: list[Path]):
-    """A matplotlib Figure: loss vs tokens, learning rate, grad norm vs clip, loss scale, tokens/s, val accuracy."""
+    """A matplotlib Figure: loss vs tokens, learning rate, grad norm vs clip, loss scale, tokens/s, val accuracy.
+
+    The figure shows itself as a PNG in Jupyter (``_repr_png_``) without pyplot or
+    ``%matplotlib inline``, and never opens a window.
+    """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
+    class DashboardFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            import io
+
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png")
+            return buffer.getvalue()
+
+    fig = DashboardFigure(figsize=FIGSIZE, dpi=DPI, layout="constrained")
     axes = fig.subplots(2, 3)
     (ax_loss, ax_lr, ax_norm), (ax_scale, ax_speed, ax_acc) = axes
     runs = [_load(Path(d)) for d in run_dirs]
