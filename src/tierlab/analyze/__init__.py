@@ -83,7 +83,10 @@ class AnalysisReport:
 
         maps = self.attention.maps
         layers, heads = len(maps), max(m.size(0) for m in maps)
-        fig, axes = plt.subplots(layers, heads, figsize=(1.9 * heads + 0.5, 1.9 * layers + 0.6), squeeze=False)
+        from matplotlib.colors import PowerNorm
+
+        fig, axes = plt.subplots(layers, heads, figsize=(max(6.0, 1.9 * heads + 0.5), 1.9 * layers + 0.8), squeeze=False,
+                                 layout="constrained")
         stats = {(h.layer, h.head): h for h in self.attention.heads}
         for layer, m in enumerate(maps):
             for head in range(heads):
@@ -93,11 +96,13 @@ class AnalysisReport:
                 if head >= m.size(0):
                     ax.axis("off")
                     continue
-                ax.imshow(m[head, :max_tokens, :max_tokens].numpy(), cmap="viridis", vmin=0, vmax=1)
+                # A square-root colour scale: spread-out weights (1/t each) stay visible next to sharp ones.
+                ax.imshow(m[head, :max_tokens, :max_tokens].numpy(), cmap="viridis",
+                          norm=PowerNorm(gamma=0.5, vmin=0, vmax=1))
                 s = stats[(layer, head)]
                 ax.set_title(f"L{layer}H{head} {s.pattern}", fontsize=7, color="red" if s.collapsed else "black")
-        fig.suptitle(f"attention (mean over the batch, first {max_tokens} tokens; red: collapsed)", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(f"attention (rows: queries, first {max_tokens} tokens, batch mean,\n"
+                     "square-root colour scale; red: collapsed)", fontsize=9)
         out = Path(path)
         fig.savefig(out, dpi=110)
         plt.close(fig)
