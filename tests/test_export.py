@@ -67,7 +67,8 @@ def user_run(tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
 def test_export_parity_on_the_builtin_model(builtin_run, tmp_path, fmt):
     result = export_run(builtin_run, fmt, tmp_path / fmt)
-    assert result.checked and result.max_abs_diff <= TOLERANCE[fmt]
+    assert result.checked and result.max_abs_diff <= result.tolerance
+    assert TOLERANCE[fmt] <= result.tolerance <= TOLERANCE[fmt] * 100  # scaled by the logits' size
     assert result.batches == 4 and result.shape == [8, 32]
     files = {p.name for p in (tmp_path / fmt).iterdir()}
     assert "README.md" in files and set(result.files) == files
@@ -90,13 +91,13 @@ def test_export_parity_on_the_builtin_model(builtin_run, tmp_path, fmt):
         assert json.loads((tmp_path / fmt / "model_config.json").read_text())["vocab_size"] == 256
         weights = load_file(str(tmp_path / fmt / "model.safetensors"))
         got = torch.func.functional_call(model, weights, (ids,))
-    assert (got - expected).abs().max() <= max(TOLERANCE[fmt], 1e-6) * 10  # other shape than the check's
+    assert (got - expected).abs().max() <= max(result.tolerance, 1e-6) * 10  # other shape than the check's
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
 def test_export_parity_on_a_user_model_file(user_run, tmp_path, fmt):
     result = export_run(user_run, fmt, tmp_path / fmt)
-    assert result.checked and result.max_abs_diff <= TOLERANCE[fmt], result.text()
+    assert result.checked and result.max_abs_diff <= result.tolerance, result.text()
 
 
 def test_cli_export_json_and_refusals(builtin_run, tmp_path):
@@ -105,7 +106,7 @@ def test_cli_export_json_and_refusals(builtin_run, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert "parity on 4 validation batch(es)" in ok.stdout
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["format"] == "torchscript" and report["checked"] and report["tolerance"] == 1e-5
+    assert report["format"] == "torchscript" and report["checked"] and report["tolerance"] >= 1e-5
     before = sorted(p.name for p in (tmp_path / "ts").iterdir())
     again = run_cli("export", str(builtin_run), "--format", "torchscript", "--out", str(tmp_path / "ts"), cwd=tmp_path)
     assert_user_error(again, "already exists")

@@ -42,9 +42,10 @@ from .train.run import CONFIG
 log = logging.getLogger(__name__)
 
 FORMATS = ("safetensors", "torchscript", "onnx")
-# Largest |logit difference| accepted on the validation batches, per format (fp32 logits).
-# safetensors stores the same numbers; TorchScript runs the same kernels; ONNX Runtime runs
-# its own kernels, which sum in another order.
+# Largest |logit difference| accepted on the validation batches, per format, relative to the
+# logits' scale: the tolerance is TOLERANCE[fmt] * max(1, largest |logit|), since fp32 rounding
+# grows with the values.  safetensors stores the same numbers; TorchScript runs the same
+# kernels; ONNX Runtime runs its own kernels, which sum in another order.
 TOLERANCE = {"safetensors": 0.0, "torchscript": 1e-5, "onnx": 1e-4}
 
 
@@ -68,7 +69,7 @@ class ExportResult:
 
     def text(self) -> str:
         parity = (f"parity on {self.batches} validation batch(es) of {self.shape}: max |logit diff| "
-                  f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:g})" if self.checked
+                  f"{self.max_abs_diff:.3g} (tolerance {self.tolerance:.3g})" if self.checked
                   else "parity: not checked")
         lines = [f"exported {self.format} to {self.out}", f"  {parity}"]
         lines += [f"  files: {', '.join(self.files)}"] + [f"  note: {n}" for n in self.notes]
@@ -122,6 +123,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     wrapped = _LogitsOnly(model).eval()
     with torch.no_grad():
         expected = [wrapped(x) for x in inputs]
+    tolerance = TOLERANCE[fmt] * max(1.0, max(float(e.abs().max()) for e in expected))
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent if target.parent.is_dir() else None))
     try:
@@ -132,17 +134,17 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         if run_exported is not None:
             with torch.no_grad():
                 diff = max(float((run_exported(x) - e).abs().max()) for x, e in zip(inputs, expected))
-                notes += _other_shape(run_exported, wrapped, inputs[0], fmt)
-            if not diff <= TOLERANCE[fmt]:
+                notes += _other_shape(run_exported, wrapped, inputs[0], tolerance)
+            if not diff <= tolerance:
                 raise ModelError(f"The {fmt} export does not compute what the model computes: the largest logit "
                                  f"difference on {len(inputs)} validation batches is {diff:.3g} (tolerance "
-                                 f"{TOLERANCE[fmt]:g}). Tracing records one path through forward(); "
+                                 f"{tolerance:.3g}). Tracing records one path through forward(); "
                                  "Python control flow that depends on the input values, or values read back "
                                  "to Python (.item(), .tolist()), do not survive it.",
                                  "keep forward() free of data-dependent Python branches, or export as "
                                  "safetensors (the weights) and run the model from its source.")
         tokenizer.save(staging)
-        result = ExportResult(fmt, target, [], diff, TOLERANCE[fmt], len(inputs), list(inputs[0].shape), notes)
+        result = ExportResult(fmt, target, [], diff, tolerance, len(inputs), list(inputs[0].shape), notes)
         (staging / "README.md").write_text(_readme(result, config, tokenizer.identity), encoding="utf-8")
         result.files = sorted(p.name for p in staging.iterdir())
         if target.exists():
@@ -225,7 +227,7 @@ def _onnx(wrapped, model, config, example, staging, notes, vocab):
     return lambda x: torch.from_numpy(np.asarray(session.run(["logits"], {"input_ids": x.numpy()})[0]))
 
 
-def _other_shape(run_exported, wrapped, example: torch.Tensor, fmt: str) -> list[str]:
+def _other_shape(run_exported, wrapped, example: torch.Tensor, tolerance: float) -> list[str]:
     """A note when the export computes right only at the shape it was exported with."""
     other = example[:1, : max(2, example.size(1) // 2)]
     try:
@@ -233,7 +235,7 @@ def _other_shape(run_exported, wrapped, example: torch.Tensor, fmt: str) -> list
     except Exception as exc:  # noqa: BLE001 - a shape-specialised graph may refuse the input
         return [f"works only for input shape {list(example.shape)}: on {list(other.shape)} it fails "
                 f"({type(exc).__name__})"]
-    if not diff <= max(TOLERANCE[fmt], 1e-6) * 10:
+    if not diff <= max(tolerance, 1e-6) * 10:
         return [f"works only for input shape {list(example.shape)}: on {list(other.shape)} its logits differ "
                 f"by {diff:.3g}"]
     return []
@@ -267,7 +269,7 @@ def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str) -> str
            "`bytes(ids).decode(errors='replace')` decodes" if tokenizer == "byte"
            else "`tokenizer.json` (Hugging Face tokenizers): `tokenizers.Tokenizer.from_file(\"tokenizer.json\")`")
     parity = (f"{result.max_abs_diff:.3g} on {result.batches} validation batches of shape {result.shape} "
-              f"(tolerance {result.tolerance:g})" if result.checked else "not checked (" + "; ".join(result.notes) + ")")
+              f"(tolerance {result.tolerance:.3g})" if result.checked else "not checked (" + "; ".join(result.notes) + ")")
     return (f"# {result.format} export of a tierlab run\n\nModel: `{config['model']}` with "
             f"`{json.dumps(config.get('model_args', {}))}`, trained on `{config['data']}`.\n\n"
             f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 `[batch, tokens, vocab]` "
