@@ -29,7 +29,7 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # Options that say how to run, not what the run is: never part of a run's identity.
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
-                   "no_plots", "compile", "dist_timeout")
+                   "no_plots", "compile", "dist_timeout", "fsdp")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -49,6 +49,8 @@ class TrainConfig:
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")
+    fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the ranks with "
+                             "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)")
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
                                "job ends with an error (a hung or lost rank)")
     # --- how long ---------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from safetensors.torch import save_model
+from safetensors.torch import save_file, save_model
 from torch import nn
 
 from ..config import TrainConfig
@@ -38,7 +38,7 @@ from ..track.sinks import make_sink
 from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
 from .compile import compile_model
-from .distributed import Dist, setup
+from .distributed import Dist, full_model_state, setup
 from .guards import Diverged
 from .loop import Trainer
 from .precision import PrecisionPolicy, decide_precision
@@ -89,7 +89,10 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
                          "pass a torch.nn.Module, 'tiny-gpt' or the path of a model file.")
     if data is not None:
         cfg = cfg.replace(data=str(data))
-    dist, device = setup(cfg.device, cfg.dist_timeout)  # torchrun: join the job (a no-op otherwise)
+    if cfg.fsdp and cfg.compile:
+        raise ConfigError("--fsdp and --compile were both given.", "drop --compile (tierlab does not compile sharded "
+                                                                   "models yet) or --fsdp.")
+    dist, device = setup(cfg.device, cfg.dist_timeout, cfg.fsdp)  # torchrun: join the job (a no-op otherwise)
     run = _train(model_or_path, cfg, dist, device, progress if dist.is_main else None, cache_dir)
     dist.close()  # only after a clean finish: on an error the process exits and torchrun ends the job
     return run
@@ -115,6 +118,10 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     # one plain error on each, not one error and broken collectives elsewhere.
     if resume_state is None and (dist.is_main or not cfg.resume):
         _refuse_existing(run_dir)
+    if resume_state is not None and resume_state.get("sharding") != ("fsdp" if dist.sharded else None):
+        was = "with --fsdp under torchrun" if resume_state.get("sharding") else "without --fsdp"
+        raise ConfigError(f"{ckpt_path} was written {was}: its optimizer state is laid out for that.",
+                          "resume it the same way (--fsdp and torchrun, or neither).")
     saved_world = len(resume_state.get("ranks", [None])) if resume_state is not None else dist.world_size
     if saved_world != dist.world_size:
         log.warning("%s was written by %d process(es) and is resumed by %d: the global batch and the order of the "
@@ -286,9 +293,19 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
         "world_size": dist.world_size, "global_batch_size": trainer.tokens_per_step // trainer.cfg.seq_len,
     }
+    weights = None
+    if dist.sharded and status != "failed":  # gathering the shards is a collective: only when all ranks are here
+        weights = full_model_state(model)
     if not dist.is_main:
         return
-    save_model(model, str(run_dir / "model.safetensors"))
+    if not dist.sharded:
+        save_model(model, str(run_dir / "model.safetensors"))
+    elif weights:
+        # Tied weights (an output head sharing the embedding) appear under both names: keep one.
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / "model.safetensors"))
+    else:
+        log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
     write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
     events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
     metrics.close()

@@ -67,6 +67,7 @@ class Dist:
     world_size: int = 1
     local_rank: int = 0
     owns_group: bool = False  # tierlab initialised the process group, so it also destroys it
+    sharded: bool = False  # --fsdp: parameters, gradients and optimizer state sharded with FSDP2
 
     @property
     def active(self) -> bool:
@@ -143,7 +144,7 @@ class Dist:
 
     # ------------------------------------------------------------------ the model
     def wrap(self, model: nn.Module, device: torch.device, probe: torch.Tensor) -> nn.Module:
-        """``model`` in DistributedDataParallel (the model itself for one process).
+        """``model`` in DistributedDataParallel, or sharded with FSDP2 (the model itself for one process).
 
         DDP copies rank 0's weights and buffers to every rank here, so all replicas start
         equal however each rank initialised them.  Buffers are not re-broadcast before each
@@ -152,6 +153,8 @@ class Dist:
         """
         if not self.active:
             return model
+        if self.sharded:
+            return shard(model, device, self.world_size)
         unused = parameters_without_gradient(model, probe.to(device))
         if unused:
             shown = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
@@ -186,10 +189,12 @@ def parameters_without_gradient(model: nn.Module, inputs: torch.Tensor) -> list[
     return names
 
 
-def setup(device_spec: str, timeout_s: float) -> tuple[Dist, torch.device]:
+def setup(device_spec: str, timeout_s: float, fsdp: bool = False) -> tuple[Dist, torch.device]:
     """This process's :class:`Dist` and device; joins (or initialises) the process group under torchrun."""
     found = env_rank()
     if found is None or found[1] <= 1:
+        if fsdp:
+            log.warning("--fsdp shards over the processes of a torchrun job; in one process it changes nothing")
         return SINGLE, resolve_device(device_spec)
     rank, world, local = found
     if device_spec.startswith("cuda:"):
@@ -213,5 +218,69 @@ def setup(device_spec: str, timeout_s: float) -> tuple[Dist, torch.device]:
     elif dist.get_world_size() != world:
         raise ConfigError(f"The process group has {dist.get_world_size()} ranks but WORLD_SIZE is {world}.",
                           "initialise it from torchrun's environment, or let tierlab do it.")
-    log.info("rank %d of %d on %s (%s)", rank, world, device, dist.get_backend())
-    return Dist(rank, world, local, owns), device
+    log.info("rank %d of %d on %s (%s%s)", rank, world, device, dist.get_backend(), ", FSDP2" if fsdp else ", DDP")
+    return Dist(rank, world, local, owns, fsdp), device
+
+
+# ----------------------------------------------------------------------------- FSDP2 (--fsdp)
+def repeated_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks: the elements of the largest ``nn.ModuleList`` of same-class modules."""
+    best: list[nn.Module] = []
+    best_size = 0
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) >= 2 and len({type(m) for m in module}) == 1:
+            size = sum(p.numel() for p in module.parameters())
+            if size > best_size:
+                best, best_size = list(module), size
+    return best
+
+
+def shard(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+    """FSDP2: each transformer block its own unit (gathered just before it runs), then the rest.
+
+    Parameters, gradients and AdamW state live sharded over the ranks, so each GPU holds
+    about 1/world_size of them; a block's full weights exist only while it computes.
+    Embeddings and an output head tied to them stay together in the root unit.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world_size,))
+    blocks = repeated_blocks(model)
+    for block in blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    log.info("FSDP2: %d block(s) and the root sharded over %d ranks", len(blocks), world_size)
+    return model
+
+
+def local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a (DTensor) gradient or parameter; a plain tensor as it is."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole, unsharded weights on rank 0's CPU (an empty dict on the other ranks); a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer state keyed by parameter name, unsharded, on rank 0 (a collective)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                cpu_offload=True))
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, weights: dict[str, Any],
+                    optimizer_state: dict[str, Any]) -> None:
+    """Shard full (checkpointed) weights and optimizer state back onto this rank (a collective)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, weights, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_state_dict=optimizer_state, options=options)

@@ -47,7 +47,7 @@ from .checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from .distributed import SINGLE, Dist
+from .distributed import SINGLE, Dist, full_model_state, full_optimizer_state, load_full_state, local
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
@@ -188,7 +188,8 @@ class Trainer:
             loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach()
         policy.unscale_(self.optimizer)
         grad_norm, param_norms = self._clip()  # pre-clip norm of the true gradient
-        skipped = policy.step(self.optimizer, grad_norm)
+        # Sharded, each rank sees only its shards' overflow: the (global) norm decides for all.
+        skipped = policy.step(self.optimizer, grad_norm, norm_decides=self.dist.sharded)
         self.optimizer.zero_grad(set_to_none=True)
         self.real_steps += (~skipped).to(torch.int64)
         # Keep the per-parameter norms of the window's first skipped step, for the diagnosis.
@@ -203,7 +204,10 @@ class Trainer:
         self.buffered += 1
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """DDP: gradients are all-reduced once per optimizer step, in the last micro-batch's backward."""
+        """Gradients are reduced across ranks once per optimizer step, in the last micro-batch's backward."""
+        if self.dist.sharded:  # FSDP2: a flag on the module, not a context
+            self.net.set_requires_gradient_sync(last)
+            return contextlib.nullcontext()
         if last or not isinstance(self.net, DistributedDataParallel):
             return contextlib.nullcontext()
         return self.net.no_sync()
@@ -215,11 +219,13 @@ class Trainer:
         norms name the layers that went non-finite, at no extra cost.
         """
         grads = [p.grad for _, p in self.params]
-        present = [g for g in grads if g is not None]
+        present = [local(g) for g in grads if g is not None]  # sharded (--fsdp): this rank's shards
         norms = torch._foreach_norm(present) if present else []
         it = iter(norms)
         zero = torch.zeros((), device=self.device)
         per_param = torch.stack([next(it).float() if g is not None else zero for g in grads])
+        if self.dist.sharded:  # the shards' squared norms add up to each parameter's (one small all-reduce)
+            per_param = self.dist.sum_(per_param.square()).sqrt()
         total = torch.linalg.vector_norm(per_param)
         if self.cfg.clip_grad > 0 and present:
             coef = torch.clamp(self.cfg.clip_grad / (total + 1e-6), max=1.0)
@@ -390,18 +396,27 @@ class Trainer:
                        "first_bad_norms": self.first_bad_norms.detach().cpu()},
         }
 
-    def state_dict(self, ranks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    def weights_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(model, optimizer) state dicts; under --fsdp gathered whole onto rank 0 (a collective)."""
+        if self.dist.sharded:
+            return full_model_state(self.model), full_optimizer_state(self.model, self.optimizer)
+        return self.model.state_dict(), self.optimizer.state_dict()
+
+    def state_dict(self, ranks: list[dict[str, Any]] | None = None,
+                   weights: tuple[dict[str, Any], dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything an exact resume needs, as plain data (weights_only-loadable).
 
         ``ranks`` holds every rank's :meth:`rank_state` (gathered by :meth:`checkpoint`);
         the rest is the same on all ranks.
         """
+        model_state, optimizer_state = weights if weights is not None else self.weights_state()
         return {
             "step": self.state.step,
             "tokens": self.state.step * self.tokens_per_step,
             "real_steps": self.real_steps.detach().cpu(),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "sharding": "fsdp" if self.dist.sharded else None,  # how "optimizer" is keyed
             "schedule": {"lr": self.schedule.lr, "min_lr": self.schedule.min_lr,
                          "warmup_steps": self.schedule.warmup_steps, "total_steps": self.schedule.total_steps},
             "precision": self.policy.state_dict(),
@@ -414,8 +429,11 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.sharded:
+            load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # keep the one device lr tensor the loop updates
             group["lr"] = self.lr
         self.real_steps.copy_(state["real_steps"])
@@ -443,12 +461,13 @@ class Trainer:
     def checkpoint(self) -> None:
         """Every rank hands its own state to rank 0, which writes the checkpoint."""
         ranks = self.dist.gather_objects(self.rank_state())
+        weights = self.weights_state()  # every rank takes part under --fsdp
         if self.dist.is_main:
             # The event goes first so that the checkpoint's record offsets include it: a resume
             # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
             self.events.emit("checkpoint", step=self.state.step,
                              path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
-            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks), self.cfg.keep_ckpts)
+            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks, weights), self.cfg.keep_ckpts)
         self.last_checkpoint_step = self.state.step
 
     def rollback(self) -> None:

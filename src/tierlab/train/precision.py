@@ -161,17 +161,24 @@ class PrecisionPolicy:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor) -> torch.Tensor:
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, norm_decides: bool = False) -> torch.Tensor:
         """Step the (fused) optimizer unless gradients are non-finite; return ``skipped`` on device.
 
         With a GradScaler, a step was skipped exactly when ``update()`` lowered the scale:
         unlike "was optimizer.step() called", this holds for fused optimizers, which skip
         inside the kernel.  Without a scaler, a non-finite gradient norm is handed to the
         fused kernel as ``found_inf`` (the same protocol GradScaler uses), so the update is
-        dropped on the device and the host never has to look.
+        dropped on the device and the host never has to look.  ``norm_decides``: the scaler's
+        own overflow check is widened to the gradient norm's (sharded gradients, --fsdp).
         """
         if self.scaler is not None:
             before = self.scaler._scale.clone()  # noqa: SLF001 - read in this one place only
+            if norm_decides:
+                # Sharded gradients: the scaler found overflow in this rank's shards only; the
+                # global norm is non-finite when any rank's is, so it makes the call for all.
+                overflow = (~torch.isfinite(grad_norm)).to(torch.float32)
+                for found in self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values():  # noqa: SLF001
+                    torch.maximum(found, overflow.to(found.device), out=found)
             self.scaler.step(optimizer)
             self.scaler.update()
             return self.scaler._scale < before  # noqa: SLF001
