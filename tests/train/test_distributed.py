@@ -237,8 +237,9 @@ def test_a_user_error_is_one_plain_line_from_each_rank(tmp_path):
     code, err = finish(torchrun(tmp_path, "--data", "missing.txt", "--device", "cpu", "--name", "x"), timeout=120)
     assert code != 0 and "]: Traceback" not in err, err  # no worker traceback (torchrun prints its own report)
     assert "tierlab: error: Data path 'missing.txt' does not exist." in err
-    assert "tierlab (rank 1): error: Rank 0 stopped before training (DataError: Data path 'missing.txt'" in err
-    assert err.count("exitcode  : 2") == 2  # torchrun's report: both ranks ended with tierlab's user-error code
+    if "tierlab (rank 1)" in err:  # unless torchrun stopped rank 1 first, it says where the problem is
+        assert "tierlab (rank 1): error: Rank 0 stopped before training (DataError: Data path 'missing.txt'" in err
+    assert "exitcode  : 2" in err  # torchrun's report: tierlab's user-error code
     assert not (tmp_path / "runs").exists()
 
 
