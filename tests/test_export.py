@@ -146,3 +146,12 @@ def test_a_data_dependent_branch_stops_the_onnx_exporter(tmp_path):
     assert_user_error(result, "torch.onnx.export cannot export this model", "data-dependent")
     assert "def forward" not in result.stderr  # no graph dump on the terminal
     assert not np.any([p.name.startswith("export") for p in run.dir.iterdir()])
+
+
+def test_onnx_without_its_packages_says_what_to_install(builtin_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    with pytest.raises(tierlab.UserError, match=r"pip install 'tierlab\[onnx\]'"):
+        export_run(builtin_run, "onnx", tmp_path / "onnx")
+    assert not (tmp_path / "onnx").exists()

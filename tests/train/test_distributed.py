@@ -268,3 +268,13 @@ def test_device_choices_under_torchrun(monkeypatch):
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="sees no CUDA device"):
             setup("cuda", 60)
+
+
+@pytest.mark.parametrize("command", [["bench", "precision"], ["search"]])
+def test_single_process_tools_refuse_torchrun(command, monkeypatch, capsys):
+    from tierlab.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(command) == 2
+    assert f"tierlab {command[0]} runs in one process, not under torchrun" in capsys.readouterr().err
