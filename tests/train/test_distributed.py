@@ -2,80 +2,29 @@
 
 fp16 with an over-large initial loss scale and fast growth makes the GradScaler overflow,
 skip steps and change its scale all through these runs, so "the ranks make the same skip
-decisions" is exercised, not assumed (the loop raises when the ranks disagree).
+decisions" is exercised, not assumed (the loop raises when the ranks disagree).  The
+comparisons with a single process (fp32, DDP and --fsdp) are in
+test_distributed_vs_one_process.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from torchrun_job import COMMON, MODEL, finish, kill_job, needs_gloo, torchrun
 
 from helpers import assert_same_run, last_step, run_cli, train_records, wait_for, write_model
-import tierlab
 from tierlab.errors import ConfigError
 from tierlab.train.checkpoint import latest_checkpoint, load_checkpoint
 from tierlab.train.distributed import SINGLE, setup
 
-pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
-                                reason="this torch build has no gloo backend")
-
-MODEL = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
-         "--model-arg", "max_seq_len=64"]
-COMMON = ["--seq-len", "32", "--eval-batches", "2", "--lr", "0.01", "--max-steps", "40", "--log-every", "5",
-          "--eval-every", "10", "--ckpt-every", "10", "--device", "cpu", "--quiet",
-          "--precision", "fp16", "--loss-scale-init", "1048576", "--loss-scale-growth-interval", "4"]
-# One thread per process for every run here: torchrun sets it for its workers, and the
-# single-process reference must compute with the same kernels to be comparable.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def torchrun(cwd: Path, *args: str, env_extra: dict | None = None) -> subprocess.Popen:
-    """``torchrun --standalone --nproc_per_node 2 -m tierlab train ARGS`` in its own process group."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "tierlab", "train", *args]
-    return subprocess.Popen(command, cwd=cwd, env={**ENV, **(env_extra or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def kill_job(proc: subprocess.Popen) -> None:
-    """SIGKILL torchrun and its workers at once, as when the machine is lost.
-
-    torchrun starts each worker in a session of its own, so killing torchrun's process
-    group would leave the workers running: they are found by their parent pid instead.
-    """
-    workers = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == proc.pid:  # the field after the state is the parent pid
-            workers.append(int(stat.parent.name))
-    for pid in [proc.pid, *workers]:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.communicate()
-
-
-def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        kill_job(proc)
-        raise
-    return proc.returncode, err
+pytestmark = needs_gloo
 
 
 @pytest.fixture(scope="module")
@@ -85,52 +34,6 @@ def full(tmp_path_factory) -> Path:
     code, err = finish(torchrun(cwd, *MODEL, *COMMON, "--batch-size", "4", "--tensorboard", "--name", "full"))
     assert code == 0, err
     return cwd / "runs" / "full"
-
-
-@pytest.fixture(scope="module")
-def fp32_runs(tmp_path_factory) -> Path:
-    """fp32, global batch 8: two ranks with DDP, two ranks with FSDP2 (--fsdp), one process of batch 8."""
-    cwd = tmp_path_factory.mktemp("fp32")
-    fp32 = [*MODEL, *COMMON, "--precision", "fp32", "--max-steps", "10", "--ckpt-every", "5"]  # later options win
-    for name, extra in (("ddp", []), ("fsdp", ["--fsdp"])):
-        code, err = finish(torchrun(cwd, *fp32, "--batch-size", "4", "--name", name, *extra))
-        assert code == 0, err
-    single = subprocess.run([sys.executable, "-m", "tierlab", "train", *fp32, "--batch-size", "8", "--name", "one"],
-                            cwd=cwd, env=ENV, capture_output=True, text=True, timeout=240)
-    assert single.returncode == 0, single.stderr
-    return cwd / "runs"
-
-
-@pytest.mark.parametrize("name", ["ddp", "fsdp"])
-def test_matches_a_single_process_run_with_the_same_global_batch(fp32_runs, name):
-    ddp, one = train_records(fp32_runs / name), train_records(fp32_runs / "one")
-    assert [(r["kind"], r["step"], r["tokens"]) for r in ddp] == [(r["kind"], r["step"], r["tokens"]) for r in one]
-    assert len(ddp) == 3  # train records at steps 5 and 10, an evaluation at 10
-    for a, b in zip(ddp, one):  # the same blocks, split over two ranks: equal up to summation order
-        for key in ("loss", "val_loss", "val_acc", "grad_norm", "lr"):
-            if key in a:
-                assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key, a[key], b[key])
-    start = json.loads((fp32_runs / name / "events.jsonl").read_text().splitlines()[0])
-    assert (start["world_size"], start["global_batch_size"], start["tokens_per_step"]) == (2, 8, 8 * 32)
-    summary = json.loads((fp32_runs / name / "summary.json").read_text())
-    assert (summary["status"], summary["world_size"], summary["global_batch_size"]) == ("completed", 2, 8)
-    # The final weights are whole (FSDP2's shards gathered) and load like any run's.
-    mine, reference = tierlab.load(fp32_runs / name)[0].state_dict(), tierlab.load(fp32_runs / "one")[0].state_dict()
-    assert mine.keys() == reference.keys()
-    assert max(float((mine[k] - reference[k]).abs().max()) for k in reference) < 1e-4  # Adam: 1e-5 seen
-    state = load_checkpoint(latest_checkpoint(fp32_runs / name))
-    assert state["sharding"] == ("fsdp" if name == "fsdp" else None)
-
-
-def test_fsdp_resume_continues_exactly(fp32_runs, tmp_path):
-    copy = tmp_path / "runs" / "fsdp"
-    shutil.copytree(fp32_runs / "fsdp", copy)
-    code, err = finish(torchrun(tmp_path, "--resume", str(copy / "checkpoints" / "step-00000005.pt")))
-    assert code == 0, err
-    assert_same_run(fp32_runs / "fsdp", copy)
-    # A sharded checkpoint is resumed the way it was written, or refused plainly.
-    refused = run_cli("train", "--resume", str(copy), "--max-steps", "12", "--allow-config-change", cwd=tmp_path)
-    assert refused.returncode == 2 and "was written with --fsdp" in refused.stderr, refused.stderr
 
 
 def test_fp16_skip_decisions_are_taken_together(full):
