@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(argv: Sequence[str] | None) -> int:
-    from .progress import torchrun_rank
+    from .launch import torchrun_rank
 
     rank = torchrun_rank()
     who = f"tierlab (rank {rank})" if rank else "tierlab"
@@ -280,7 +280,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return EXIT_USER_ERROR
     from .train.guards import Diverged
 
-    if ns.command in ("bench", "search") and int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if ns.command in ("bench", "search") and rank is not None:
         sys.stderr.write(f"{who}: error: tierlab {ns.command} runs in one process, not under torchrun. Fix: run "
                          f"`tierlab {ns.command} ...` directly (on a GPU machine it uses one GPU).\n")
         return EXIT_USER_ERROR
@@ -304,7 +304,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 
 def _train(ns: argparse.Namespace) -> int:
-    from .progress import console, torchrun_rank  # imports tqdm only when needed
+    from .launch import torchrun_rank
+    from .progress import console  # imports tqdm only when needed
     from .train import train
 
     cfg = config_from_args(ns)

@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any, Iterator, Protocol
 
+from .launch import torchrun_rank
+
 
 class Progress(Protocol):
     def start(self, total_steps: int) -> None: ...
@@ -68,13 +70,6 @@ class _TqdmHandler(logging.Handler):
         from tqdm import tqdm
 
         tqdm.write(self.format(record), file=sys.stderr)
-
-
-def torchrun_rank() -> int:
-    """This process's RANK in a torchrun job of several processes; 0 otherwise (torch is not imported)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        return 0
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 @contextlib.contextmanager

@@ -33,7 +33,6 @@ from torch.overrides import TorchFunctionMode
 # on one key.  A head is collapsed when that holds for most rows (COLLAPSE_SHARE of them).
 NEAR_ZERO_ENTROPY = 0.1
 COLLAPSE_SHARE = 0.9
-PATTERNS = ("previous-token", "first-token", "diagonal")
 
 
 @dataclass

@@ -23,7 +23,6 @@ from __future__ import annotations
 import datetime
 import inspect
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -33,30 +32,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import ConfigError, UserError
+from ..launch import torchrun_env
 from ..models import extract_logits
 from .device import resolve_device
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-def env_rank() -> tuple[int, int, int] | None:
-    """(rank, world size, local rank) from torchrun's environment, or None when not launched by it."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return None
-    try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
-    except ValueError:
-        raise ConfigError(f"RANK={os.environ['RANK']!r} / WORLD_SIZE={os.environ['WORLD_SIZE']!r} are not numbers.",
-                          "launch with torchrun, which sets them, or unset them.") from None
-    return rank, world, local
-
-
-def is_main_process() -> bool:
-    """False on every rank but 0 of a torchrun job (decides what a process prints)."""
-    found = env_rank()
-    return found is None or found[0] == 0
 
 
 @dataclass(frozen=True)
@@ -191,7 +172,7 @@ def parameters_without_gradient(model: nn.Module, inputs: torch.Tensor) -> list[
 
 def setup(device_spec: str, timeout_s: float, fsdp: bool = False) -> tuple[Dist, torch.device]:
     """This process's :class:`Dist` and device; joins (or initialises) the process group under torchrun."""
-    found = env_rank()
+    found = torchrun_env()
     if found is None or found[1] <= 1:
         if fsdp:
             log.warning("--fsdp shards over the processes of a torchrun job; in one process it changes nothing")
