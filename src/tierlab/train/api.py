@@ -156,12 +156,13 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
-    net = dist.wrap(model, device, first_block(tokens, cfg)[:, :-1])  # DDP under torchrun
+    block = first_block(tokens, cfg)  # a real training-shaped batch for the set-up passes
+    net = dist.wrap(model, device, block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
     loss_fn, compile_seconds = None, None
     if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
-        loss_fn, compile_seconds = compile_model(net, first_block(tokens, cfg), policy, device)
+        loss_fn, compile_seconds = compile_model(net, block, policy, device)
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
@@ -186,15 +187,13 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                     params=sum(p.numel() for p in model.parameters()), vocab_size=vocab,
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
                     train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
-                    global_batch_size=cfg.batch_size * cfg.grad_accum * dist.world_size,
-                    tokens_per_step=trainer.tokens_per_step)
+                    global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step)
     events.emit("precision", **decision.as_event())
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
     log.info("precision: %s (%s)", decision.used, decision.reason)
     log.info("global batch: %d sequences x %d micro-batches x %d process(es) = %d sequences, %d tokens per step",
-             cfg.batch_size, cfg.grad_accum, dist.world_size, cfg.batch_size * cfg.grad_accum * dist.world_size,
-             trainer.tokens_per_step)
+             cfg.batch_size, cfg.grad_accum, dist.world_size, trainer.global_batch, trainer.tokens_per_step)
     if decision.warning:
         log.warning("%s", decision.warning)
 
@@ -291,7 +290,7 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         "final_loss_scale": state.loss_scale, "wall_seconds": wall,
         "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
-        "world_size": dist.world_size, "global_batch_size": trainer.tokens_per_step // trainer.cfg.seq_len,
+        "world_size": dist.world_size, "global_batch_size": trainer.global_batch,
     }
     weights = None
     if dist.sharded and status != "failed":  # gathering the shards is a collective: only when all ranks are here

@@ -122,8 +122,9 @@ class Trainer:
         self.have_bad = torch.zeros((), dtype=torch.bool, device=device)
         self.buffered = self._untimed_rows = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
-        # Global figures: tokens of all ranks per step, and the peak of all their devices.
-        self.tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * dist.world_size
+        # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
+        self.global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
+        self.tokens_per_step = self.global_batch * cfg.seq_len
         self.flops_per_token = flops_per_token(model, cfg.seq_len)
         peak = peak_flops(device, policy.name)
         self.peak = peak * dist.world_size if peak else peak
