@@ -37,7 +37,6 @@ from torch import nn
 
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
-from .train.run import CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +91,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     """Export run ``run`` as ``fmt`` into ``out`` (default ``RUN/export-FMT``); see the module doc."""
     from .data import eval_starts, prepare_data
     from .data.sampler import blocks_at
-    from .sample import load
+    from .sample import run_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not an export format.", f"use one of {', '.join(FORMATS)}.")
@@ -101,15 +100,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{str(target)!r} already exists and is not empty.",
                         "pass another --out DIR, or delete that directory first.")
-    if model is None:
-        model, tokenizer = load(run_dir)
-    else:  # an in-memory model of a run: its weights come from the run
-        from .sample import load_run_weights, run_tokenizer
-
-        tokenizer = run_tokenizer(run_dir)
-        load_run_weights(model, run_dir)
+    model, tokenizer, config = run_model(run_dir, model)  # a module given: the run's weights loaded into it
     model = model.cpu().float().eval()
-    config = json.loads((run_dir / CONFIG).read_text())
 
     # Real validation batches of the run's own data, as training evaluated them.
     tokens = prepare_data(config["data"], config["tokenizer"], config["val_fraction"],

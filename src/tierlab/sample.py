@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,11 +19,7 @@ from .train.run import CONFIG, WEIGHTS
 def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
     """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory."""
     run_dir = Path(run)
-    config_path = run_dir / CONFIG
-    if not config_path.is_file():
-        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
-                        "pass a directory made by tierlab train, e.g. runs/NAME.")
-    config = json.loads(config_path.read_text())
+    config = run_config(run_dir)
     tokenizer = run_tokenizer(run_dir)
     if str(config["model"]).startswith("<in-memory"):
         raise UserError(f"Run {str(run_dir)!r} trained an in-memory model, which tierlab cannot rebuild.",
@@ -33,6 +30,33 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
     else:
         load_run_weights(model, run_dir)
     return model.to(device).eval(), tokenizer
+
+
+def run_config(run_dir: Path) -> dict[str, Any]:
+    """A run's config.json, with a plain error when the directory is not a run."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
+                        "pass a directory made by tierlab train, e.g. runs/NAME.")
+    return json.loads(path.read_text())
+
+
+def run_model(run_dir: Path, model: nn.Module | str | None = None,
+              model_args: dict[str, Any] | None = None) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
+    """(trained model, tokenizer, config) of a run.
+
+    The model is rebuilt from the run's config, or is ``model`` with the run's weights
+    loaded into it: a module (e.g. for a run trained on an in-memory module), or a model
+    file built with ``model_args`` (default: the run's).
+    """
+    config = run_config(run_dir)
+    if model is None:
+        built, tokenizer = load(run_dir)
+        return built, tokenizer, config
+    tokenizer = run_tokenizer(run_dir)
+    if isinstance(model, str):
+        model = load_model(model, dict(model_args or config.get("model_args", {})), tokenizer.vocab_size)
+    return load_run_weights(model, run_dir), tokenizer, config
 
 
 def run_tokenizer(run_dir: Path) -> Tokenizer:

@@ -123,7 +123,9 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     torch.manual_seed(seed)
     val_fraction, name = 0.1, None
     if run is not None:
-        model, config = _run_model(Path(run), model_or_path, model_args)
+        from ..sample import run_model
+
+        model, _, config = run_model(Path(run), model_or_path, model_args)
         data, tokenizer, val_fraction = config["data"], config["tokenizer"], config["val_fraction"]
         seq_len = seq_len or int(config["seq_len"])
         name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
@@ -153,25 +155,6 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
                             attention, curve)
     log.info("%s", report.text())
     return report
-
-
-def _run_model(run_dir: Path, model: nn.Module | str | None,
-               model_args: dict[str, Any] | None) -> tuple[nn.Module, dict[str, Any]]:
-    """The run's trained model: rebuilt from the run, or ``model`` (a module or a model file) with the run's weights."""
-    from ..sample import load, load_run_weights, run_tokenizer
-    from ..train.run import CONFIG
-
-    config_path = run_dir / CONFIG
-    if not config_path.is_file():
-        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
-                        "pass a directory made by tierlab train, e.g. runs/NAME.")
-    config = json.loads(config_path.read_text())
-    if model is None:
-        return load(run_dir)[0], config
-    if isinstance(model, str):
-        args = model_args if model_args else config.get("model_args", {})
-        model = load_model(model, dict(args), run_tokenizer(run_dir).vocab_size)
-    return load_run_weights(model, run_dir), config
 
 
 def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int) -> int:
