@@ -100,6 +100,12 @@ def test_export_parity_on_a_user_model_file(user_run, tmp_path, fmt):
     assert result.checked and result.max_abs_diff <= result.tolerance, result.text()
 
 
+def test_export_into_a_folder_that_does_not_exist_yet(builtin_run, tmp_path):
+    result = export_run(builtin_run, "safetensors", tmp_path / "new" / "deploy")
+    assert result.checked and (tmp_path / "new" / "deploy" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["deploy"]  # no staging left behind
+
+
 def test_cli_export_json_and_refusals(builtin_run, tmp_path):
     ok = run_cli("export", str(builtin_run), "--format", "torchscript", "--out", str(tmp_path / "ts"), "--json",
                  str(tmp_path / "r.json"), cwd=tmp_path)

@@ -142,7 +142,9 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         if target.exists():
             target.rmdir()  # empty (checked above)
         target.parent.mkdir(parents=True, exist_ok=True)
-        staging.rename(target)
+        # A rename when the staging directory sits beside the target; a copy when --out's
+        # folder did not exist yet and staging had to go to the temporary directory.
+        shutil.move(str(staging), str(target))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s", result.text())
