@@ -61,8 +61,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 metrics_log = logging.getLogger("tierlab.metrics")
 
-# Columns of the per-step device buffer.
+# Columns of the per-step device buffer; each parameter's gradient norm follows them, from NORMS on.
 LOSS, GRAD_NORM, LR, SCALE, SKIPPED = range(5)
+NORMS = 5
 
 
 @dataclass
@@ -114,12 +115,12 @@ class Trainer:
                            has_scaler=policy.scaler is not None)
         self._rebuild_schedule()  # self.schedule and its device table self.lr_table
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self.real_steps = torch.zeros((), dtype=torch.int64, device=device)  # steps that updated weights
-        self._no_scale = torch.zeros((), dtype=torch.float32, device=device)  # the scale column without a scaler
-        self.buffer = torch.zeros(cfg.log_every, 5, dtype=torch.float32, device=device)
-        # Per-parameter gradient norms of the first skipped step since the last log step (diagnosis).
-        self.first_bad_norms = torch.zeros(len(self.params), dtype=torch.float32, device=device)
-        self.have_bad = torch.zeros((), dtype=torch.bool, device=device)
+        # Steps whose update was dropped (non-finite gradients) so far: a float, like the found_inf flag it adds up.
+        self.skips = torch.zeros((), dtype=torch.float32, device=device)
+        # One row per step since the last log step: LOSS..SKIPPED, then the per-parameter gradient
+        # norms (they name the layers that overflowed when a step is skipped). The scale column
+        # stays 0 without a GradScaler.
+        self.buffer = torch.zeros(cfg.log_every, NORMS + len(self.params), dtype=torch.float32, device=device)
         self.buffered = self._untimed_rows = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
         # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
@@ -173,12 +174,21 @@ class Trainer:
         return self.state
 
     def train_step(self) -> None:
-        """One optimizer step. No host syncs: every result stays on the device."""
+        """One optimizer step. No host syncs: every result stays on the device.
+
+        Each result is written straight into this step's buffer row (``out=`` views), so the
+        bookkeeping costs a handful of tiny kernels beyond a bare loop's: on a small model
+        the step is bound by how fast Python launches kernels, and every one counts.
+        """
         cfg, policy = self.cfg, self.policy
-        # The schedule follows the steps that really happened; a gather, not `table[t]`, which
-        # would read the index back to the host.
-        self.lr.copy_(self.lr_table.gather(0, self.real_steps.view(1)).view(()))
-        loss_sum = None
+        row = self.buffer[self.buffered]  # a view: written in place below
+        # The schedule follows the steps that really happened, step - skips. The reversed
+        # table from index (last - step) on reads table[step], table[step - 1], ...: its entry
+        # number `skips` is the learning rate, found by one gather without reading `skips`
+        # back (the host's step count only picks where the view starts).
+        start = max(0, len(self.lr_reversed) - 1 - self.state.step)
+        torch.index_select(self.lr_reversed[start:], 0, self.skips.long().view(1), out=self.lr.view(1))
+        row[LR].copy_(self.lr)
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
             with self._no_sync(last=micro == cfg.grad_accum - 1):
@@ -186,22 +196,20 @@ class Trainer:
                 # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss (and
                 # DDP averages the ranks' gradients: the mean over the global batch).
                 policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
-            loss_sum = loss.detach().float() if loss_sum is None else loss_sum + loss.detach()
+            if micro == 0:
+                row[LOSS].copy_(loss.detach())
+            else:
+                row[LOSS].add_(loss.detach())
+        if cfg.grad_accum > 1:
+            row[LOSS].div_(cfg.grad_accum)
         policy.unscale_(self.optimizer)
-        grad_norm, param_norms = self._clip()  # pre-clip norm of the true gradient
+        self._clip(row[GRAD_NORM], row[NORMS:])  # pre-clip norms of the true gradient
         # Sharded, each rank sees only its shards' overflow: the (global) norm decides for all.
-        skipped = policy.step(self.optimizer, grad_norm, norm_decides=self.dist.sharded)
+        policy.step(self.optimizer, row[GRAD_NORM], norm_decides=self.dist.sharded, skipped_out=row[SKIPPED])
         self.optimizer.zero_grad(set_to_none=True)
-        self.real_steps += (~skipped).to(torch.int64)
-        # Keep the per-parameter norms of the window's first skipped step, for the diagnosis.
-        take = skipped & ~self.have_bad
-        self.first_bad_norms = torch.where(take, param_norms, self.first_bad_norms)
-        self.have_bad |= skipped
-        scale = policy.loss_scale
-        self.buffer[self.buffered] = torch.stack([
-            loss_sum / cfg.grad_accum if cfg.grad_accum > 1 else loss_sum, grad_norm.float(), self.lr,
-            scale.float() if scale is not None else self._no_scale,
-            skipped.float()])
+        self.skips.add_(row[SKIPPED])
+        if policy.scaler is not None:
+            row[SCALE].copy_(policy.loss_scale)
         self.buffered += 1
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
@@ -213,25 +221,28 @@ class Trainer:
             return contextlib.nullcontext()
         return self.net.no_sync()
 
-    def _clip(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(total norm, per-parameter norms) before clipping; clips in place when --clip-grad > 0.
+    def _clip(self, total: torch.Tensor, per_param: torch.Tensor) -> None:
+        """Write the norms before clipping into ``total`` (0-dim) and ``per_param`` [P]; clip when --clip-grad > 0.
 
         The same arithmetic as clip_grad_norm_, kept in the open because the per-parameter
         norms name the layers that went non-finite, at no extra cost.
         """
         grads = [p.grad for _, p in self.params]
-        present = [local(g) for g in grads if g is not None]  # sharded (--fsdp): this rank's shards
-        norms = torch._foreach_norm(present) if present else []
-        it = iter(norms)
-        zero = torch.zeros((), device=self.device)
-        per_param = torch.stack([next(it).float() if g is not None else zero for g in grads])
+        present = [g for g in grads if g is not None]
+        if self.dist.sharded:
+            present = [local(g) for g in present]  # this rank's shards
+        norms = [n.float() for n in torch._foreach_norm(present)] if present else []
+        if len(present) < len(grads):  # parameters without a gradient this step count as 0
+            it, zero = iter(norms), torch.zeros((), device=self.device)
+            norms = [next(it) if g is not None else zero for g in grads]
         if self.dist.sharded:  # the shards' squared norms add up to each parameter's (one small all-reduce)
-            per_param = self.dist.sum_(per_param.square()).sqrt()
-        total = torch.linalg.vector_norm(per_param)
+            per_param.copy_(self.dist.sum_(torch.stack(norms).square()).sqrt())
+        else:
+            torch.stack(norms, out=per_param)
+        torch.linalg.vector_norm(per_param, out=total)
         if self.cfg.clip_grad > 0 and present:
             coef = torch.clamp(self.cfg.clip_grad / (total + 1e-6), max=1.0)
             torch._foreach_mul_(present, coef)
-        return total, per_param
 
     # ----------------------------------------------------------------------- logging
     def _start_window(self) -> None:
@@ -246,7 +257,8 @@ class Trainer:
         rows = self._all_rows(self.take_rows())  # host sync: once per log step
         elapsed = time.perf_counter() - self._window_start - self._window_excluded
         first_step = self.state.step - len(rows) + 1
-        bad_params = self._bad_params() if any(r[SKIPPED] for r in rows) else []
+        first_bad = next((i for i, r in enumerate(rows) if r[SKIPPED]), None)
+        bad_params = self._bad_params(first_bad) if first_bad is not None else []
         losses, bad_steps, first_skip = [], [], True
         for offset, (loss, _norm, _lr, scale, skipped) in enumerate(rows):
             step = first_step + offset
@@ -288,7 +300,6 @@ class Trainer:
                          record["skipped_steps"], tokens_per_s)
         if self.progress:
             self.progress.update(record)
-        self.have_bad.zero_()
         if self.dist.active:  # a stop asked of any rank is a stop of all, at the same step
             self._stop_agreed = self.dist.any(self.stop_requested, self.device)
         self._start_window()
@@ -316,12 +327,13 @@ class Trainer:
 
     def take_rows(self) -> torch.Tensor:
         """The buffered steps' rows [n, 5] (loss, grad_norm, lr, scale, skipped), still on the device; empties the buffer."""
-        rows = self.buffer[: self.buffered].clone()
+        rows = self.buffer[: self.buffered, :NORMS].clone()
         self.buffered = 0
         return rows
 
-    def _bad_params(self) -> list[str]:
-        norms = self.first_bad_norms.tolist()  # host sync, only in a window that had a skipped step
+    def _bad_params(self, row: int) -> list[str]:
+        """The parameters whose gradient norm was not finite in buffer row ``row`` (a skipped step)."""
+        norms = self.buffer[row, NORMS:].tolist()  # host sync, only in a window that had a skipped step
         return [name for (name, _), n in zip(self.params, norms) if not math.isfinite(n)]
 
     def _apply_guard(self, bad_steps: list[int]) -> str | None:
@@ -393,8 +405,7 @@ class Trainer:
             "rng": rng_state(self.device),
             "sampler": self.batches.state_dict(),
             # Steps since the last log step, not yet read: their record is written after a resume.
-            "window": {"rows": self.buffer[: self.buffered].detach().cpu(), "have_bad": self.have_bad.cpu(),
-                       "first_bad_norms": self.first_bad_norms.detach().cpu()},
+            "window": {"rows": self.buffer[: self.buffered].detach().cpu()},
         }
 
     def weights_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -414,7 +425,7 @@ class Trainer:
         return {
             "step": self.state.step,
             "tokens": self.state.step * self.tokens_per_step,
-            "real_steps": self.real_steps.detach().cpu(),
+            "real_steps": (self.state.step - self.skips.to(torch.int64)).cpu(),  # steps that updated weights
             "model": model_state,
             "optimizer": optimizer_state,
             "sharding": "fsdp" if self.dist.sharded else None,  # how "optimizer" is keyed
@@ -437,27 +448,28 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         for group in self.optimizer.param_groups:  # keep the one device lr tensor the loop updates
             group["lr"] = self.lr
-        self.real_steps.copy_(state["real_steps"])
+        self.skips.fill_(state["step"] - int(state["real_steps"]))
         self.policy.load_state_dict(state["precision"])
         part = own_part(state, self.dist)
         self.batches.load_state_dict(part["sampler"])
         set_rng_state(part["rng"])
         self.state = LoopState(**state["loop"])
         window = part["window"]
-        self.buffered = self._untimed_rows = len(window["rows"])
-        self.buffer[: self.buffered] = window["rows"].to(self.device)
-        self.have_bad.copy_(window["have_bad"])
-        self.first_bad_norms.copy_(window["first_bad_norms"])
+        rows = window["rows"]
+        self.buffered = self._untimed_rows = len(rows)
+        self.buffer[: self.buffered, : rows.shape[1]] = rows.to(self.device)
+        if "first_bad_norms" in window:  # older checkpoints kept the skipped step's norms apart from the rows
+            self.buffer[: self.buffered, NORMS:] = window["first_bad_norms"].to(self.device)
         self.guard.state = GuardState(**state["guard"])
         self._rebuild_schedule()
         self.last_checkpoint_step = self.state.step
 
     def _rebuild_schedule(self) -> None:
-        """The schedule for the current learning-rate scale (lowered by rollbacks) and its device table."""
+        """The schedule for the current learning-rate scale (lowered by rollbacks) and its device table, reversed."""
         scale = self.guard.state.lr_scale
         self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.min_lr * scale, self.cfg.warmup_steps,
                                      self.max_steps)
-        self.lr_table = self.schedule.table(self.device)
+        self.lr_reversed = self.schedule.table(self.device).flip(0)  # see train_step
 
     def checkpoint(self) -> None:
         """Every rank hands its own state to rank 0, which writes the checkpoint."""

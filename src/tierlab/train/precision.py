@@ -161,34 +161,43 @@ class PrecisionPolicy:
         if self.scaler is not None:
             self.scaler.unscale_(optimizer)
 
-    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, norm_decides: bool = False) -> torch.Tensor:
-        """Step the (fused) optimizer unless gradients are non-finite; return ``skipped`` on device.
+    def step(self, optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, norm_decides: bool = False,
+             skipped_out: torch.Tensor | None = None) -> torch.Tensor:
+        """Step the (fused) optimizer unless gradients are non-finite; return ``skipped`` (1.0 or 0.0) on device.
 
-        With a GradScaler, a step was skipped exactly when ``update()`` lowered the scale:
-        unlike "was optimizer.step() called", this holds for fused optimizers, which skip
-        inside the kernel.  Without a scaler, a non-finite gradient norm is handed to the
-        fused kernel as ``found_inf`` (the same protocol GradScaler uses), so the update is
-        dropped on the device and the host never has to look.  ``norm_decides``: the scaler's
-        own overflow check is widened to the gradient norm's (sharded gradients, --fsdp).
+        Without a scaler, a non-finite gradient norm is handed to the fused kernel as
+        ``found_inf`` (the same protocol GradScaler uses), so the update is dropped on the
+        device and the host never has to look.  With a GradScaler, its own ``found_inf`` is
+        the flag: the step was skipped exactly when it is set (and ``update()`` lowers the
+        scale) -- unlike "was optimizer.step() called", this holds for fused optimizers,
+        which skip inside the kernel.  ``norm_decides``: the scaler's overflow check is
+        widened to the gradient norm's (sharded gradients, --fsdp).  ``skipped_out``: a
+        float32 0-dim tensor (a view into the loop's buffer) to write the flag into.
         """
-        if self.scaler is not None:
-            before = self.scaler._scale.clone()  # noqa: SLF001 - read in this one place only
-            if norm_decides:
-                # Sharded gradients: the scaler found overflow in this rank's shards only; the
-                # global norm is non-finite when any rank's is, so it makes the call for all.
-                overflow = (~torch.isfinite(grad_norm)).to(torch.float32)
-                for found in self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values():  # noqa: SLF001
-                    torch.maximum(found, overflow.to(found.device), out=found)
-            self.scaler.step(optimizer)
-            self.scaler.update()
-            return self.scaler._scale < before  # noqa: SLF001
-        found_inf = (~torch.isfinite(grad_norm)).to(torch.float32)
-        optimizer.grad_scale, optimizer.found_inf = None, found_inf
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.grad_scale, optimizer.found_inf
-        return found_inf > 0
+        if self.scaler is None:
+            # norm * 0 is 0 for a finite norm and NaN for inf or NaN: two kernels, not isfinite's five.
+            found_inf = torch.nan_to_num(grad_norm.float() * 0, nan=1.0, out=skipped_out)
+            optimizer.grad_scale, optimizer.found_inf = None, found_inf
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.grad_scale, optimizer.found_inf
+            return found_inf
+        if norm_decides:
+            # Sharded gradients: the scaler found overflow in this rank's shards only; the
+            # global norm is non-finite when any rank's is, so it makes the call for all.
+            overflow = torch.nan_to_num(grad_norm.float() * 0, nan=1.0)
+            for found in self._found_inf(optimizer):
+                torch.maximum(found, overflow.to(found.device), out=found)
+        self.scaler.step(optimizer)
+        found = self._found_inf(optimizer)  # cleared by update()
+        self.scaler.update()
+        skipped = found[0] if len(found) == 1 else torch.stack([f.to(self.device) for f in found]).amax()
+        return skipped_out.copy_(skipped) if skipped_out is not None else skipped
+
+    def _found_inf(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The scaler's overflow flags for ``optimizer``, one per device (set by unscale_, cleared by update)."""
+        return list(self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values())  # noqa: SLF001
 
     @property
     def loss_scale(self) -> torch.Tensor | None:
