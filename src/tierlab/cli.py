@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--precisions", default=",".join(BENCH_PRECISIONS_DEFAULT), metavar="LIST",
                       help="comma-separated subset of fp32,tf32,bf16,fp16 (default all)")
     prec.add_argument("--compile", action="store_true", help="torch.compile each copy (compile time reported apart)")
+    prec.add_argument("--compile-mode", metavar="MODE",
+                      help="torch.compile mode: default, max-autotune-no-cudagraphs, max-autotune or reduce-overhead")
     prec.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     prec.add_argument("--seed", type=int, metavar="S", help="seed for the weights and the batches")
     prec.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
@@ -190,14 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 # The same as tierlab.bench.BENCH_PRECISIONS, written out so that `--help` need not import torch.
 BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
 # Train options `tierlab bench precision` passes on, and its own defaults for them.
-_BENCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile")
+_BENCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile",
+                        "compile_mode")
 _BENCH_DEFAULTS = {"batch_size": 8, "seq_len": 256, "lr": 3e-4}
 
 # Option groups of `tierlab train --help`, in the README's order.
 _GROUPS = {
     "model": ("model", "model_args"),
     "data": ("data", "tokenizer", "val_fraction"),
-    "precision and device": ("precision", "strict_precision", "device", "compile", "loss_scale_init",
+    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
     "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),

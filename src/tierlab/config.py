@@ -27,9 +27,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
+# torch.compile's modes ("default" passes none).
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 # Options that say how to run, not what the run is: never part of a run's identity.
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
-                   "no_plots", "compile", "dist_timeout", "fsdp")
+                   "no_plots", "compile", "compile_mode", "dist_timeout", "fsdp")
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -49,6 +51,9 @@ class TrainConfig:
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")
+    compile_mode: str = _opt("default", "torch.compile mode with --compile: default, max-autotune-no-cudagraphs "
+                             "(benchmarks the matrix kernels: minutes more compile, faster GPU steps), max-autotune "
+                             "or reduce-overhead (both add CUDA graphs)")
     fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the ranks with "
                              "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)")
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
@@ -127,6 +132,8 @@ class TrainConfig:
 
         need(self.precision in PRECISIONS, f"--precision {self.precision!r} is not a precision.",
              f"use one of {', '.join(PRECISIONS)}.")
+        need(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is not a torch.compile mode.",
+             f"use one of {', '.join(COMPILE_MODES)}.")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
              or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              f"--device {self.device!r} is not a device.", "use auto, cpu, cuda or cuda:N.")

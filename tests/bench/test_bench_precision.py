@@ -50,6 +50,7 @@ def test_json_schema(bench):
             "seq_len", "tokens_per_step", "steps", "warmup_steps", "compile", "peak_mem_method", "rows",
             "verdict"} <= set(data)
     assert data["tokens_per_step"] == BATCH * SEQ and data["steps"] == STEPS and data["compile"] is False
+    assert data["compile_mode"] is None  # set only under --compile
     row_keys = {"precision", "status", "reason", "median_step_ms", "tokens_per_s", "speedup_vs_fp32",
                 "peak_mem_mb", "mfu", "val_loss", "val_loss_diff_vs_fp32", "final_train_loss", "skipped_steps",
                 "compile_s", "step_ms"}

@@ -118,3 +118,33 @@ def test_save_and_prune_directly(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000003.pt", "step-00000004.pt"]
     (tmp_path / "checkpoints" / "latest").unlink()  # a missing pointer falls back to the newest file
     assert latest_checkpoint(tmp_path).name == "step-00000004.pt"
+
+
+def test_a_checkpoint_of_an_earlier_tierlab_still_resumes_exactly(tmp_path):
+    """Before the per-parameter norms moved into the step rows, a checkpoint's unread window held
+    5-column rows plus the first skipped step's norms apart; such a checkpoint resumes to the same run."""
+    import shutil
+
+    from helpers import train_records
+
+    cfg = fast_config(tmp_path, max_steps=16, log_every=4, ckpt_every=6, keep_ckpts=5, eval_every=8, warmup_steps=1,
+                      precision="fp16", loss_scale_init=2.0**24, loss_scale_growth_interval=3)
+    whole = tierlab.train(config=cfg.replace(name="whole"))
+    assert whole.summary["skipped_steps"] >= 1  # the window's skip flags are part of what resumes
+    shutil.copytree(whole.dir, tmp_path / "runs" / "old")
+    path = tmp_path / "runs" / "old" / "checkpoints" / "step-00000006.pt"
+    state = load_checkpoint(path)
+    window = state["ranks"][0]["window"]
+    assert window["rows"].shape[0] == 2  # steps 5 and 6 were not logged yet
+    params = window["rows"].shape[1] - 5
+    state["ranks"][0]["window"] = {"rows": window["rows"][:, :5], "have_bad": torch.tensor(False),
+                                   "first_bad_norms": torch.zeros(params)}
+    torch.save(state, path)
+    resumed = tierlab.train(config=cfg.replace(name="old", resume=str(path)))
+    assert resumed.summary["status"] == "completed"
+    assert train_records(whole.dir) == train_records(resumed.dir)
+    assert torch.equal(whole.model.head.weight, resumed.model.head.weight)
+
+    def events(run):  # (event, step) pairs, without the resume's own
+        return [(e["event"], e.get("step")) for e in run.events() if e["event"] not in ("resume", "precision")]
+    assert events(whole) == events(resumed)

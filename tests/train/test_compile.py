@@ -53,6 +53,13 @@ def test_a_compile_failure_is_a_user_error_before_the_run_directory_exists(tmp_p
     assert not (tmp_path / "runs" / "r").exists()
 
 
+def test_the_compile_mode_reaches_torch_compile(tmp_path, monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "no_such_backend")  # fails at once, naming backend and mode
+    result = run_cli("train", "--compile", "--compile-mode", "max-autotune-no-cudagraphs", "--max-steps", "2",
+                     "--model-arg", "n_layer=1", "--out", tmp_path / "runs", "--name", "r", cwd=tmp_path)
+    assert_user_error(result, "torch.compile (no_such_backend, max-autotune-no-cudagraphs)")
+
+
 def test_compile_is_not_part_of_a_runs_identity(tmp_path):
     """Resuming with or without --compile needs no --allow-config-change: it changes speed, not the maths."""
     recorded = fast_config(tmp_path).to_dict()

@@ -30,7 +30,7 @@ def table(result: BenchResult) -> str:
             f"[{result.device}], torch {result.torch_version}\n"
             f"batch {result.batch_size} x seq {result.seq_len} = {result.tokens_per_step:,} tokens/step; "
             f"{result.warmup_steps} warm-up + {result.steps} timed steps per precision, interleaved"
-            f"{'; torch.compile' if result.compile else ''}\n")
+            f"{'; ' + _compiled(result) if result.compile else ''}\n")
     rows = [_cells(r) for r in result.rows]
     widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in rows if len(c) == len(COLUMNS)))
               for i in range(len(COLUMNS))]
@@ -86,7 +86,7 @@ def write_png(result: BenchResult, path: Path) -> None:
         ax.margins(y=0.18)  # room for the labels above the bars
     ax_loss.axhline(0.0, color="black", linewidth=0.8)
     fig.suptitle(f"{result.model} on {result.device_name}: batch {result.batch_size} x {result.seq_len}"
-                 f"{', torch.compile' if result.compile else ''}")
+                 f"{', ' + _compiled(result) if result.compile else ''}")
     fig.savefig(path)
 
 
@@ -101,3 +101,8 @@ def _bar_label(r: BenchRow, attr: str) -> str:
     if attr == "peak_mem_mb":
         return f"{value:,.0f}"
     return f"{value:+.4f}"
+
+
+def _compiled(result: BenchResult) -> str:
+    mode = result.compile_mode
+    return "torch.compile" + (f" ({mode})" if mode and mode != "default" else "")

@@ -81,6 +81,7 @@ class BenchResult:
     peak_mem_method: str
     rows: list[BenchRow]
     verdict: str
+    compile_mode: str | None = None  # torch.compile's mode under --compile
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,7 +155,7 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
                          "them" if device.type == "cuda" else
                          "estimate: weights + AdamW state + what autograd saves for backward (no allocator peak "
                          "on a CPU)"),
-        rows=rows, verdict="")
+        rows=rows, verdict="", compile_mode=cfg.compile_mode if cfg.compile else None)
     result.verdict = verdict(result, device)
     return result
 
@@ -184,7 +185,7 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     policy.check_model(replica)
     loss_fn = None
     if cfg.compile:
-        loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device)
+        loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device, cfg.compile_mode)
     run_dir = scratch / row.precision
     run_dir.mkdir()
     trainer = Trainer(replica, tokens, cfg.replace(precision=row.precision), policy, device, run_dir,

@@ -162,7 +162,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
     loss_fn, compile_seconds = None, None
     if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
-        loss_fn, compile_seconds = compile_model(net, block, policy, device)
+        loss_fn, compile_seconds = compile_model(net, block, policy, device, cfg.compile_mode)
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:

@@ -34,8 +34,13 @@ BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
 
 
 def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
-                  device: torch.device) -> tuple[LossFn, float]:
-    """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1]."""
+                  device: torch.device, mode: str = "default") -> tuple[LossFn, float]:
+    """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1].
+
+    ``mode``: torch.compile's mode ("default" passes none); "max-autotune-no-cudagraphs"
+    times candidate matrix-multiply kernels for each shape at compile time and keeps the
+    fastest, which pays off on big GPU models.
+    """
     backend = os.environ.get(BACKEND_ENV, "inductor")
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
     x, y = block[:, :-1], block[:, 1:]
@@ -43,17 +48,18 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     synchronize(device)
     started = time.perf_counter()
     try:
-        compiled = torch.compile(make_loss_fn(model, policy), backend=backend)
+        compiled = torch.compile(make_loss_fn(model, policy), backend=backend,
+                                 mode=None if mode == "default" else mode)
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
             compiled(x, y).backward()
         synchronize(device)
     except Exception as exc:  # torch.compile's failures are many and long; say it in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"torch.compile ({backend}) could not compile the model: {type(exc).__name__}: {first}",
+        raise ModelError(f"torch.compile ({backend}{'' if mode == 'default' else ', ' + mode}) could not compile the model: {type(exc).__name__}: {first}",
                          "train without --compile (same results, eager speed); on a CPU inductor also needs a "
                          "working C++ compiler.") from None
     finally:
         model.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
-    log.info("torch.compile (%s): compiled in %.1f s", backend, seconds)
+    log.info("torch.compile (%s, mode %s): compiled in %.1f s", backend, mode, seconds)
     return compiled, seconds
