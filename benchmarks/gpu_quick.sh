@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU checks that fit a short device lease (about 8 minutes on an H100/H200), in one script:
+#   1. the CUDA hot-path tests (no host sync under set_sync_debug_mode("error") in fp32, tf32,
+#      bf16, fp16 with skips; exact resume on CUDA),
+#   2. benchmarks/overhead.py on the launch-bound tiny-gpt (tierlab vs a plain loop, Accelerate, Fabric),
+#   3. bf16 MFU of the built-in gpt2-small (124 M, seq 1024) with --compile, for each BATCH:MODE
+#      (batch size, torch.compile mode) in $CONFIGS,
+# printing one summary line per MFU configuration.  benchmarks/gpu.sh is the full run (every
+# precision, eager and compiled).  Figures, JSON and PNGs go to $RESULTS.
+#
+#   bash benchmarks/gpu_quick.sh
+#   CONFIGS="16:default 32:max-autotune-no-cudagraphs" bash benchmarks/gpu_quick.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+CONFIGS=${CONFIGS:-16:default 32:default}
+STEPS=${STEPS:-20}
+RESULTS=${RESULTS:-${OUT:-gpu-results}}
+EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2 --device cpu" for a dry run
+SKIP=${SKIP:-}              # words among: tests overhead mfu
+export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
+export PYTHONUNBUFFERED=1
+mkdir -p "$RESULTS"
+
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+"$PY" -c "import torch; print('torch', torch.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+if ! "$PY" -c "import tierlab" 2>/dev/null; then
+  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # a GPU image has torch and the rest: no install
+fi
+"$PY" -c "import tierlab, tokenizers, safetensors, tqdm, matplotlib; print('tierlab', tierlab.__version__)" || exit 1
+
+if [[ " $SKIP " != *" tests "* ]]; then
+  echo "== [${SECONDS}s] CUDA hot-path tests"
+  timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "never_sync or resume" 2>&1 \
+    | tee "$RESULTS/tests.txt"
+fi
+
+if [[ " $SKIP " != *" overhead "* ]]; then
+  echo "== [${SECONDS}s] overhead on the launch-bound tiny-gpt (bf16)"
+  timeout 150 "$PY" benchmarks/overhead.py --precision bf16 --rounds 4 --steps 60 --window 10 2>&1 \
+    | tee "$RESULTS/overhead.txt"
+fi
+
+if [[ " $SKIP " != *" mfu "* ]]; then
+  for config in $CONFIGS; do
+    batch=${config%%:*} mode=${config#*:}
+    label="bf16-b$batch-$mode"
+    echo "== [${SECONDS}s] gpt2-small bf16 --compile --compile-mode $mode, batch $batch x 1024"
+    timeout "${BENCH_TIMEOUT:-240}" "$PY" -m tierlab bench precision --model gpt2-small --batch-size "$batch" \
+      --seq-len 1024 --steps "$STEPS" --warmup-steps 3 --precisions bf16 --compile --compile-mode "$mode" \
+      --markdown --json "$RESULTS/$label.json" --png "$RESULTS/$label.png" $EXTRA 2>&1 | tee "$RESULTS/$label.txt"
+    "$PY" - "$RESULTS/$label.json" "$label" <<'EOF' | tee -a "$RESULTS/summary.txt"
+import json, sys
+try:
+    data = json.load(open(sys.argv[1]))
+except OSError:
+    sys.exit(print(f"{sys.argv[2]}: no result"))
+for r in data["rows"]:
+    mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+    if r["status"] != "ok":
+      print(f"{sys.argv[2]} on {data['device_name']}: {r['status']}: {r['reason']}")
+      continue
+    print(f"{sys.argv[2]} on {data['device_name']}: {r['median_step_ms']:.1f} ms/step, {r['tokens_per_s']:,.0f} "
+        f"tokens/s, MFU {mfu}, compile {r['compile_s']:.1f} s, peak {r['peak_mem_mb']:,.0f} MB")
+EOF
+  done
+fi
+echo "== [${SECONDS}s] done: $RESULTS"
