@@ -19,6 +19,7 @@ STEPS=${STEPS:-20}
 RESULTS=${RESULTS:-${OUT:-gpu-results}}
 EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2 --device cpu" for a dry run
 SKIP=${SKIP:-}              # words among: tests overhead mfu
+# TESTS: pytest -k expression for tests/train/test_cuda.py; OVERHEAD_PRECISIONS: e.g. "bf16 fp16"
 export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
 export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
@@ -33,14 +34,16 @@ fi
 
 if [[ " $SKIP " != *" tests "* ]]; then
   echo "== [${SECONDS}s] CUDA hot-path tests"
-  timeout 150 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "never_sync or resume" 2>&1 \
+  timeout 200 "$PY" -m pytest -q -p no:cacheprovider tests/train/test_cuda.py -k "${TESTS:-never_sync or resume}" 2>&1 \
     | tee "$RESULTS/tests.txt"
 fi
 
 if [[ " $SKIP " != *" overhead "* ]]; then
-  echo "== [${SECONDS}s] overhead on the launch-bound tiny-gpt (bf16)"
-  timeout 150 "$PY" benchmarks/overhead.py --precision bf16 --rounds 4 --steps 60 --window 10 2>&1 \
-    | tee "$RESULTS/overhead.txt"
+  for precision in ${OVERHEAD_PRECISIONS:-bf16}; do
+    echo "== [${SECONDS}s] overhead on the launch-bound tiny-gpt ($precision)"
+    timeout 150 "$PY" benchmarks/overhead.py --precision "$precision" --rounds 4 --steps 60 --window 10 2>&1 \
+      | tee -a "$RESULTS/overhead.txt"
+  done
 fi
 
 if [[ " $SKIP " != *" mfu "* ]]; then

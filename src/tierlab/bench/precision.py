@@ -228,7 +228,6 @@ def _run_chunk(c: _Contender, count: int, device: torch.device, timed: bool) -> 
                 marks = [time.perf_counter()]
             for i in range(count):
                 trainer.train_step()
-                trainer.state.step += 1
                 if cuda:
                     marks[i + 1].record()
                 else:

@@ -155,7 +155,6 @@ class Trainer:
         self._start_window()
         while self.state.step < self.max_steps:
             self.train_step()
-            self.state.step += 1
             step = self.state.step
             ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
             if step % cfg.log_every == 0 or step == self.max_steps:
@@ -174,7 +173,7 @@ class Trainer:
         return self.state
 
     def train_step(self) -> None:
-        """One optimizer step. No host syncs: every result stays on the device.
+        """One optimizer step, counted in ``state.step``. No host syncs: every result stays on the device.
 
         Each result is written straight into this step's buffer row (``out=`` views), so the
         bookkeeping costs a handful of tiny kernels beyond a bare loop's: on a small model
@@ -211,6 +210,7 @@ class Trainer:
         if policy.scaler is not None:
             row[SCALE].copy_(policy.loss_scale)
         self.buffered += 1
+        self.state.step += 1  # skips <= step always holds: the lookup above stays inside the table
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Gradients are reduced across ranks once per optimizer step, in the last micro-batch's backward."""
