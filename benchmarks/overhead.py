@@ -206,8 +206,14 @@ def main() -> None:
                               lr=1e-3, seed=r, device=device)
                 if side == "tierlab":
                     figures[side] += tierlab_loop(Path(out), f"r{r}", precision=args.precision, **common)
-                else:
+                    continue
+                try:
                     figures[side] += framework_loop(drivers[side], tokens, **common)
+                except Exception as exc:  # noqa: BLE001 - e.g. Fabric refusing to clip a fused optimizer in fp16
+                    first = (str(exc).strip().splitlines() or [""])[0]
+                    missing[side] = f"failed in {args.precision} on {device.type}: {type(exc).__name__}: {first}"
+                    sides.remove(side)
+                    del figures[side]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     print(f"machine: {name} [{device}], {torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"model: {args.preset or 'tiny-gpt'} {MODEL}, batch {args.batch_size} x seq {args.seq_len}, {args.precision}, "

@@ -27,7 +27,8 @@ def test_defaults_are_valid_and_resolve_min_lr():
     ({"name": "a/b"}, "--name"),
     ({"batch_size": "8"}, "--batch-size must be a whole number"),
     ({"eval_every": -1}, "--eval-every"),
-    ({"compile_mode": "fastest"}, "--compile-mode 'fastest' is not a torch.compile mode"),
+    ({"compile_mode": "fastest", "compile": True}, "--compile-mode 'fastest' is not a torch.compile mode"),
+    ({"compile_mode": "max-autotune"}, "without --compile"),
 ])
 def test_bad_values_are_rejected_with_the_option_named(changes, fragment):
     with pytest.raises(ConfigError) as err:

@@ -134,6 +134,8 @@ class TrainConfig:
              f"use one of {', '.join(PRECISIONS)}.")
         need(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is not a torch.compile mode.",
              f"use one of {', '.join(COMPILE_MODES)}.")
+        need(self.compile or self.compile_mode == "default", f"--compile-mode {self.compile_mode} was given "
+             "without --compile.", "add --compile, or drop --compile-mode.")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
              or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
              f"--device {self.device!r} is not a device.", "use auto, cpu, cuda or cuda:N.")
