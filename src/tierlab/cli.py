@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "e.g. postgresql://user:pw@host/db for several machines")
     search.add_argument("--study", default="tierlab", metavar="NAME", help="study name in the storage")
     search.add_argument("--seed", type=int, metavar="S", help="makes the sampler's suggestions repeatable")
+    search.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
+                        help="a running trial's worker records that it is alive this often (default 60); a trial "
+                             "silent for twice that (worker killed, machine lost) is failed and replaced")
     search.add_argument("--quiet", action="store_true", help="print only the summary")
     ana = sub.add_parser("analyze", help="attention patterns and robustness to token noise of a fresh or trained model",
                          description="Tier 2: per layer and head, attention entropy and the share on the previous "
@@ -447,7 +450,8 @@ def _search(ns: argparse.Namespace) -> int:
     base = _options_config(ns, _SEARCH_TRAIN_OPTIONS, {})
     space = load_space(ns.space) if ns.space else DEFAULT_SPACE
     cfg = SearchConfig(base=base, trials=ns.trials, steps_per_trial=ns.steps_per_trial, out=ns.out,
-                       storage=ns.storage, study=ns.study, pruner=ns.pruner, seed=ns.seed, space=space)
+                       storage=ns.storage, study=ns.study, pruner=ns.pruner, seed=ns.seed, space=space,
+                       heartbeat=ns.heartbeat)
     # One line per trial from the search; the trials' own training lines are in their run directories.
     with console(quiet=ns.quiet, stream=sys.stderr), quieted("tierlab.train", "tierlab.metrics", "tierlab.data",
                                                               "tierlab.models"):

@@ -191,3 +191,36 @@ def test_a_pruned_trial_stops_its_run_with_status_pruned(tmp_path):
     assert run.summary["status"] == "pruned" and run.summary["steps"] == 5
     (stopped,) = run.events("stopped")
     assert stopped["status"] == "pruned" and stopped["step"] == 5
+
+
+def test_a_killed_workers_trial_is_failed_by_heartbeat_and_replaced(tmp_path):
+    """SIGKILL leaves no chance to tell the study anything: the trial stays RUNNING until the
+    next worker finds its heartbeat stale, fails it, and runs a replacement."""
+    import signal
+    import time
+
+    from helpers import wait_for
+
+    args = [sys.executable, "-m", "tierlab", "search", *COMMON, "--trials", "2", "--out", str(tmp_path / "s"),
+            "--heartbeat", "1", "--pruner", "none", "--quiet"]
+    worker = subprocess.Popen([*args, "--steps-per-trial", "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "s" / "trials" / "trial-0000" / "metrics.jsonl"
+    try:
+        wait_for(lambda: metrics.is_file() and metrics.stat().st_size > 0)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.communicate(timeout=60)
+    storage = f"sqlite:///{tmp_path / 's' / 'study.db'}"
+    (trial,) = optuna.load_study(study_name="tierlab", storage=storage).trials
+    assert trial.state.name == "RUNNING"  # nobody told the study
+
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    result = subprocess.run([*args, "--steps-per-trial", "8"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="tierlab", storage=storage).trials
+    assert [t.state.name for t in trials][0] == "FAIL"
+    assert [t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED")] == [1, 2]  # two real trials
+    rows = {r["number"]: r for r in _rows(tmp_path / "s" / "trials.csv")}
+    assert "no heartbeat" in rows["0"]["reason"] and rows["1"]["reason"] == ""

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..config import SESSION_OPTIONS
 from .space import apply_params, fmt_param
+from .study import reason
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def write_csv(trials: list, path: Path) -> None:
                      "val_loss": "" if t.value is None else t.value,
                      **{f"param_{k}": t.params.get(k, "") for k in names},
                      "steps": t.user_attrs.get("steps", ""), "seconds": _round(t.user_attrs.get("seconds")),
-                     "reason": t.user_attrs.get("reason", ""), "run_dir": t.user_attrs.get("run_dir", "")})
+                     "reason": reason(t), "run_dir": t.user_attrs.get("run_dir", "")})
     fields = ["number", "state", "val_loss", *(f"param_{k}" for k in names), "steps", "seconds", "reason", "run_dir"]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields)

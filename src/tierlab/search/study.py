@@ -10,6 +10,9 @@ The study lives in an Optuna RDB storage: by default a SQLite file in the search
 directory, or any ``--storage`` URL (PostgreSQL for several machines).  Trials are
 counted in the storage, so re-running the command resumes the study and several workers
 on one storage run ``--trials`` trials between them, each trial number exactly once.
+While a trial runs, its worker records a heartbeat in the storage every ``--heartbeat``
+seconds; a trial whose worker fell silent for twice that (killed with SIGKILL, its machine
+lost) is marked failed by the next worker that looks, and replaced like an interrupted one.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +39,7 @@ PRUNERS = ("median", "hyperband", "none")
 _OPEN_ATTEMPTS = 4
 SURPLUS = "surplus: the study already had its trials"
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM): run again to replace it"
+LOST = "worker lost: no heartbeat (killed, or its machine went away); replaced by the next run"
 
 
 def _real_trials(study: Any) -> list:
@@ -42,8 +48,23 @@ def _real_trials(study: Any) -> list:
 
 
 def _counted_trials(study: Any) -> list:
-    """The trials that count towards --trials: interrupted ones are replaced when the search runs again."""
-    return [t for t in _real_trials(study) if t.user_attrs.get("reason") != INTERRUPTED]
+    """The trials that count towards --trials: interrupted and lost ones are replaced when the search runs again."""
+    return [t for t in _real_trials(study) if t.user_attrs.get("reason") != INTERRUPTED and not lost(t)]
+
+
+def lost(trial: Any) -> bool:
+    """Whether Optuna failed ``trial`` because its worker stopped sending heartbeats.
+
+    A finished trial's attributes cannot be changed any more, so this is read from what is
+    missing: tierlab gives every trial it ends itself a reason or a step count.
+    """
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and not {"reason", "steps"} & set(trial.user_attrs)
+
+
+def reason(trial: Any) -> str:
+    return trial.user_attrs.get("reason") or (LOST if lost(trial) else "")
 
 
 @dataclass
@@ -58,6 +79,7 @@ class SearchConfig:
     seed: int | None = None
     space: tuple[Dimension, ...] = DEFAULT_SPACE
     evals_per_trial: int = 5
+    heartbeat: int = 60  # seconds between a running trial's heartbeats in the storage
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -67,6 +89,9 @@ class SearchConfig:
                               "pass e.g. --steps-per-trial 500.")
         if self.pruner not in PRUNERS:
             raise ConfigError(f"--pruner {self.pruner!r} is not a pruner.", f"use one of {', '.join(PRUNERS)}.")
+        if self.heartbeat < 1:
+            raise ConfigError(f"--heartbeat must be at least 1 second, got {self.heartbeat}.",
+                              "pass e.g. --heartbeat 60.")
         if not self.study.strip():
             raise ConfigError("--study needs a name.", "pass e.g. --study my-study.")
 
@@ -128,7 +153,8 @@ def open_study(cfg: SearchConfig):
               "none": optuna.pruners.NopPruner}[cfg.pruner]()
     for attempt in range(_OPEN_ATTEMPTS):
         try:
-            return optuna.create_study(study_name=cfg.study, storage=cfg.storage_url, direction="minimize",
+            storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat)
+            return optuna.create_study(study_name=cfg.study, storage=storage, direction="minimize",
                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except ImportError as exc:  # e.g. a postgresql:// URL without its driver
             raise UserError(f"--storage {cfg.storage_url!r} needs a database driver that is not installed: {exc}.",
@@ -154,7 +180,10 @@ def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> Search
 
     out = Path(cfg.out)
     log.info("study %r in %s: %s", cfg.study, cfg.storage_url, "; ".join(d.describe() for d in cfg.space))
-    while len(_counted_trials(study)) < cfg.trials:
+    while True:
+        _fail_stale_trials(study)  # a lost worker's trial stops counting, so this loop replaces it
+        if len(_counted_trials(study)) >= cfg.trials:
+            break
         trial = study.ask()
         earlier = [t for t in _counted_trials(study) if t.number < trial.number]
         if len(earlier) >= cfg.trials:
@@ -169,7 +198,50 @@ def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> Search
     return write_outputs(cfg, study, out)
 
 
+def _fail_stale_trials(study: Any) -> None:
+    """Mark failed the running trials whose worker stopped sending heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+
+
+class _Heartbeat:
+    """Records in the storage, every ``interval`` seconds, that this worker still runs ``trial``.
+
+    Optuna beats only inside ``study.optimize``; tierlab drives its trials with ask/tell, so
+    it runs the beat itself, on a thread, for as long as the trial trains.
+    """
+
+    def __init__(self, study: Any, trial: Any, interval: float):
+        self.storage, self.trial_id, self.interval = study._storage, trial._trial_id, interval  # noqa: SLF001
+        self.stopped = threading.Event()
+        self.storage.record_heartbeat(self.trial_id)
+        self.thread = threading.Thread(target=self._beat, name=f"tierlab-heartbeat-{trial.number}", daemon=True)
+        self.thread.start()
+
+    def _beat(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception as exc:  # noqa: BLE001 - a database hiccup; the next beat tries again
+                log.debug("heartbeat of trial %d not recorded: %s", self.trial_id, exc)
+
+    def __enter__(self) -> _Heartbeat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
 def _run_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: str | Path | None) -> None:
+    with _Heartbeat(study, trial, cfg.heartbeat):
+        _train_trial(cfg, study, trial, out, cache_dir)
+
+
+def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: str | Path | None) -> None:
     from optuna.trial import TrialState
 
     params = {d.name: d.suggest(trial) for d in cfg.space}
@@ -193,7 +265,8 @@ def _run_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir: 
         state, reason = TrialState.PRUNED, stop.reason
     except Diverged as err:
         state, reason = TrialState.PRUNED, "diverged: " + str(err).splitlines()[0]
-    except UserError:
+    except UserError as err:
+        trial.set_user_attr("reason", "user error: " + str(err).splitlines()[0])
         study.tell(trial, state=TrialState.FAIL)
         raise  # the same mistake would repeat in every trial: stop the search and say it
     except KeyboardInterrupt:  # the trial's run is checkpointed; the study records why it stopped
