@@ -26,7 +26,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,21 @@ metrics_log = logging.getLogger("tierlab.metrics")
 # Columns of the per-step device buffer; each parameter's gradient norm follows them, from NORMS on.
 LOSS, GRAD_NORM, LR, SCALE, SKIPPED = range(5)
 NORMS = 5
+
+
+class _Row(NamedTuple):
+    """Views of one buffer row's cells, made once (indexing a tensor costs host time at every use)."""
+
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: torch.Tensor
+    scale: torch.Tensor
+    skipped: torch.Tensor
+    norms: torch.Tensor
+
+    @classmethod
+    def of(cls, row: torch.Tensor) -> _Row:
+        return cls(row[LOSS], row[GRAD_NORM], row[LR], row[SCALE], row[SKIPPED], row[NORMS:])
 
 
 @dataclass
@@ -109,6 +124,7 @@ class Trainer:
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
+        self._lr_out = self.lr.view(1)  # where the step's lookup writes the learning rate
         self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed,
                                                      dist.rank, dist.world_size), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
@@ -121,6 +137,7 @@ class Trainer:
         # norms (they name the layers that overflowed when a step is skipped). The scale column
         # stays 0 without a GradScaler.
         self.buffer = torch.zeros(cfg.log_every, NORMS + len(self.params), dtype=torch.float32, device=device)
+        self._rows = [_Row.of(row) for row in self.buffer]
         self.buffered = self._untimed_rows = 0
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
         # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
@@ -180,14 +197,14 @@ class Trainer:
         the step is bound by how fast Python launches kernels, and every one counts.
         """
         cfg, policy = self.cfg, self.policy
-        row = self.buffer[self.buffered]  # a view: written in place below
+        row = self._rows[self.buffered]  # views into the buffer: written in place below
         # The schedule follows the steps that really happened, step - skips. The reversed
         # table from index (last - step) on reads table[step], table[step - 1], ...: its entry
         # number `skips` is the learning rate, found by one gather without reading `skips`
         # back (the host's step count only picks where the view starts).
         start = max(0, len(self.lr_reversed) - 1 - self.state.step)
-        torch.index_select(self.lr_reversed[start:], 0, self.skips.long().view(1), out=self.lr.view(1))
-        row[LR].copy_(self.lr)
+        torch.index_select(self.lr_reversed[start:], 0, self.skips.long().view(1), out=self._lr_out)
+        row.lr.copy_(self.lr)
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
             with self._no_sync(last=micro == cfg.grad_accum - 1):
@@ -196,19 +213,19 @@ class Trainer:
                 # DDP averages the ranks' gradients: the mean over the global batch).
                 policy.backward(loss / cfg.grad_accum if cfg.grad_accum > 1 else loss)
             if micro == 0:
-                row[LOSS].copy_(loss.detach())
+                row.loss.copy_(loss.detach())
             else:
-                row[LOSS].add_(loss.detach())
+                row.loss.add_(loss.detach())
         if cfg.grad_accum > 1:
-            row[LOSS].div_(cfg.grad_accum)
+            row.loss.div_(cfg.grad_accum)
         policy.unscale_(self.optimizer)
-        self._clip(row[GRAD_NORM], row[NORMS:])  # pre-clip norms of the true gradient
+        self._clip(row.grad_norm, row.norms)  # pre-clip norms of the true gradient
         # Sharded, each rank sees only its shards' overflow: the (global) norm decides for all.
-        policy.step(self.optimizer, row[GRAD_NORM], norm_decides=self.dist.sharded, skipped_out=row[SKIPPED])
+        policy.step(self.optimizer, row.grad_norm, norm_decides=self.dist.sharded, skipped_out=row.skipped)
         self.optimizer.zero_grad(set_to_none=True)
-        self.skips.add_(row[SKIPPED])
+        self.skips.add_(row.skipped)
         if policy.scaler is not None:
-            row[SCALE].copy_(policy.loss_scale)
+            row.scale.copy_(policy.loss_scale)
         self.buffered += 1
         self.state.step += 1  # skips <= step always holds: the lookup above stays inside the table
 
