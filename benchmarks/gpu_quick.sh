@@ -3,6 +3,7 @@
 #   1. the CUDA hot-path tests (no host sync under set_sync_debug_mode("error") in fp32, tf32,
 #      bf16, fp16 with skips; exact resume on CUDA),
 #   2. benchmarks/overhead.py on the launch-bound tiny-gpt (tierlab vs a plain loop, Accelerate, Fabric),
+#      then benchmarks/profile_step.py (where each side's step time goes, fp16 and bf16),
 #   3. bf16 MFU of the built-in gpt2-small (124 M, seq 1024) with --compile, for each BATCH:MODE
 #      (batch size, torch.compile mode) in $CONFIGS,
 # printing one summary line per MFU configuration.  benchmarks/gpu.sh is the full run (every
@@ -18,7 +19,7 @@ CONFIGS=${CONFIGS:-16:default 32:default}
 STEPS=${STEPS:-20}
 RESULTS=${RESULTS:-${OUT:-gpu-results}}
 EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2 --device cpu" for a dry run
-SKIP=${SKIP:-}              # words among: tests overhead mfu
+SKIP=${SKIP:-}              # words among: tests overhead profile mfu
 # TESTS: pytest -k expression for tests/train/test_cuda.py; OVERHEAD_PRECISIONS: e.g. "bf16 fp16"
 export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
 export PYTHONUNBUFFERED=1
@@ -43,6 +44,14 @@ if [[ " $SKIP " != *" overhead "* ]]; then
     echo "== [${SECONDS}s] overhead on the launch-bound tiny-gpt ($precision)"
     timeout 150 "$PY" benchmarks/overhead.py --precision "$precision" --rounds 4 --steps 60 --window 10 2>&1 \
       | tee -a "$RESULTS/overhead.txt"
+  done
+fi
+
+if [[ " $SKIP " != *" profile "* ]]; then
+  for precision in fp16 bf16; do
+    echo "== [${SECONDS}s] per-step profile, tierlab vs the plain loop ($precision)"
+    timeout 120 "$PY" benchmarks/profile_step.py --precision "$precision" 2>&1 | grep -v "^USDT" \
+      | tee -a "$RESULTS/profile.txt"
   done
 fi
 
