@@ -169,3 +169,28 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         tierlab.train(model, config=cfg)
         weights.append(model.head.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
+
+
+class _WithIdleHead(torch.nn.Module):
+    """A model with a parameter that gets no gradient on every other step (a conditional branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _model()
+        self.extra = torch.nn.Linear(256, 256)
+        self.calls = 0
+
+    def forward(self, input_ids):
+        logits = self.inner(input_ids)
+        self.calls += 1
+        return self.extra(logits) if self.training and self.calls % 2 else logits
+
+
+def test_parameters_without_a_gradient_count_as_zero_and_train_on(tmp_path):
+    model = _WithIdleHead()
+    before = model.extra.weight.detach().clone()
+    run = tierlab.train(model, config=fast_config(tmp_path, max_steps=8, log_every=1, eval_every=0))
+    records = run.metrics("train")
+    assert run.summary["status"] == "completed" and run.summary["skipped_steps"] == 0
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in records)
+    assert not torch.equal(before, model.extra.weight)  # trained on the steps that used it
