@@ -3,7 +3,8 @@
 Same model, data, precision, batch and optimizer (fused AdamW, clipping at 1.0, warm-up +
 cosine LR) for every side; each framework drives the loop through its own API (Accelerate:
 ``prepare``/``backward``/``clip_grad_norm_``; Fabric: ``setup``/``backward``/``clip_gradients``).
-Rounds alternate the order of the sides so machine drift hits all alike.  Step time is
+Rounds alternate the order of the sides so machine drift hits all alike, and every side
+starts each round afresh (model, optimizer and, in fp16, GradScaler).  Step time is
 measured over windows of --window steps after the first window (warm-up), with one host
 sync per window, as tierlab logs; the figure is each side's median over plain's median
 (target for tierlab: <= 1.03 and at or below every peer).
@@ -208,7 +209,10 @@ def main() -> None:
                     figures[side] += tierlab_loop(Path(out), f"r{r}", precision=args.precision, **common)
                     continue
                 try:
-                    figures[side] += framework_loop(drivers[side], tokens, **common)
+                    # A fresh driver each round: every side starts from a new GradScaler (fp16), as
+                    # each tierlab.train call does, not from a scale calibrated in earlier rounds.
+                    driver = type(drivers[side])(args.precision, device)
+                    figures[side] += framework_loop(driver, tokens, **common)
                 except Exception as exc:  # noqa: BLE001 - e.g. Fabric refusing to clip a fused optimizer in fp16
                     first = (str(exc).strip().splitlines() or [""])[0]
                     missing[side] = f"failed in {args.precision} on {device.type}: {type(exc).__name__}: {first}"
