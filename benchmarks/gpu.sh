@@ -15,7 +15,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
 MODEL=${MODEL:-gpt2-small}
 # 32 x 1024 tokens per step: the per-step optimizer update is spread over enough tokens for
 # the H100 to reach 42% MFU compiled (39.6% at 16; BENCHMARKS.md). The eager fp32 row needs ~40 GB.
@@ -25,28 +24,8 @@ STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-3}
 RESULTS=${RESULTS:-${OUT:-gpu-results}}
 EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2" for a dry run
-export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
-export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
-
-echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-
-echo "== install"
-if ! "$PY" -c "import tierlab" 2>/dev/null; then
-  if "$PY" -c "import torch, numpy, tokenizers, safetensors, tqdm, matplotlib" 2>/dev/null; then
-    # Everything tierlab needs is there (a GPU image): install just tierlab, offline.
-    "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>/dev/null || true
-  else
-    PIP_DEFAULT_TIMEOUT=15 timeout 600 "$PY" -m pip install -q -e . || true
-  fi
-  if ! "$PY" -c "import tierlab" 2>/dev/null; then
-    echo "could not pip install tierlab: using PYTHONPATH=src"
-    export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-fi
-"$PY" -c "import tierlab, tokenizers, safetensors, tqdm, matplotlib; print('tierlab', tierlab.__version__)" || exit 1
+source benchmarks/gpu_setup.sh
 TIERLAB=("$PY" -m tierlab)
 
 echo "== [${SECONDS}s] CUDA tests (sync-debug hot path, auto precision, MFU, exact resume, bench, validate)"

@@ -14,24 +14,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-PY=${PYTHON:-python3}
 CONFIGS=${CONFIGS:-16:default 32:default}
 STEPS=${STEPS:-20}
 RESULTS=${RESULTS:-${OUT:-gpu-results}}
 EXTRA=${EXTRA:-}            # extra bench options, e.g. "--model-arg n_layer=2 --device cpu" for a dry run
 SKIP=${SKIP:-}              # words among: tests overhead profile mfu
 # TESTS: pytest -k expression for tests/train/test_cuda.py; OVERHEAD_PRECISIONS: e.g. "bf16 fp16"
-export TIERLAB_CACHE=${TIERLAB_CACHE:-/tmp/tierlab-cache}
-export PYTHONUNBUFFERED=1
 mkdir -p "$RESULTS"
-
-echo "== machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-"$PY" -c "import torch; print('torch', torch.__version__, 'device', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
-if ! "$PY" -c "import tierlab" 2>/dev/null; then
-  export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # a GPU image has torch and the rest: no install
-fi
-"$PY" -c "import tierlab, tokenizers, safetensors, tqdm, matplotlib; print('tierlab', tierlab.__version__)" || exit 1
+source benchmarks/gpu_setup.sh
 
 if [[ " $SKIP " != *" tests "* ]]; then
   echo "== [${SECONDS}s] CUDA hot-path tests"
