@@ -55,7 +55,8 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
         synchronize(device)
     except Exception as exc:  # torch.compile's failures are many and long; say it in one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise ModelError(f"torch.compile ({backend}{'' if mode == 'default' else ', ' + mode}) could not compile the model: {type(exc).__name__}: {first}",
+        how = backend if mode == "default" else f"{backend}, {mode}"
+        raise ModelError(f"torch.compile ({how}) could not compile the model: {type(exc).__name__}: {first}",
                          "train without --compile (same results, eager speed); on a CPU inductor also needs a "
                          "working C++ compiler.") from None
     finally:

@@ -129,7 +129,7 @@ class Trainer:
                                                      dist.rank, dist.world_size), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            has_scaler=policy.scaler is not None)
-        self._rebuild_schedule()  # self.schedule and its device table self.lr_table
+        self._rebuild_schedule()  # self.schedule and its device table, reversed: self.lr_reversed
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # Steps whose update was dropped (non-finite gradients) so far: a float, like the found_inf flag it adds up.
         self.skips = torch.zeros((), dtype=torch.float32, device=device)
@@ -518,7 +518,6 @@ class Trainer:
                          lr_scale=lr_scale, rollbacks=rollbacks)
         log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,
                     self.state.step, lr_scale)
-
 
 
 def own_part(state: dict[str, Any], dist: Dist) -> dict[str, Any]:

@@ -175,8 +175,7 @@ class PrecisionPolicy:
         float32 0-dim tensor (a view into the loop's buffer) to write the flag into.
         """
         if self.scaler is None:
-            # norm * 0 is 0 for a finite norm and NaN for inf or NaN: two kernels, not isfinite's five.
-            found_inf = torch.nan_to_num(grad_norm.float() * 0, nan=1.0, out=skipped_out)
+            found_inf = _nonfinite(grad_norm, out=skipped_out)
             optimizer.grad_scale, optimizer.found_inf = None, found_inf
             try:
                 optimizer.step()
@@ -186,7 +185,7 @@ class PrecisionPolicy:
         if norm_decides:
             # Sharded gradients: the scaler found overflow in this rank's shards only; the
             # global norm is non-finite when any rank's is, so it makes the call for all.
-            overflow = torch.nan_to_num(grad_norm.float() * 0, nan=1.0)
+            overflow = _nonfinite(grad_norm)
             for found in self._found_inf(optimizer):
                 torch.maximum(found, overflow.to(found.device), out=found)
         self.scaler.step(optimizer)
@@ -210,3 +209,11 @@ class PrecisionPolicy:
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+
+
+def _nonfinite(norm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """1.0 where ``norm`` is inf or NaN, else 0.0 (float32, GradScaler's ``found_inf`` convention).
+
+    norm * 0 is 0 for a finite norm and NaN for inf or NaN: two kernels, not isfinite's five.
+    """
+    return torch.nan_to_num(norm.float() * 0, nan=1.0, out=out)
