@@ -21,6 +21,7 @@ reported as such and left out of the comparison.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import statistics
@@ -126,24 +127,33 @@ class Fabric:
 
 
 def framework_loop(driver, tokens: np.ndarray, steps: int, window: int, batch: int, seq: int, lr: float,
-                   seed: int, device: torch.device) -> list[float]:
+                   seed: int, device: torch.device, step_scope=contextlib.nullcontext,
+                   after_step=lambda: None) -> list[float]:
+    """ms/step of each window of ``window`` steps but the first.
+
+    ``step_scope()`` is entered around each step and ``after_step()`` called after it (the
+    profiler's label and schedule in ``profile_step.py``).
+    """
     torch.manual_seed(seed)
     model = TinyGPT(**MODEL).to(device)
     model, opt = driver.setup(model, _optimizer(model, lr))
     rng = np.random.default_rng(seed)
     times, start = [], time.perf_counter()
     for it in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(it, steps, lr)
-        ix = rng.integers(0, len(tokens) - seq - 1, batch)
-        block = torch.from_numpy(np.stack([tokens[i:i + seq + 1] for i in ix]).astype(np.int64)).to(device)
-        x, y = block[:, :-1], block[:, 1:]
-        logits = driver.forward(model, x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-        driver.backward_and_step(model, opt, loss)
-        opt.zero_grad(set_to_none=True)
+        with step_scope():
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(it, steps, lr)
+            ix = rng.integers(0, len(tokens) - seq - 1, batch)
+            block = torch.from_numpy(np.stack([tokens[i:i + seq + 1] for i in ix]).astype(np.int64)).to(device)
+            x, y = block[:, :-1], block[:, 1:]
+            logits = driver.forward(model, x)
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
+            driver.backward_and_step(model, opt, loss)
+            opt.zero_grad(set_to_none=True)
+            if (it + 1) % window == 0:
+                loss.item()  # the loop's log step: one sync per window, as tierlab does
+        after_step()
         if (it + 1) % window == 0:
-            loss.item()  # the loop's log step: one sync per window, as tierlab does
             now = time.perf_counter()
             times.append(1000 * (now - start) / window)
             start = now

@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile, record_function, schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,29 +62,11 @@ def profile_tierlab(args, device: torch.device, make_profiler) -> profile:
 
 def profile_plain(args, device: torch.device, make_profiler) -> profile:
     """The plain loop of overhead.py (pageable batch copy, autocast, GradScaler, clip, fused AdamW)."""
-    torch.manual_seed(0)
-    driver = overhead.Plain(args.precision, device)
-    model, opt = driver.setup(TinyGPT(**overhead.MODEL).to(device), None)
-    opt = overhead._optimizer(model, 1e-3)
     tokens = np.asarray(prepare_data("demo", "byte", 0.1).train)
-    rng = np.random.default_rng(0)
-    total = args.warmup + args.steps + 1
     with make_profiler() as prof:
-        for it in range(total):
-            with record_function(STEP):
-                for group in opt.param_groups:
-                    group["lr"] = overhead._lr_at(it, total, 1e-3)
-                ix = rng.integers(0, len(tokens) - args.seq_len - 1, args.batch_size)
-                block = torch.from_numpy(np.stack([tokens[i:i + args.seq_len + 1] for i in ix]).astype(np.int64))
-                block = block.to(device)
-                x, y = block[:, :-1], block[:, 1:]
-                logits = driver.forward(model, x)
-                loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1))
-                driver.backward_and_step(model, opt, loss)
-                opt.zero_grad(set_to_none=True)
-                if (it + 1) % 10 == 0:
-                    loss.item()  # the log step's sync, as tierlab's
-            prof.step()
+        overhead.framework_loop(overhead.Plain(args.precision, device), tokens, steps=args.warmup + args.steps + 1,
+                                window=10, batch=args.batch_size, seq=args.seq_len, lr=1e-3, seed=0, device=device,
+                                step_scope=lambda: record_function(STEP), after_step=prof.step)
     return prof
 
 
