@@ -161,3 +161,25 @@ def test_onnx_without_its_packages_says_what_to_install(builtin_run, tmp_path, m
     with pytest.raises(tierlab.UserError, match=r"pip install 'tierlab\[onnx\]'"):
         export_run(builtin_run, "onnx", tmp_path / "onnx")
     assert not (tmp_path / "onnx").exists()
+
+
+def test_tracer_warnings_are_named_in_whole_sentences(tmp_path):
+    write_model(tmp_path, """
+        import math
+        import torch
+        from torch import nn
+
+        class Scaled(nn.Module):
+            def __init__(self, vocab_size=256):
+                super().__init__()
+                self.emb, self.head = nn.Embedding(vocab_size, 16), nn.Linear(16, vocab_size)
+
+            def forward(self, ids):
+                return self.head(self.emb(ids) / torch.tensor(math.sqrt(16.0)))  # a constant made in forward
+    """)
+    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Scaled"), model_args={},
+                                           max_steps=4, eval_every=0))
+    result = export_run(run.dir, "torchscript", tmp_path / "ts")
+    assert result.checked and result.max_abs_diff <= result.tolerance
+    # Cut at the first ". ", not the first ".": "torch.tensor" must not come out as "torch".
+    assert "tracer warning: torch.tensor results are registered as constants in the trace" in result.notes

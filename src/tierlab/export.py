@@ -177,7 +177,9 @@ def _torchscript(wrapped, model, config, example, staging, notes, vocab):
             traced = torch.jit.trace(wrapped, (example,), check_trace=False)
         except Exception as exc:  # noqa: BLE001 - the tracer's failures are many; say it in one line
             raise _cannot("torch.jit.trace", exc) from None
-    seen = {str(w.message).split(".")[0] for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
+    # The first sentence of each (a period followed by a space ends it: "torch.tensor results ..." must stay whole).
+    seen = {re.split(r"\.\s", str(w.message).strip(), maxsplit=1)[0].rstrip(".")
+            for w in caught if issubclass(w.category, torch.jit.TracerWarning)}
     notes += [f"tracer warning: {m}" for m in sorted(seen)[:5]]
     notes.append("TorchScript is deprecated by PyTorch (torch.jit); it still loads in torch.jit.load, but prefer onnx "
                  "or safetensors for new deployments")
