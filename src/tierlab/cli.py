@@ -157,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "weights are loaded into it (default: the run's model, else "
                                                    "tiny-gpt)")
     ana.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    ana.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
+                     help="a run directory, as in `tierlab sample RUN` (the same as --run RUN)")
     ana.add_argument("--run", default=None, metavar="RUN", help="a run directory: analyse its trained weights on its "
                                                               "own validation data")
     ana.add_argument("--data", default="demo", help="corpus for an untrained model (default demo)")
@@ -367,6 +369,10 @@ def _analyze(ns: argparse.Namespace) -> int:
     from .analyze import analyze
     from .train.device import resolve_device
 
+    if ns.run_dir is not None:  # `tierlab analyze runs/x`, like sample and export
+        if ns.run is not None and Path(ns.run).resolve() != Path(ns.run_dir).resolve():
+            raise UserError(f"Two runs given: {ns.run_dir!r} and --run {ns.run!r}.", "name one run.")
+        ns.run = ns.run_dir
     if ns.run is not None:
         _run_dirs([ns.run])
     for path in (ns.json, ns.png):

@@ -150,5 +150,10 @@ def test_cli_on_a_trained_run_and_on_a_model_file(tmp_path):
     # --model with --run: the model file's architecture, the run's weights (here the same model).
     same = analyze("tiny-gpt", run.dir, model_args=dict(TINY_MODEL))
     assert same.robustness[0].loss == pytest.approx(report["robustness"][0]["loss"])
+    # The run positionally, as `tierlab sample RUN` and `tierlab export RUN` take it: the same analysis.
+    positional = run_cli("analyze", str(run.dir), "--json", "p.json", "--png", "", cwd=tmp_path)
+    assert positional.returncode == 0, positional.stderr
+    assert json.loads((tmp_path / "p.json").read_text())["robustness"] == report["robustness"]
+    assert_user_error(run_cli("analyze", str(run.dir), "--run", str(tmp_path), cwd=tmp_path), "Two runs given")
     assert_user_error(run_cli("analyze", "--run", str(tmp_path / "nope"), cwd=tmp_path), "not a tierlab run")
     assert_user_error(run_cli("analyze", "--model", "tiny-gpt", "--batches", "0", cwd=tmp_path), "--batches")
