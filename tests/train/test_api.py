@@ -101,6 +101,9 @@ def test_existing_run_directory_is_refused_and_untouched(tmp_path):
     ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
      "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n        return {'hidden': ids}\n",
      {}, ModelError, "holds no logits"),
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n        return self.e(ids).softmax(-1)\n",
+     {}, ModelError, "returns probabilities, not logits"),
     (None, {"seq_len": 128}, ModelError, "longer than the model's 64 positions"),
 ])
 def test_bad_models_fail_before_the_run_directory_exists(tmp_path, source, changes, error, fragment):

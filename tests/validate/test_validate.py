@@ -67,6 +67,16 @@ class Flat(TinyGPT):
         return super().forward(input_ids)[:, -1]  # [B, V]: forgot the positions
 
 
+class Softmaxed(TinyGPT):
+    def forward(self, input_ids):
+        return super().forward(input_ids).softmax(-1)  # probabilities: cross-entropy would softmax them again
+
+
+class LogSoftmaxed(TinyGPT):
+    def forward(self, input_ids):
+        return super().forward(input_ids).log_softmax(-1)  # log-probabilities: fine for cross-entropy
+
+
 class Noisy(TinyGPT):
     def forward(self, input_ids):
         logits = super().forward(input_ids)
@@ -96,6 +106,12 @@ def overflow(vocab_size):
 
 def flat(vocab_size):
     return Flat(vocab_size=vocab_size, **SMALL)
+
+def softmaxed(vocab_size):
+    return Softmaxed(vocab_size=vocab_size, **SMALL)
+
+def log_softmaxed(vocab_size):
+    return LogSoftmaxed(vocab_size=vocab_size, **SMALL)
 
 def noisy(vocab_size):
     return Noisy(vocab_size=vocab_size, **SMALL)
@@ -133,6 +149,7 @@ def test_the_built_in_model_passes_every_check(healthy):
     ("nan_layer", "numerics", "100.0% of the logits are NaN or Inf"),
     ("flat", "shapes", "expected [1, 1, 256]"),
     ("noisy", "determinism", "two eval forwards of the same input differ"),
+    ("softmaxed", "numerics", "the outputs are probabilities, not logits"),
 ])
 def test_each_check_catches_its_broken_model(zoo, factory, check, fragment):
     report = tierlab.validate(f"{zoo}:{factory}")
@@ -169,3 +186,9 @@ def test_cli_fails_each_broken_model(zoo, tmp_path, factory, check):
     result = run_cli("validate", "--model", f"{zoo}:{factory}", "--no-doctor", "--precision", "bf16", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"FAIL  {check}" in result.stdout and "bf16)" in result.stdout
+
+
+def test_log_probabilities_are_accepted_as_logits(zoo):
+    # log_softmax output is what cross-entropy computes anyway: not the softmax mistake.
+    report = tierlab.validate(f"{zoo}:log_softmaxed")
+    assert report["numerics"].status == "pass", report.text()

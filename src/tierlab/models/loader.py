@@ -162,6 +162,26 @@ def extract_logits(output: Any) -> torch.Tensor:
                      "'logits' or an object with .logits.")
 
 
+# What a model that ends in softmax is told: the wiring mistake and its fix, shared by train and validate.
+PROBABILITIES_FIX = ("return the raw scores (drop the final softmax): cross-entropy applies log-softmax itself, and "
+                     "on probabilities the loss barely moves")
+
+
+def looks_like_probabilities(logits: torch.Tensor) -> bool:
+    """True when every position's outputs lie in [0, 1] and sum to 1: a softmax, not logits.
+
+    Cross-entropy on probabilities squashes the gradient (a second softmax over values in
+    [0, 1] is near-uniform), so such a model trains far slower with no error anywhere. Raw
+    logits of V >= 2 classes never pass this by chance; log-probabilities (log_softmax) do
+    not either, and they are fine: log-softmax leaves them unchanged.
+    """
+    if logits.size(-1) < 2 or logits.numel() == 0:
+        return False
+    x = logits.detach().float()
+    in_unit = bool(((x >= 0) & (x <= 1)).all())
+    return in_unit and bool(((x.sum(-1) - 1).abs() <= 1e-3).all())
+
+
 def max_positions(model: nn.Module) -> int | None:
     """The longest sequence the model supports, where it publishes one."""
     for owner in (model, getattr(model, "config", None)):

@@ -32,7 +32,7 @@ from ..config import TrainConfig
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
-from ..models import extract_logits, load_model, max_positions
+from ..models import PROBABILITIES_FIX, extract_logits, load_model, looks_like_probabilities, max_positions
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
@@ -429,6 +429,9 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          f"return logits [B, T, V] = [2, {cfg.seq_len}, vocab_size]: one row per position.")
     if not logits.is_floating_point():
         raise ModelError(f"The model returned {logits.dtype} logits.", "return floating-point logits.")
+    if looks_like_probabilities(logits):
+        raise ModelError(f"The model returns probabilities, not logits: every position's {logits.size(-1)} outputs "
+                         "lie in [0, 1] and sum to 1.", PROBABILITIES_FIX + ".")
     vocab = logits.size(-1)
     if tokens.max_id >= vocab:
         raise DataError(f"The data holds token id {tokens.max_id} but the model has only {vocab} outputs "

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import extract_logits
+from ..models import PROBABILITIES_FIX, extract_logits, looks_like_probabilities
 from ..train.device import synchronize
 from ..train.memory import SavedForBackward
 from .report import CheckResult
@@ -137,6 +137,10 @@ def numerics(p: Probe) -> CheckResult:
         bad = (~torch.isfinite(logits)).float().mean().item()
         return CheckResult("numerics", "fail", f"{bad:.1%} of the logits are NaN or Inf", {"nonfinite": bad},
                            "find the layer that produces them (division by zero, log of 0, overflowing exp)")
+    if looks_like_probabilities(logits):
+        return CheckResult("numerics", "fail", "the outputs are probabilities, not logits: every position's outputs "
+                           "lie in [0, 1] and sum to 1 (a softmax at the end of forward)", {"probabilities": True},
+                           PROBABILITIES_FIX)
     loss = F.cross_entropy(logits[:, :-1].reshape(-1, p.vocab), ids[:, 1:].reshape(-1)).item() \
         if p.seq_len > 1 else F.cross_entropy(logits.reshape(-1, p.vocab), ids.reshape(-1)).item()
     expected = math.log(p.vocab)
