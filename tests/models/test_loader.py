@@ -98,6 +98,17 @@ def test_file_without_factory_is_explained(tmp_path):
         load_model(str(path), {}, 256)
 
 
+def test_file_without_a_default_factory_names_its_own_candidates(tmp_path):
+    path = write_model(tmp_path, "import torch\nfrom torch.nn import Linear\n\n"
+                                 "class Decoder(torch.nn.Module):\n    pass\n\n"
+                                 "def make(vocab_size):\n    return Decoder()\n\n"
+                                 "def _private():\n    pass\n")
+    with pytest.raises(ModelError) as err:
+        load_model(str(path), {}, 256)
+    # Its own class and function, not the imported Linear nor the private helper.
+    assert f"--model {path}:Decoder (the file defines Decoder, make)" in str(err.value)
+
+
 def test_builtin_tiny_gpt_and_its_max_positions():
     model = load_model("tiny-gpt", {"n_layer": 1, "d_model": 16, "n_head": 2, "max_seq_len": 48}, vocab_size=99)
     assert isinstance(model, TinyGPT)

@@ -114,8 +114,13 @@ def _find_factory(module: Any, path: Path, name: str | None) -> Callable[..., An
         factory = getattr(module, candidate, None)
         if callable(factory):
             return factory
-    raise ModelError(f"{str(path)!r} defines neither build_model() nor a class Model.",
-                     f"add one of them, or name the factory: --model {path}:make_my_model.")
+    # The file's own functions and nn.Module classes are the likely factories: name them in the fix.
+    own = [n for n, obj in vars(module).items() if not n.startswith("_") and getattr(obj, "__module__", None) ==
+           module.__name__ and (inspect.isfunction(obj) or (inspect.isclass(obj) and issubclass(obj, nn.Module)))]
+    hint = (f"name the factory after a colon, e.g. --model {path}:{own[0]} (the file defines "
+            f"{', '.join(own[:6])}{', ...' if len(own) > 6 else ''})" if own
+            else f"add one of them, or name the factory: --model {path}:make_my_model")
+    raise ModelError(f"{str(path)!r} defines neither build_model() nor a class Model.", hint + ".")
 
 
 def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
