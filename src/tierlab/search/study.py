@@ -17,6 +17,7 @@ lost) is marked failed by the next worker that looks, and replaced like an inter
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -25,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..config import TrainConfig
 from ..errors import ConfigError, UserError
@@ -153,7 +154,8 @@ def open_study(cfg: SearchConfig):
               "none": optuna.pruners.NopPruner}[cfg.pruner]()
     for attempt in range(_OPEN_ATTEMPTS):
         try:
-            storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat)
+            with _heartbeat_warnings_off():
+                storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat)
             return optuna.create_study(study_name=cfg.study, storage=storage, direction="minimize",
                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except ImportError as exc:  # e.g. a postgresql:// URL without its driver
@@ -184,7 +186,8 @@ def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> Search
         _fail_stale_trials(study)  # a lost worker's trial stops counting, so this loop replaces it
         if len(_counted_trials(study)) >= cfg.trials:
             break
-        trial = study.ask()
+        with _heartbeat_warnings_off():
+            trial = study.ask()
         earlier = [t for t in _counted_trials(study) if t.number < trial.number]
         if len(earlier) >= cfg.trials:
             # Another worker asked for the last trial a moment before this one: this one is
@@ -202,9 +205,23 @@ def _fail_stale_trials(study: Any) -> None:
     """Mark failed the running trials whose worker stopped sending heartbeats."""
     import optuna
 
+    with _heartbeat_warnings_off():
+        optuna.storages.fail_stale_trials(study)
+
+
+@contextlib.contextmanager
+def _heartbeat_warnings_off() -> Iterator[None]:
+    """Silence what Optuna says about heartbeats used outside ``study.optimize``: that is by design here.
+
+    Optuna calls heartbeats experimental and warns, on every ``ask()``, that they are meant
+    for ``optimize``; tierlab beats itself (:class:`_Heartbeat`), so both are noise on the terminal.
+    """
+    import optuna
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+        yield
 
 
 class _Heartbeat:
