@@ -305,4 +305,5 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         log.info("trial %d: best val_loss %.4f", trial.number, value)
     else:
         study.tell(trial, state=state)
-        log.info("trial %d: %s (%s)", trial.number, state.name.lower(), reason)
+        said = state.name.lower()  # "pruned at step 6 (...)" says it already: not "pruned (pruned at ...)"
+        log.info("trial %d: %s", trial.number, reason if (reason or "").startswith(said) else f"{said} ({reason})")
