@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -182,6 +183,7 @@ def test_ctrl_c_exits_130_and_closes_the_run(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
     run_dir = tmp_path / "runs" / "stop"
+    assert f"continue with: tierlab train --resume {Path('runs') / 'stop'}" in err  # how to go on
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] >= 10
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]

@@ -315,10 +315,17 @@ def _train(ns: argparse.Namespace) -> int:
     from .launch import torchrun_rank
     from .progress import console  # imports tqdm only when needed
     from .train import train
+    from .train.api import Interrupted
+    from .train.checkpoint import latest_checkpoint
 
     cfg = config_from_args(ns)
-    with console(quiet=cfg.quiet) as progress:
-        run = train(None, None, cfg, progress=progress)
+    try:
+        with console(quiet=cfg.quiet) as progress:
+            run = train(None, None, cfg, progress=progress)
+    except Interrupted as stop:
+        if latest_checkpoint(stop.run_dir) is not None and not torchrun_rank():
+            sys.stderr.write(f"stopped at step {stop.step}; continue with: tierlab train --resume {stop.run_dir}\n")
+        raise
     if not cfg.quiet and not torchrun_rank():
         s = run.summary
         val = f"{s['final_val_loss']:.4f}" if s["final_val_loss"] is not None else "n/a"

@@ -202,10 +202,10 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         with _graceful_stop(trainer, repeat_window_s=3.0 if dist.active else 0.0):
             trainer.fit()
         status = "completed"
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         status = "interrupted"
         events.emit("interrupted", step=trainer.state.step)
-        raise
+        raise Interrupted(run_dir, trainer.state.step) from exc
     except Diverged:
         status = "diverged"
         raise
@@ -229,6 +229,18 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     dist.barrier()  # every rank returns once rank 0 has written the summary
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM, closed and (unless aborted at once) checkpointed at ``step``.
+
+    Still a KeyboardInterrupt, so callers that stop on one keep doing so; it carries the run
+    directory, so the CLI can say how to continue.
+    """
+
+    def __init__(self, run_dir: Path, step: int):
+        super().__init__(f"interrupted at step {step}")
+        self.run_dir, self.step = run_dir, step
 
 
 class StopTraining(Exception):
