@@ -94,7 +94,16 @@ def summarise(prof: profile) -> dict:
         "kernels": len(kernels) / n,
         "gpu_busy_ms": sum(k.time_range.elapsed_us() for k in kernels) / n / 1000,
         "runtime": {name: count / n for name, count in runtime.items()},
+        "self_us": {name: us / n for name, us in _self_time(host).items()},
     }
+
+
+def _self_time(host: list) -> collections.Counter:
+    """Host microseconds spent in each operator or runtime call itself (not in what it calls), summed by name."""
+    total: collections.Counter = collections.Counter()
+    for e in host:
+        total[e.name] += e.self_cpu_time_total
+    return total
 
 
 def main() -> None:
@@ -105,6 +114,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--differences", type=int, default=15, metavar="N",
+                    help="list the N calls whose own host time per step differs most between the sides (default 15)")
     ap.add_argument("--trace", metavar="PREFIX", help="also write Chrome traces PREFIX-tierlab.json, PREFIX-plain.json")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -137,6 +148,12 @@ def main() -> None:
         print(f"{rt[:42]:42} {a:>10.1f} {b:>10.1f}")
     if not names:
         print("(no CUDA runtime calls: run this on a GPU for the launch, copy and synchronisation counts)")
+    # Where tierlab's host time differs from plain's: the calls whose own time per step differs most.
+    mine, theirs = results["tierlab"]["self_us"], results["plain"]["self_us"]
+    differ = sorted(set(mine) | set(theirs), key=lambda k: -abs(mine.get(k, 0.0) - theirs.get(k, 0.0)))
+    print(f"{'largest differences in own host us per step':42} {'tierlab':>10} {'plain':>10}")
+    for name in differ[:args.differences]:
+        print(f"{name[:42]:42} {mine.get(name, 0.0):>10.1f} {theirs.get(name, 0.0):>10.1f}")
 
 
 if __name__ == "__main__":
