@@ -5,7 +5,7 @@ import pytest
 
 import tierlab
 from helpers import assert_user_error, fast_config, run_cli
-from tierlab.track.plots import DPI, FIGSIZE
+from tierlab.track.plots import DPI, FIGSIZE, summary_table
 
 WIDTH, HEIGHT = int(FIGSIZE[0] * DPI), int(FIGSIZE[1] * DPI)
 
@@ -59,6 +59,7 @@ def test_report_overlays_two_runs(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert _is_drawn(_image(target))
     assert len([l for l in result.stdout.splitlines() if l.startswith(("fp16", "fp32-noeval"))]) == 2
+    assert "not comparable" not in result.stdout  # same data, same tokenizer: one scale
     fig = tierlab.Run.load(fp16.dir).plot()
     axes = fig.get_axes()
     assert len(axes) == 6 and axes[3].get_yscale() == "log"  # the loss scale on a log axis
@@ -68,3 +69,14 @@ def test_report_overlays_two_runs(runs, tmp_path):
 
 def test_report_of_a_non_run_is_a_user_error(tmp_path):
     assert_user_error(run_cli("report", tmp_path, cwd=tmp_path), "not a tierlab run directory")
+
+
+def test_report_warns_when_losses_are_on_other_scales(runs, tmp_path):
+    out, fp16, _ = runs
+    corpus = tmp_path / "other.txt"
+    corpus.write_text("the cat sat on the mat. " * 400)
+    other = tierlab.train(config=fast_config(tmp_path, name="bpe", data=str(corpus), tokenizer="bpe:300",
+                                             max_steps=4, eval_every=0, no_plots=True))
+    text = summary_table([fp16.dir, other.dir])
+    assert "note: the losses are not comparable" in text
+    assert "fp16: byte on demo" in text and "bpe: bpe:300 on other.txt" in text

@@ -138,7 +138,27 @@ def summary_table(run_dirs: list[Path]) -> str:
                      s.get("precision") or "-", _fmt(s.get("skipped_steps")), _fmt(s.get("final_loss_scale"), "g"),
                      _fmt(s.get("median_tokens_per_s"), ",.0f")])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    note = _incomparable_note(run_dirs)
+    return table + (f"\n{note}" if note else "")
+
+
+def _incomparable_note(run_dirs: list[Path]) -> str | None:
+    """A warning when the runs' losses are not on one scale: other corpora or other tokenizers.
+
+    A loss is nats per token, so runs with a byte tokenizer and a BPE one (or on different
+    texts) can differ by a factor with neither being the better model.
+    """
+    setups: dict[tuple[str, str], list[str]] = {}
+    for d in run_dirs:
+        path = Path(d) / "config.json"
+        cfg = json.loads(path.read_text()) if path.is_file() else {}
+        setups.setdefault((str(cfg.get("data", "?")), str(cfg.get("tokenizer", "?"))), []).append(Path(d).name)
+    if len(setups) < 2:
+        return None
+    groups = "; ".join(f"{', '.join(names)}: {tok} on {Path(data).name}" for (data, tok), names in setups.items())
+    return (f"note: the losses are not comparable across these runs: they use other data or tokenizers ({groups}); "
+            "a loss is per token of its own tokenizer")
 
 
 def _fmt(value: Any, spec: str = "") -> str:
