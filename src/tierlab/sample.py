@@ -16,15 +16,23 @@ from .train.checkpoint import load_checkpoint
 from .train.run import CONFIG, WEIGHTS
 
 
-def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu") -> tuple[nn.Module, Tokenizer]:
-    """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory."""
+def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu", *,
+         model: nn.Module | None = None) -> tuple[nn.Module, Tokenizer]:
+    """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory.
+
+    The model is rebuilt from the run's config, or is ``model`` (a freshly built module of
+    the same architecture, e.g. for a run trained on an in-memory module) with the weights
+    loaded into it.
+    """
     run_dir = Path(run)
     config = run_config(run_dir)
     tokenizer = run_tokenizer(run_dir)
-    if str(config["model"]).startswith("<in-memory"):
+    if model is None and str(config["model"]).startswith("<in-memory"):
         raise UserError(f"Run {str(run_dir)!r} trained an in-memory model, which tierlab cannot rebuild.",
-                        f"build the model yourself and load {run_dir / WEIGHTS} with safetensors.torch.load_model.")
-    model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
+                        "build the model yourself and pass it: tierlab.load(run, model=my_model) (or load "
+                        f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
+    if model is None:
+        model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:

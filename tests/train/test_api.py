@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 import tierlab
 from helpers import TINY_MODEL, fast_config, write_corpus, write_model
-from tierlab.errors import ConfigError, DataError, ModelError
+from tierlab.errors import ConfigError, DataError, ModelError, UserError
 
 TRAIN_FIELDS = {"kind", "step", "tokens", "loss", "lr", "grad_norm", "loss_scale", "skipped_steps", "tokens_per_s",
                 "step_ms", "mem_peak_mb", "mfu"}
@@ -136,3 +136,23 @@ def test_in_memory_model_and_bpe_on_a_user_corpus(tmp_path):
     assert json.loads((run_dir / "tokenizer.json").read_text())["model"]["type"] == "BPE"
     evals = tierlab.Run.load(run_dir).metrics("eval")
     assert evals[-1]["val_loss"] < math.log(320) - 1.0
+
+
+def test_options_as_keywords_and_an_in_memory_model_loaded_back(tmp_path):
+    from tierlab.models.tiny_gpt import TinyGPT
+
+    # Any option as a keyword; keywords win over the config they sit beside.
+    run = tierlab.train(TinyGPT(vocab_size=256, **TINY_MODEL), "demo", fast_config(tmp_path, max_steps=50),
+                        max_steps=6, eval_every=0, name="kw")
+    assert run.summary["steps"] == 6 and run.dir == tmp_path / "runs" / "kw"
+    with pytest.raises(ConfigError, match="did you mean 'max_steps'"):
+        tierlab.train("tiny-gpt", "demo", max_step=5, out=str(tmp_path / "runs"))
+    with pytest.raises(ConfigError, match="--lr"):
+        tierlab.train("tiny-gpt", "demo", fast_config(tmp_path), lr=-1.0)
+    # The run trained an in-memory module: tierlab cannot rebuild it, but loads its weights into one you pass.
+    with pytest.raises(UserError, match="tierlab.load\\(run, model=my_model\\)"):
+        tierlab.load(run.dir)
+    fresh = TinyGPT(vocab_size=256, **TINY_MODEL)
+    loaded, tokenizer = tierlab.load(run.dir, model=fresh)
+    assert loaded is fresh and tokenizer.vocab_size == 256
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), run.model.state_dict().values()))

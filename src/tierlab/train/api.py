@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import TrainConfig, normalize_keys
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
@@ -72,16 +72,21 @@ DEFAULT_MAX_STEPS = 400
 
 def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
           config: TrainConfig | Mapping[str, Any] | None = None, *,
-          progress: Progress | None = None, cache_dir: str | Path | None = None) -> Run:
+          progress: Progress | None = None, cache_dir: str | Path | None = None, **options: Any) -> Run:
     """Train ``model_or_path`` (a module, ``"tiny-gpt"`` or ``"path.py[:factory]"``) on ``data``.
 
-    ``config`` is a :class:`TrainConfig` or a dict of its fields; ``model_or_path`` and
-    ``data``, when given, override the config's ``model`` and ``data``.  With
-    ``config.resume`` set, continues that run from its checkpoint (see :func:`resume`).
-    Returns the :class:`Run`.  Raises :class:`UserError` for anything the user can fix and
-    :class:`Diverged` when training stops for non-finite values.
+    ``config`` is a :class:`TrainConfig` or a dict of its fields, and any field can also be
+    given as a keyword (``train(model, "corpus.txt", max_steps=500, precision="fp16")``),
+    which wins over ``config``; ``model_or_path`` and ``data``, when given, override the
+    config's ``model`` and ``data``.  With ``resume`` set, continues that run from its
+    checkpoint (see :func:`resume`).  Returns the :class:`Run`.  Raises :class:`UserError`
+    for anything the user can fix (an unknown keyword included) and :class:`Diverged` when
+    training stops for non-finite values.
     """
-    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_mapping(dict(config or {}), "config")
+    if isinstance(config, TrainConfig):
+        cfg = config.replace(**normalize_keys(options, "train()")) if options else config
+    else:
+        cfg = TrainConfig.from_mapping({**dict(config or {}), **options}, "train()" if options else "config")
     if isinstance(model_or_path, str):
         cfg = cfg.replace(model=model_or_path)
     elif model_or_path is not None and not isinstance(model_or_path, nn.Module):
