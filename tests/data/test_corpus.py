@@ -44,7 +44,7 @@ def test_jsonl_text_field(tmp_path):
 
 @pytest.mark.parametrize("content, fragment", [
     ('{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
-    ('{"body": "no text field"}\n', 'line 1 has no string field "text"'),
+    ('{"body": "no text field"}\n', 'line 1 has no string field "text" \\(its string fields: body\\)'),
     ('{"text": 5}\n', 'line 1 has no string field "text"'),
 ])
 def test_bad_jsonl_names_the_line(tmp_path, content, fragment):
@@ -69,6 +69,11 @@ def test_missing_empty_and_textless_inputs(tmp_path):
         open_corpus(str(tmp_path / "empty.txt"), tmp_path)
     (tmp_path / "nodocs").mkdir()
     with pytest.raises(DataError, match="holds no .txt files"):
+        open_corpus(str(tmp_path / "nodocs"), tmp_path)
+    for name in ("a.md", "b.md", "sub/c.rst"):
+        (tmp_path / "nodocs" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "nodocs" / name).write_text("# notes\n")
+    with pytest.raises(DataError, match=r"holds no .txt files \(it holds 2 .md files, 1 .rst file\)"):
         open_corpus(str(tmp_path / "nodocs"), tmp_path)
 
 

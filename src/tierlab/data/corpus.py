@@ -7,6 +7,7 @@ it is decoded strictly: undecodable bytes are an error that names the file and t
 from __future__ import annotations
 
 import codecs
+import collections
 import hashlib
 import json
 import os
@@ -78,7 +79,11 @@ def open_corpus(spec: str, cache_dir: Path) -> Corpus:
     if p.is_dir():
         files = tuple(sorted(x for x in p.rglob("*.txt") if x.is_file()))
         if not files:
-            raise DataError(f"Directory {spec!r} holds no .txt files.", "put UTF-8 .txt files in it or pass a file.")
+            others = collections.Counter(x.suffix.lower() or "(no suffix)" for x in p.rglob("*") if x.is_file())
+            kinds = [f"{n} {kind} file{'s' if n > 1 else ''}" for kind, n in others.most_common(4)]
+            found = f" (it holds {', '.join(kinds)})" if kinds else ""
+            raise DataError(f"Directory {spec!r} holds no .txt files{found}.",
+                            "tierlab reads *.txt in a directory: rename plain-text files to .txt, or pass a file.")
         corpus = Corpus(spec, files, jsonl=False)
     else:
         corpus = Corpus(spec, (p,), jsonl=p.suffix.lower() in (".jsonl", ".ndjson"))
@@ -131,8 +136,12 @@ def _jsonl_texts(path: Path) -> Iterator[tuple[str, int]]:
                 raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
                                 "write one JSON object per line.") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise DataError(f"{str(path)!r} line {lineno} has no string field \"text\".",
-                                "write records like {\"text\": \"...\"}.")
+                fields = [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
+                found = f" (its string fields: {', '.join(fields[:8])})" if fields else ""
+                raise DataError(f"{str(path)!r} line {lineno} has no string field \"text\"{found}.",
+                                "write records like {\"text\": \"...\"}" + (
+                                    f", e.g. jq -c '{{text: .{fields[0]}}}' {path.name} > text.jsonl" if fields
+                                    else "") + ".")
             text = record["text"]
             batch.append(text if text.endswith("\n") else text + "\n")
             size += len(raw)
