@@ -253,6 +253,7 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
 
         values = base_config(resume, given.get("out", file_values.get("out", "runs")),
                              given.get("name", file_values.get("name"))) or {}
+        values.pop("quiet", None)  # how the first session's terminal looked is not part of the run
     values.update(file_values)
     items = given.pop("model_args", [])
     values.update(given)

@@ -226,3 +226,11 @@ def test_a_killed_workers_trial_is_failed_by_heartbeat_and_replaced(tmp_path):
     assert [t.number for t in trials if t.state.name in ("COMPLETE", "PRUNED")] == [1, 2]  # two real trials
     rows = {r["number"]: r for r in _rows(tmp_path / "s" / "trials.csv")}
     assert "no heartbeat" in rows["0"]["reason"] and rows["1"]["reason"] == ""
+
+
+def test_the_searched_files_are_recorded_absolute(tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("some text\n" * 50)
+    monkeypatch.chdir(tmp_path)
+    cfg = SearchConfig(base=fast_config(tmp_path, data="corpus.txt"), out=str(tmp_path / "s"))
+    # best.toml and every trial's config.json then name the corpus from any directory.
+    assert cfg.base.data == str(tmp_path / "corpus.txt") and cfg.base.model == "tiny-gpt"

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import (
     assert_same_run,
     assert_user_error,
@@ -15,7 +16,11 @@ from helpers import (
     run_cli,
     train_records,
     wait_for,
+    write_corpus,
+    write_model,
 )
+
+from tierlab.train.checkpoint import latest_checkpoint, load_checkpoint
 
 ARGS = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
         "--model-arg", "max_seq_len=64", "--seq-len", "32", "--batch-size", "8", "--eval-batches", "2",
@@ -94,6 +99,42 @@ def test_resume_refuses_a_different_run(tmp_path):
     summary = json.loads((tmp_path / "runs" / "a" / "summary.json").read_text())
     assert summary["steps"] == 20
     assert json.loads((tmp_path / "runs" / "a" / "config.json").read_text())["max_steps"] == 20
+
+
+def test_a_run_started_with_relative_paths_resumes_from_another_directory(tmp_path):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    write_corpus(project / "data" / "c.txt", sentences=600)
+    write_model(project, """
+        from tierlab.models.tiny_gpt import TinyGPT
+
+        def build_model(vocab_size):
+            return TinyGPT(vocab_size=vocab_size, n_layer=1, d_model=32, n_head=2, max_seq_len=64)
+    """)
+    elsewhere.mkdir()
+    common = [a for a in ARGS if not a.startswith(("--model-arg", "n_layer", "d_model", "n_head", "max_seq_len"))]
+    first = run_cli("train", *common, "--model", "my_model.py", "--data", "data/c.txt", "--max-steps", "10",
+                    "--out", tmp_path / "runs", "--name", "moved", cwd=project)
+    assert first.returncode == 0, first.stderr
+    run_dir = tmp_path / "runs" / "moved"
+    config = json.loads((run_dir / "config.json").read_text())
+    # Recorded absolute: the files are found from any directory (a scheduler's restart, --config elsewhere).
+    assert config["data"] == str(project / "data" / "c.txt") and config["model"] == str(project / "my_model.py")
+    again = run_cli("train", "--resume", run_dir, "--max-steps", "15", "--allow-config-change", cwd=elsewhere)
+    assert again.returncode == 0, again.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["steps"] == 15
+    assert "step 15/15" in again.stdout  # the first session's --quiet is not part of the run
+    # A checkpoint of earlier tierlab recorded the path as typed (relative): naming the same file
+    # another way resumes (its content is what is checked); another corpus does not.
+    ckpt = latest_checkpoint(run_dir)
+    state = load_checkpoint(ckpt)
+    state["config"]["data"] = "data/c.txt"
+    torch.save(state, ckpt)
+    older = run_cli("train", "--resume", run_dir, "--data", project / "data" / "c.txt", "--max-steps", "20",
+                    "--allow-config-change", "--quiet", cwd=elsewhere)
+    assert older.returncode == 0, older.stderr
+    write_corpus(elsewhere / "other.txt", sentences=600, seed=1)
+    other = run_cli("train", "--resume", run_dir, "--data", elsewhere / "other.txt", cwd=elsewhere)
+    assert_user_error(other, "the corpus changed since the checkpoint")
 
 
 def test_resume_auto_starts_fresh_then_continues(tmp_path):

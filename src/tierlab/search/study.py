@@ -32,6 +32,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..train.api import StopTraining, train
 from ..train.guards import Diverged
+from ..train.resume import absolute_paths
 from .space import DEFAULT_SPACE, Dimension, apply_params, fmt_param
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,7 @@ class SearchConfig:
                               "pass e.g. --heartbeat 60.")
         if not self.study.strip():
             raise ConfigError("--study needs a name.", "pass e.g. --study my-study.")
+        self.base = absolute_paths(self.base)  # best.toml then trains from any directory
 
     @property
     def storage_url(self) -> str:

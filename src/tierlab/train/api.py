@@ -43,6 +43,7 @@ from .guards import Diverged
 from .loop import Trainer
 from .precision import PrecisionPolicy, decide_precision
 from .resume import (
+    absolute_paths,
     base_config,
     check_same_data,
     check_same_model,
@@ -106,6 +107,7 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
 def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, device: torch.device,
            progress: Progress | None, cache_dir: str | Path | None) -> Run:
     # --- what to resume, if anything -----------------------------------------------------
+    cfg = absolute_paths(cfg)  # recorded in config.json and checkpoints: valid from any directory
     ckpt_path, resume_state = None, None
     if cfg.resume:
         run_dir, ckpt_path = find_checkpoint(cfg.resume, cfg.out, cfg.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,46 @@ log = logging.getLogger(__name__)
 IDENTITY_OPTIONS = ("model", "model_args", "data", "tokenizer", "val_fraction")
 # Where a run lives is decided by the resume path, not compared.
 PLACE_OPTIONS = ("out", "name")
+# Options that may name a file. Their content is checked on resume (the corpus by sha256, the
+# tokenizer by its hash, the model by its parameter shapes), so the path itself may differ.
+PATH_OPTIONS = ("model", "data", "tokenizer")
+
+
+def absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the files it names (--model PATH.py, --data, --tokenizer PATH) as absolute paths.
+
+    A run's config.json and checkpoints record them, and a resume or ``--config`` reuses
+    them: recorded relative to the directory the run was started from, they would name
+    nothing (or another file) from anywhere else. Names that are not existing files
+    (``demo``, ``tiny-gpt``, ``byte``, ``bpe:512``, a path that a later check reports
+    missing) stay as given.
+    """
+    from ..models.loader import split_spec
+
+    changes = {}
+    path, factory = split_spec(cfg.model)
+    if path.suffix == ".py" and path.is_file():
+        changes["model"] = os.path.abspath(path) + (f":{factory}" if factory else "")
+    for key in ("data", "tokenizer"):
+        value = getattr(cfg, key)
+        if value != "demo" and Path(value).exists():
+            changes[key] = os.path.abspath(value)  # ".." folded, symlinks kept as named
+    return cfg.replace(**changes) if changes else cfg
+
+
+def _same_source(key: str, recorded: Any, now: Any) -> bool:
+    """Whether a path-valued option names the same source (see PATH_OPTIONS): the same file name, and factory."""
+    if recorded == now or not isinstance(recorded, str) or not isinstance(now, str):
+        return recorded == now
+    if key == "model":
+        from ..models.loader import split_spec
+
+        (a, fa), (b, fb) = split_spec(recorded), split_spec(now)
+        return a.suffix == b.suffix == ".py" and a.name == b.name and fa == fb
+    builtin = ("demo", "byte")
+    if recorded in builtin or now in builtin or recorded.startswith("bpe:") or now.startswith("bpe:"):
+        return False
+    return True  # two paths: the corpus and tokenizer checks compare what they hold
 
 
 def find_checkpoint(resume: str, out: str, name: str | None) -> tuple[Path, Path | None]:
@@ -55,7 +96,11 @@ def base_config(resume: str, out: str, name: str | None) -> dict[str, Any] | Non
 def check_same_run(cfg: TrainConfig, recorded: dict[str, Any], ckpt: Path) -> None:
     """Refuse a resume whose options differ from the checkpoint's, naming every difference."""
     def differs(key: str) -> bool:
-        return key in recorded and recorded[key] != getattr(cfg, key)
+        if key not in recorded:
+            return False
+        if key in PATH_OPTIONS:
+            return not _same_source(key, recorded[key], getattr(cfg, key))
+        return recorded[key] != getattr(cfg, key)
 
     identity = [k for k in IDENTITY_OPTIONS if differs(k)]
     if identity:
