@@ -105,6 +105,12 @@ def test_existing_run_directory_is_refused_and_untouched(tmp_path):
      "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n        return self.e(ids).softmax(-1)\n",
      {}, ModelError, "returns probabilities, not logits"),
     (None, {"seq_len": 128}, ModelError, "longer than the model's 64 positions"),
+    # Positions in a table that publishes no length: the short table is named from the IndexError.
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.tok, self.pos = torch.nn.Embedding(256, 8), torch.nn.Embedding(16, 8)\n"
+     "        self.head = torch.nn.Linear(8, 256)\n    def forward(self, ids):\n"
+     "        return self.head(self.tok(ids) + self.pos(torch.arange(ids.size(1))))\n",
+     {}, ModelError, "its embedding 'pos' has 16 rows, fewer than --seq-len 32 positions"),
 ])
 def test_bad_models_fail_before_the_run_directory_exists(tmp_path, source, changes, error, fragment):
     spec = str(write_model(tmp_path, source)) if source else "tiny-gpt"

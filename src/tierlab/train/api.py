@@ -436,8 +436,16 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
     except UserError:
         raise
     except Exception as exc:
-        raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}]: "
-                         f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}.",
+        said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        short = (_short_position_tables(model, cfg.seq_len, tokens.tokenizer.vocab_size)
+                 if isinstance(exc, IndexError) else [])
+        if short:  # the probe's ids are 0 and 1, so an index out of range is a position past a table's end
+            name, rows = short[0]
+            raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}] ({said}): "
+                             f"its embedding {name!r} has {rows} rows, fewer than --seq-len {cfg.seq_len} "
+                             "positions.", f"use --seq-len {rows} or less, or build the model with more "
+                             "positions.") from None
+        raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}]: {said}.",
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
     finally:
@@ -459,6 +467,16 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                         f"build the model with vocab_size >= {tokens.tokenizer.vocab_size} "
                         f"(e.g. --model-arg vocab_size={tokens.tokenizer.vocab_size}) or use a smaller tokenizer.")
     return vocab
+
+
+def _short_position_tables(model: nn.Module, seq_len: int, vocab: int) -> list[tuple[str, int]]:
+    """(name, rows) of the embeddings with fewer rows than ``seq_len``: position tables too short for it.
+
+    A token table (as many rows as the tokenizer has tokens) is left out: a small vocabulary
+    is shorter than a long sequence without being at fault.
+    """
+    return [(name, m.num_embeddings) for name, m in model.named_modules()
+            if isinstance(m, nn.Embedding) and m.num_embeddings < seq_len and m.num_embeddings != vocab]
 
 
 def _finite_or_none(value: Any) -> Any:
