@@ -88,6 +88,23 @@ def test_existing_run_directory_is_refused_and_untouched(tmp_path):
     assert (run_dir / "metrics.jsonl").read_text() == '{"precious": true}\n'
 
 
+def test_an_empty_folder_made_beforehand_is_used_and_a_taken_one_is_not(tmp_path):
+    run_dir = tmp_path / "runs" / "run"
+    run_dir.mkdir(parents=True)  # e.g. a job script's mkdir before the run
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=3, eval_every=0))
+    assert run.dir == run_dir and run.summary["status"] == "completed"
+    # Two runs of one --name started together: both find the folder empty; the second to
+    # create its metrics file stops with a plain error and writes nothing.
+    from tierlab.train.api import _claim
+
+    other = tmp_path / "runs" / "race"
+    other.mkdir()
+    _claim(other)
+    with pytest.raises(ConfigError, match="just taken by another run"):
+        _claim(other)
+    assert [p.name for p in other.iterdir()] == ["metrics.jsonl"]
+
+
 @pytest.mark.parametrize("source, changes, error, fragment", [
     ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
      "        self.e = torch.nn.Embedding(256, 8)\n    def forward(self, ids):\n        return self.e(ids).mean(1)\n",

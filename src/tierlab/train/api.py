@@ -276,7 +276,9 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
                   resume_state: dict[str, Any] | None) -> tuple[JsonlWriter, EventLog]:
     """Create (or, on resume, cut back) the run directory's files; unwritable places are user errors."""
     try:
-        run_dir.mkdir(parents=True, exist_ok=resume_state is not None)
+        run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder made beforehand (a job script's) is fine
+        if resume_state is None:
+            _claim(run_dir)
         write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
         tokens.tokenizer.save(run_dir)
         metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
@@ -288,6 +290,19 @@ def _open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
         metrics.truncate(resume_state["records"]["metrics"])
         events.truncate(resume_state["records"]["events"])
     return metrics, events
+
+
+def _claim(run_dir: Path) -> None:
+    """Take a new run directory by creating its metrics file exclusively.
+
+    Of two runs started with one --name at the same moment, the second stops here: the
+    emptiness check before only looked.
+    """
+    try:
+        (run_dir / METRICS).open("x").close()
+    except FileExistsError:
+        raise ConfigError(f"Run directory {str(run_dir)!r} was just taken by another run of the same --name.",
+                          "choose another --name.") from None
 
 
 def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, wall: float,
