@@ -5,7 +5,7 @@ from torch import nn
 from tierlab.errors import ModelError, PrecisionError
 from tierlab.train import precision as precision_mod
 from tierlab.train.loop import build_optimizer
-from tierlab.train.precision import PrecisionPolicy, decide_precision
+from tierlab.train.precision import PrecisionPolicy, decide_precision, low_precision_weights
 from helpers import fast_config
 
 CPU = torch.device("cpu")
@@ -43,6 +43,23 @@ def test_fp16_parameters_under_a_grad_scaler_are_refused():
     with pytest.raises(ModelError, match="Attempting to unscale FP16 gradients"):
         policy.check_model(nn.Linear(4, 4).half())
     policy.check_model(nn.Linear(4, 4))  # fp32 master weights are fine
+
+
+def test_weights_stored_in_16_bits_are_warned_about_in_the_log_and_the_events(tmp_path, caplog):
+    from tierlab.models.tiny_gpt import TinyGPT
+    import tierlab
+    from helpers import TINY_MODEL
+
+    assert low_precision_weights(nn.Linear(4, 4)) is None
+    frozen = nn.Linear(4, 4).half().requires_grad_(False)  # not trained: nothing is updated in fp16
+    assert low_precision_weights(frozen) is None
+    model = TinyGPT(vocab_size=256, **TINY_MODEL).to(torch.bfloat16)
+    with caplog.at_level("WARNING", logger="tierlab"):
+        run = tierlab.train(model, config=fast_config(tmp_path, max_steps=2, eval_every=0))
+    said = [r.getMessage() for r in caplog.records if "stored in bfloat16" in r.getMessage()]
+    assert len(said) == 1 and "Fix: keep the weights in float32" in said[0] and "--precision bf16" in said[0]
+    (event,) = run.events("precision")
+    assert event["weights_warning"] == said[0]
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

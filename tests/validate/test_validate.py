@@ -110,6 +110,9 @@ def flat(vocab_size):
 def softmaxed(vocab_size):
     return Softmaxed(vocab_size=vocab_size, **SMALL)
 
+def bf16_weights(vocab_size):
+    return TinyGPT(vocab_size=vocab_size, **SMALL).to(torch.bfloat16)
+
 def log_softmaxed(vocab_size):
     return LogSoftmaxed(vocab_size=vocab_size, **SMALL)
 
@@ -150,6 +153,7 @@ def test_the_built_in_model_passes_every_check(healthy):
     ("flat", "shapes", "expected [1, 1, 256]"),
     ("noisy", "determinism", "two eval forwards of the same input differ"),
     ("softmaxed", "numerics", "the outputs are probabilities, not logits"),
+    ("bf16_weights", "initialisation", "are stored in bfloat16"),
 ])
 def test_each_check_catches_its_broken_model(zoo, factory, check, fragment):
     report = tierlab.validate(f"{zoo}:{factory}")

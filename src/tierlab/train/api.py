@@ -41,7 +41,7 @@ from .compile import compile_model
 from .distributed import Dist, full_model_state, setup
 from .guards import Diverged
 from .loop import Trainer
-from .precision import PrecisionPolicy, decide_precision
+from .precision import PrecisionPolicy, decide_precision, low_precision_weights
 from .resume import (
     absolute_paths,
     base_config,
@@ -163,6 +163,10 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
+    stored_low = low_precision_weights(model)
+    weights_warning = f"{stored_low[0]}. Fix: {stored_low[1]}." if stored_low else None
+    if weights_warning and dist.is_main:
+        log.warning("%s", weights_warning)
     block = first_block(tokens, cfg)  # a real training-shaped batch for the set-up passes
     net = dist.wrap(model, device, block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
@@ -195,7 +199,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
                     train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
                     global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step)
-    events.emit("precision", **decision.as_event())
+    events.emit("precision", **decision.as_event(), weights_warning=weights_warning)
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
     log.info("precision: %s (%s)", decision.used, decision.reason)

@@ -217,3 +217,27 @@ def _nonfinite(norm: torch.Tensor, out: torch.Tensor | None = None) -> torch.Ten
     norm * 0 is 0 for a finite norm and NaN for inf or NaN: two kernels, not isfinite's five.
     """
     return torch.nan_to_num(norm.float() * 0, nan=1.0, out=out)
+
+
+def low_precision_weights(model: nn.Module) -> tuple[str, str] | None:
+    """(problem, fix) when trainable weights are stored in bf16/fp16 (no float32 master copy), else None.
+
+    The optimizer then adds each update to a 16-bit weight: an update below the weight's
+    rounding step (1/256 of it in bf16) is lost, and training slows or stalls with no
+    error. Autocast gets the speed without that: fp32 weights, 16-bit maths.
+    """
+    low: dict[torch.dtype, list[str]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
+            low.setdefault(p.dtype, []).append(name)
+    if not low:
+        return None
+    dtype, names = max(low.items(), key=lambda item: len(item[1]))
+    kind = str(dtype).replace("torch.", "")
+    autocast = "bf16" if dtype == torch.bfloat16 else "fp16"
+    problem = (f"{len(names)} trainable parameter(s) are stored in {kind} ({', '.join(names[:3])}"
+               f"{', ...' if len(names) > 3 else ''}): the optimizer updates them in {kind}, with no float32 "
+               "master copy, so updates smaller than the weights' rounding step are lost and training can stall")
+    fix = (f"keep the weights in float32 (drop the .to({kind}) / .half()) and train with --precision {autocast}, "
+           f"which runs the maths in {kind} through autocast")
+    return problem, fix

@@ -20,6 +20,7 @@ from torch import nn
 from ..models import PROBABILITIES_FIX, extract_logits, looks_like_probabilities
 from ..train.device import synchronize
 from ..train.memory import SavedForBackward
+from ..train.precision import low_precision_weights
 from .report import CheckResult
 
 
@@ -169,6 +170,10 @@ def initialisation(p: Probe) -> CheckResult:
         elif not 1e-4 < stats[name]["std"] < 1.0:
             odd.append(f"{name} (std {stats[name]['std']:.2g})")
     figures = {"all_zero": zero, "identical_rows": identical, "unusual_std": odd, "params": stats}
+    stored_low = low_precision_weights(p.model)
+    if stored_low:
+        figures["low_precision_weights"] = stored_low[0]
+        return CheckResult("initialisation", "warn", stored_low[0], figures, stored_low[1])
     if zero or identical or odd:
         parts = [f"{what}: {', '.join(x[:3])}{', ...' if len(x) > 3 else ''}"
                  for x, what in ((zero, "all-zero weights"), (identical, "identical rows"), (odd, "unusual std"))
