@@ -77,6 +77,8 @@ def _make_tokenizer(spec: str, corpus: Corpus, corpus_hash: str, val_fraction: f
             return HFTokenizer(_Tok.from_file(str(path)), source=spec)
         # Train on the training part only: the held-out tail must not leak into the vocabulary.
         limit = int(corpus.total_bytes * (1 - val_fraction))
+        log.info("training a byte-level BPE of %d tokens on the training split (%.1f MB; once per corpus, then "
+                 "cached)", vocab, limit / 1e6)
         tok = train_bpe(corpus.chunks(byte_limit=limit), vocab)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + f".tmp{os.getpid()}")
@@ -104,7 +106,7 @@ def _write_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bin_path.with_name(bin_path.name + f".tmp{os.getpid()}")
     count, max_id = 0, -1
-    log.info("tokenizing %s with %s", corpus.spec, tokenizer.identity)
+    log.info("tokenizing %s (%.1f MB) with %s", corpus.spec, corpus.total_bytes / 1e6, tokenizer.identity)
     try:
         with tmp.open("wb") as fh:
             for text in corpus.chunks():
