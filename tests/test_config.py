@@ -15,6 +15,7 @@ def test_defaults_are_valid_and_resolve_min_lr():
 @pytest.mark.parametrize("changes, fragment", [
     ({"precision": "fp8"}, "--precision 'fp8'"),
     ({"device": "tpu"}, "--device 'tpu'"),
+    ({"device": "mps"}, "Apple's Metal backend is not supported yet"),
     ({"max_steps": 0}, "--max-steps must be at least 1"),
     ({"max_steps": 10, "epochs": 1.0}, "both given"),
     ({"batch_size": 0}, "--batch-size must be at least 1"),

@@ -138,7 +138,9 @@ class TrainConfig:
              "without --compile.", "add --compile, or drop --compile-mode.")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
              or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
-             f"--device {self.device!r} is not a device.", "use auto, cpu, cuda or cuda:N.")
+             f"--device {self.device!r} is not a device tierlab trains on"
+             + (" (Apple's Metal backend is not supported yet)" if self.device.startswith("mps") else "") + ".",
+             "use auto, cpu, cuda or cuda:N.")
         need(self.max_steps is None or self.epochs is None,
              "--max-steps and --epochs were both given.", "give one of them.")
         need(self.max_steps is None or self.max_steps >= 1,
