@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     prec.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                       help="argument for the model factory (repeatable)")
     prec.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    prec.add_argument("--text-field", dest="text_field", metavar="FIELD",
+                        help="with .jsonl --data: the field holding the text (default text)")
     prec.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
     prec.add_argument("--batch-size", type=int, metavar="N", help="sequences per step (default 8)")
     prec.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (default 256)")
@@ -125,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for the model factory (repeatable)")
     search.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    search.add_argument("--text-field", dest="text_field", metavar="FIELD",
+                        help="with .jsonl --data: the field holding the text (default text)")
     search.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
     for flag, kind, text in (("--precision", str, "precision of every trial (default auto)"),
                              ("--device", str, "device of every trial (default auto)"),
@@ -162,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--run", default=None, metavar="RUN", help="a run directory: analyse its trained weights on its "
                                                               "own validation data")
     ana.add_argument("--data", default="demo", help="corpus for an untrained model (default demo)")
+    ana.add_argument("--text-field", default="text", metavar="FIELD",
+                     help="with .jsonl --data: the field holding the text (default text)")
     ana.add_argument("--tokenizer", default="byte", help="tokenizer for --data (default byte)")
     ana.add_argument("--batch-size", type=int, default=8, metavar="N")
     ana.add_argument("--seq-len", type=int, default=None, metavar="N",
@@ -197,14 +203,14 @@ def build_parser() -> argparse.ArgumentParser:
 # The same as tierlab.bench.BENCH_PRECISIONS, written out so that `--help` need not import torch.
 BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
 # Train options `tierlab bench precision` passes on, and its own defaults for them.
-_BENCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile",
+_BENCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile",
                         "compile_mode")
 _BENCH_DEFAULTS = {"batch_size": 8, "seq_len": 256, "lr": 3e-4}
 
 # Option groups of `tierlab train --help`, in the README's order.
 _GROUPS = {
     "model": ("model", "model_args"),
-    "data": ("data", "tokenizer", "val_fraction"),
+    "data": ("data", "text_field", "tokenizer", "val_fraction"),
     "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
@@ -407,6 +413,7 @@ def _analyze(ns: argparse.Namespace) -> int:
             raise UserError(f"Cannot write {path!r}: its folder does not exist.", "create the folder or pick another path.")
     model_args = dict(parse_model_arg(item) for item in ns.model_args)
     report = analyze(ns.model, ns.run, model_args=model_args, data=ns.data, tokenizer=ns.tokenizer,
+                     text_field=ns.text_field,
                      batch_size=ns.batch_size, seq_len=ns.seq_len, batches=ns.batches, seed=ns.seed,
                      device=str(resolve_device(ns.device)))
     print(report.text())
@@ -471,7 +478,7 @@ def _options_config(ns: argparse.Namespace, names: tuple[str, ...], defaults: di
     return TrainConfig.from_mapping(_with_model_args(values, ns.model_args), ns.config or "the command line")
 
 
-_SEARCH_TRAIN_OPTIONS = ("model", "data", "tokenizer", "precision", "device", "seq_len", "eval_batches")
+_SEARCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "precision", "device", "seq_len", "eval_batches")
 
 
 def _search(ns: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ class TrainConfig:
     model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]")
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory"})
     data: str = _opt("demo", "demo (built in), a UTF-8 .txt file, a directory of .txt files, or .jsonl with a \"text\" field")
+    text_field: str = _opt("text", "with .jsonl data: the string field of each record that holds its text")
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
     # --- precision and device ---------------------------------------------------------
@@ -193,6 +194,8 @@ class TrainConfig:
              "write e.g. --wandb my-project.")
         need(self.loss_scale_init > 0 and math.isfinite(self.loss_scale_init),
              f"--loss-scale-init must be positive, got {self.loss_scale_init}.", "use e.g. 65536.")
+        need(isinstance(self.text_field, str) and bool(self.text_field.strip()), "--text-field needs a field name.",
+             "pass the JSONL field that holds the text, e.g. --text-field content.")
         tok = self.tokenizer
         if tok.startswith("bpe:"):
             size = tok[4:]

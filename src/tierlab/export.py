@@ -105,7 +105,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
 
     # Real validation batches of the run's own data, as training evaluated them.
     tokens = prepare_data(config["data"], config["tokenizer"], config["val_fraction"],
-                          Path(cache_dir) if cache_dir else None)
+                          Path(cache_dir) if cache_dir else None, config.get("text_field", "text"))
     seq_len, batch = int(config["seq_len"]), min(int(config["batch_size"]), 8)
     if len(tokens.val) < seq_len + 1:
         raise UserError(f"The run's validation split has {len(tokens.val)} tokens, fewer than one block of "

@@ -96,3 +96,20 @@ def test_demo_corpus_is_deterministic_and_written_once(tmp_path):
     corpus = open_corpus("demo", tmp_path)
     mtime = corpus.files[0].stat().st_mtime_ns
     assert open_corpus("demo", tmp_path).files[0].stat().st_mtime_ns == mtime
+
+
+def test_another_jsonl_field_is_read_with_text_field(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"t{i}", "content": f"c{i}"}) for i in range(3)) + "\n")
+    by_text = open_corpus(str(path), tmp_path)
+    by_content = open_corpus(str(path), tmp_path, text_field="content")
+    assert _text(by_text) == "t0\nt1\nt2\n" and _text(by_content) == "c0\nc1\nc2\n"
+    # Other text from the same bytes: another token cache; the "text" hash is the one earlier runs recorded.
+    assert by_content.content_hash() != by_text.content_hash()
+    assert by_text.content_hash() == open_corpus(str(path), tmp_path, text_field="text").content_hash()
+    with pytest.raises(DataError, match='no string field "body" \\(its string fields: text, content\\). '
+                                        "Fix: name the field that holds the text: --text-field text"):
+        _text(open_corpus(str(path), tmp_path, text_field="body"))
+    (tmp_path / "plain.txt").write_text("hello\n")
+    with pytest.raises(DataError, match="is not a .jsonl file"):
+        open_corpus(str(tmp_path / "plain.txt"), tmp_path, text_field="content")

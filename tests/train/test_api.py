@@ -179,3 +179,14 @@ def test_options_as_keywords_and_an_in_memory_model_loaded_back(tmp_path):
     loaded, tokenizer = tierlab.load(run.dir, model=fresh)
     assert loaded is fresh and tokenizer.vocab_size == 256
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), run.model.state_dict().values()))
+
+
+def test_jsonl_with_another_text_field_trains_and_is_part_of_the_run(tmp_path):
+    corpus = tmp_path / "docs.jsonl"
+    sentences = write_corpus(tmp_path / "c.txt", sentences=600).read_text().splitlines()
+    corpus.write_text("".join(json.dumps({"id": i, "content": line}) + "\n" for i, line in enumerate(sentences)))
+    run = tierlab.train("tiny-gpt", str(corpus), fast_config(tmp_path, max_steps=4, eval_every=0, ckpt_every=2),
+                        text_field="content")
+    assert run.config["text_field"] == "content" and run.summary["status"] == "completed"
+    with pytest.raises(ConfigError, match="different text_field"):  # other text, another run
+        tierlab.resume(run.dir, {"text_field": "id", "max_steps": 6, "allow_config_change": True})

@@ -111,7 +111,7 @@ class AnalysisReport:
 
 def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None = None, *,
             model_args: dict[str, Any] | None = None, data: str = "demo", tokenizer: str = "byte",
-            batch_size: int = 8, seq_len: int | None = None, batches: int = 2, ks: list[int] | None = None,
+            text_field: str = "text", batch_size: int = 8, seq_len: int | None = None, batches: int = 2, ks: list[int] | None = None,
             seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None) -> AnalysisReport:
     """Attention statistics and the robustness curve of a model (a module, a model file, or a run's model)."""
     from ..data import eval_starts, prepare_data
@@ -127,9 +127,10 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
 
         model, _, config = run_model(Path(run), model_or_path, model_args)
         data, tokenizer, val_fraction = config["data"], config["tokenizer"], config["val_fraction"]
+        text_field = config.get("text_field", "text")
         seq_len = seq_len or int(config["seq_len"])
         name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
-    tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None)
+    tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None, text_field)
     if run is None:
         if isinstance(model_or_path, nn.Module):
             model, name = model_or_path, f"<in-memory {type(model_or_path).__name__}>"

@@ -110,7 +110,8 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
     # The LR warms up over the untimed steps; the buffer holds one chunk (or the warm-up) of step rows.
     cfg = cfg.replace(max_steps=warmup_steps + steps, warmup_steps=warmup_steps, log_every=max(chunk, warmup_steps, 1),
                       eval_every=0, ckpt_every=0)
-    tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None)
+    tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None,
+                          cfg.text_field)
     check_sizes(cfg.replace(eval_every=1), tokens)  # the validation split must hold a block too
     seed_everything(cfg.seed)
     if model is None:

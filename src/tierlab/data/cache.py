@@ -52,9 +52,10 @@ class TokenData:
         return self.tokens[self.split_index:]
 
 
-def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None) -> TokenData:
+def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None,
+                 text_field: str = "text") -> TokenData:
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    corpus = open_corpus(data, cache_dir)
+    corpus = open_corpus(data, cache_dir, text_field)
     corpus_hash = corpus.content_hash()
     tokenizer = _make_tokenizer(tokenizer_spec, corpus, corpus_hash, val_fraction, cache_dir)
     tokens, max_id = _token_cache(corpus, corpus_hash, tokenizer, cache_dir)

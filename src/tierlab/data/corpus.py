@@ -1,4 +1,4 @@
-"""Reading a corpus: a UTF-8 text file, a directory of .txt files, or JSON lines with "text".
+"""Reading a corpus: a UTF-8 text file, a directory of .txt files, or JSON lines with "text" (or another field).
 
 Text is streamed in chunks so that a large corpus never sits in memory as one string, and
 it is decoded strictly: undecodable bytes are an error that names the file and the offset.
@@ -28,6 +28,7 @@ class Corpus:
     spec: str
     files: tuple[Path, ...]
     jsonl: bool
+    text_field: str = "text"  # JSONL: the string field holding each document
 
     @property
     def total_bytes(self) -> int:
@@ -36,6 +37,8 @@ class Corpus:
     def content_hash(self) -> str:
         """SHA-256 over the files' bytes (in order), the key of the token cache."""
         h = hashlib.sha256(b"jsonl" if self.jsonl else b"text")
+        if self.jsonl and self.text_field != "text":  # other text from the same file (hashes of "text" unchanged)
+            h.update(b"\0field\0" + self.text_field.encode())
         for f in self.files:
             h.update(b"\0file\0")
             with f.open("rb") as fh:
@@ -51,7 +54,7 @@ class Corpus:
         """
         consumed = 0
         for f in self.files:
-            source = _jsonl_texts(f) if self.jsonl else _text_chunks(f)
+            source = _jsonl_texts(f, self.text_field) if self.jsonl else _text_chunks(f)
             for text, nbytes in source:
                 if byte_limit is not None and consumed + nbytes >= byte_limit:
                     # Keep only the part before the limit (whole characters).
@@ -62,8 +65,11 @@ class Corpus:
                 consumed += nbytes
 
 
-def open_corpus(spec: str, cache_dir: Path) -> Corpus:
-    """Resolve ``--data`` into a :class:`Corpus`, with a clear error for every bad input."""
+def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
+    """Resolve ``--data`` into a :class:`Corpus`, with a clear error for every bad input.
+
+    ``text_field``: the string field of each JSONL record that holds its text.
+    """
     if spec == "demo":
         path = cache_dir / f"demo-v{DEMO_VERSION}.txt"
         if not path.is_file():
@@ -86,7 +92,10 @@ def open_corpus(spec: str, cache_dir: Path) -> Corpus:
                             "tierlab reads *.txt in a directory: rename plain-text files to .txt, or pass a file.")
         corpus = Corpus(spec, files, jsonl=False)
     else:
-        corpus = Corpus(spec, (p,), jsonl=p.suffix.lower() in (".jsonl", ".ndjson"))
+        corpus = Corpus(spec, (p,), jsonl=p.suffix.lower() in (".jsonl", ".ndjson"), text_field=text_field)
+    if text_field != "text" and not corpus.jsonl:
+        raise DataError(f"--text-field {text_field!r} was given, but {spec!r} is not a .jsonl file.",
+                        "drop --text-field (plain text is read whole), or pass JSON lines.")
     if corpus.total_bytes == 0:
         raise DataError(f"The corpus {spec!r} is empty.", "pass a file with text in it.")
     return corpus
@@ -120,7 +129,7 @@ def _text_chunks(path: Path) -> Iterator[tuple[str, int]]:
             yield text[:cut], len(block)
 
 
-def _jsonl_texts(path: Path) -> Iterator[tuple[str, int]]:
+def _jsonl_texts(path: Path, field: str = "text") -> Iterator[tuple[str, int]]:
     batch: list[str] = []
     size = 0
     with path.open("rb") as fh:
@@ -135,14 +144,13 @@ def _jsonl_texts(path: Path) -> Iterator[tuple[str, int]]:
             except json.JSONDecodeError as exc:
                 raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
                                 "write one JSON object per line.") from None
-            if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
                 fields = [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
                 found = f" (its string fields: {', '.join(fields[:8])})" if fields else ""
-                raise DataError(f"{str(path)!r} line {lineno} has no string field \"text\"{found}.",
-                                "write records like {\"text\": \"...\"}" + (
-                                    f", e.g. jq -c '{{text: .{fields[0]}}}' {path.name} > text.jsonl" if fields
-                                    else "") + ".")
-            text = record["text"]
+                raise DataError(f"{str(path)!r} line {lineno} has no string field {json.dumps(field)}{found}.",
+                                f"name the field that holds the text: --text-field {fields[0]}." if fields else
+                                f"write records like {{{json.dumps(field)}: \"...\"}}.")
+            text = record[field]
             batch.append(text if text.endswith("\n") else text + "\n")
             size += len(raw)
             if size >= CHUNK_BYTES:

@@ -139,7 +139,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     seed_everything(cfg.seed)  # the same on every rank: DDP starts from rank 0's weights anyway
     # Rank 0 fills the token cache, the others then read it.
     tokens = dist.main_first(lambda: prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction,
-                                                  Path(cache_dir) if cache_dir else None))
+                                                  Path(cache_dir) if cache_dir else None, cfg.text_field))
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or _steps_for_epochs(cfg, tokens)

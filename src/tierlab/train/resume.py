@@ -17,7 +17,7 @@ from .checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_check
 log = logging.getLogger(__name__)
 
 # What a run *is*: changing one of these would train something else, so no flag allows it.
-IDENTITY_OPTIONS = ("model", "model_args", "data", "tokenizer", "val_fraction")
+IDENTITY_OPTIONS = ("model", "model_args", "data", "text_field", "tokenizer", "val_fraction")
 # Where a run lives is decided by the resume path, not compared.
 PLACE_OPTIONS = ("out", "name")
 # Options that may name a file. Their content is checked on resume (the corpus by sha256, the
