@@ -110,6 +110,23 @@ def flat(vocab_size):
 def softmaxed(vocab_size):
     return Softmaxed(vocab_size=vocab_size, **SMALL)
 
+def constant_head(vocab_size):
+    model = TinyGPT(vocab_size=vocab_size, **SMALL)
+    model.head = nn.Linear(32, vocab_size, bias=False)
+    nn.init.constant_(model.head.weight, 0.01)  # every output row the same: symmetry is never broken
+    return model
+
+class WithDecayTable(TinyGPT):
+    """A state-space-style table, log(1..N) in every row (as Mamba's A_log): identical rows by design."""
+    def __init__(self, vocab_size):
+        super().__init__(vocab_size=vocab_size, **SMALL)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, 9.0)).repeat(32, 1))
+    def forward(self, input_ids):
+        return super().forward(input_ids) + 0 * self.A_log.sum()
+
+def decay_table(vocab_size):
+    return WithDecayTable(vocab_size)
+
 def bf16_weights(vocab_size):
     return TinyGPT(vocab_size=vocab_size, **SMALL).to(torch.bfloat16)
 
@@ -154,6 +171,7 @@ def test_the_built_in_model_passes_every_check(healthy):
     ("noisy", "determinism", "two eval forwards of the same input differ"),
     ("softmaxed", "numerics", "the outputs are probabilities, not logits"),
     ("bf16_weights", "initialisation", "are stored in bfloat16"),
+    ("constant_head", "initialisation", "identical rows: head.weight"),
 ])
 def test_each_check_catches_its_broken_model(zoo, factory, check, fragment):
     report = tierlab.validate(f"{zoo}:{factory}")
@@ -196,3 +214,8 @@ def test_log_probabilities_are_accepted_as_logits(zoo):
     # log_softmax output is what cross-entropy computes anyway: not the softmax mistake.
     report = tierlab.validate(f"{zoo}:log_softmaxed")
     assert report["numerics"].status == "pass", report.text()
+
+
+def test_a_table_with_identical_rows_by_design_is_not_a_symmetry_problem(zoo):
+    report = tierlab.validate(f"{zoo}:decay_table")
+    assert report["initialisation"].status == "pass", report.text()
