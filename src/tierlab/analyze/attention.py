@@ -76,7 +76,8 @@ def observe_attention(model: nn.Module, ids: torch.Tensor) -> AttentionReport:
     if not maps:
         return AttentionReport(False, "no attention weights could be observed: the model uses neither "
                                       "F.scaled_dot_product_attention, nn.MultiheadAttention nor Hugging Face's "
-                                      "output_attentions (attention computed by hand cannot be seen from outside)",
+                                      "output_attentions (attention computed by hand cannot be seen from outside; a "
+                                      "model without attention, such as a state-space model, has none to show)",
                                [])
     t = ids.size(1)
     maps = [m for m in maps if m.shape[-2:] == (t, t)]  # self-attention over the input only
