@@ -175,3 +175,20 @@ def wandb_history_and_config(run_dir: Path) -> tuple[list[dict], dict]:
         if r.WhichOneof("record_type") == "run":
             config.update({u.key: _json.loads(u.value_json) for u in r.run.config.update})
     return history, config
+
+
+# A model that behaves as on a GPU too small for its batch: beyond 8 sequences its forward
+# raises the error torch raises then (the CPU has no such limit to hit).
+GREEDY_MODEL = """
+    import torch
+    from tierlab.models.tiny_gpt import TinyGPT
+
+    class Greedy(TinyGPT):
+        def forward(self, ids):
+            if ids.size(0) > 8:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+            return super().forward(ids)
+
+    def build_model(vocab_size):
+        return Greedy(vocab_size=vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+"""

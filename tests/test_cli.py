@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import assert_user_error, run_cli, write_corpus, write_model
+from helpers import GREEDY_MODEL, assert_user_error, run_cli, write_corpus, write_model
 
 TINY = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
         "--model-arg", "max_seq_len=64"]
@@ -189,3 +189,15 @@ def test_ctrl_c_exits_130_and_closes_the_run(tmp_path):
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "run_end" and events[-1]["status"] == "interrupted"
     assert (run_dir / "model.safetensors").is_file()
+
+
+def test_out_of_memory_is_one_plain_line_with_the_batch_that_fits(tmp_path):
+    write_model(tmp_path, GREEDY_MODEL)
+    result = run_cli("train", "--model", "my_model.py", "--batch-size", "16", "--seq-len", "32", "--max-steps", "5",
+                     "--eval-every", "0", "--name", "big", cwd=tmp_path)
+    assert_user_error(result, "Out of memory at step 1 with batch 16 x seq 32 on cpu",
+                      "--batch-size 8 --grad-accum 2 (the same global batch", "runs/big keeps the failed start")
+    assert json.loads((tmp_path / "runs" / "big" / "summary.json").read_text())["status"] == "failed"
+    fits = run_cli("train", "--model", "my_model.py", "--batch-size", "8", "--grad-accum", "2", "--seq-len", "32",
+                   "--max-steps", "2", "--eval-every", "0", "--name", "fits", "--quiet", cwd=tmp_path)
+    assert fits.returncode == 0, fits.stderr

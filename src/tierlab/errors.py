@@ -33,3 +33,7 @@ class ModelError(UserError):
 
 class PrecisionError(UserError):
     """The requested precision cannot be honoured (raised only with --strict-precision)."""
+
+
+class OutOfMemory(UserError):
+    """The device ran out of memory at the chosen batch, sequence length or precision."""

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli
+from helpers import GREEDY_MODEL, TINY_MODEL, assert_user_error, fast_config, run_cli, write_model
 from tierlab.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")
@@ -234,3 +234,14 @@ def test_the_searched_files_are_recorded_absolute(tmp_path, monkeypatch):
     cfg = SearchConfig(base=fast_config(tmp_path, data="corpus.txt"), out=str(tmp_path / "s"))
     # best.toml and every trial's config.json then name the corpus from any directory.
     assert cfg.base.data == str(tmp_path / "corpus.txt") and cfg.base.model == "tiny-gpt"
+
+
+def test_a_trial_out_of_memory_fails_alone_and_the_study_goes_on(tmp_path):
+    model = write_model(tmp_path, GREEDY_MODEL)
+    space = _space(tmp_path, "[batch_size]\ntype = 'categorical'\nchoices = [16]\n")
+    cfg = SearchConfig(base=fast_config(tmp_path, model=str(model), model_args={}), trials=2, steps_per_trial=4,
+                       out=str(tmp_path / "s"), pruner="none", seed=0, space=load_space(space))
+    result = run_search(cfg)  # returns: one trial's batch not fitting is not a mistake of the whole search
+    assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
+    assert all(t.user_attrs["reason"].startswith("out of memory: Out of memory at step 1 with batch 16")
+               for t in result.study.trials)

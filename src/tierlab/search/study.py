@@ -29,9 +29,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..config import TrainConfig
-from ..errors import ConfigError, UserError
+from ..errors import ConfigError, OutOfMemory, UserError
 from ..train.api import StopTraining, train
 from ..train.guards import Diverged
+from ..train.memory import is_out_of_memory
 from ..train.resume import absolute_paths
 from .space import DEFAULT_SPACE, Dimension, apply_params, fmt_param
 
@@ -284,6 +285,8 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         state, reason = TrialState.PRUNED, stop.reason
     except Diverged as err:
         state, reason = TrialState.PRUNED, "diverged: " + str(err).splitlines()[0]
+    except OutOfMemory as err:  # this trial's batch size (say) did not fit: the others may
+        state, reason = TrialState.FAIL, "out of memory: " + err.problem
     except UserError as err:
         trial.set_user_attr("reason", "user error: " + str(err).splitlines()[0])
         study.tell(trial, state=TrialState.FAIL)
@@ -292,12 +295,9 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         trial.set_user_attr("reason", INTERRUPTED)
         study.tell(trial, state=TrialState.FAIL)
         raise
-    except Exception as exc:  # noqa: BLE001 - out of memory and other failures end this trial only
-        import torch
-
-        oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        state, reason = TrialState.FAIL, ("out of memory: " if oom else f"{type(exc).__name__}: ") + \
-            (str(exc).splitlines()[0] if str(exc) else "")
+    except Exception as exc:  # noqa: BLE001 - other failures end this trial only
+        state, reason = TrialState.FAIL, ("out of memory: " if is_out_of_memory(exc) else f"{type(exc).__name__}: ") \
+            + (str(exc).splitlines()[0] if str(exc) else "")
     trial.set_user_attr("steps", reporter.steps)
     trial.set_user_attr("seconds", time.perf_counter() - started)
     if reason:

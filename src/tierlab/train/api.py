@@ -36,11 +36,12 @@ from ..models import PROBABILITIES_FIX, extract_logits, load_model, looks_like_p
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
-from .checkpoint import load_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint
 from .compile import compile_model
 from .distributed import Dist, full_model_state, setup
 from .guards import Diverged
 from .loop import Trainer
+from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy, decide_precision, low_precision_weights
 from .resume import (
     absolute_paths,
@@ -173,7 +174,12 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
     loss_fn, compile_seconds = None, None
     if cfg.compile:  # compiled now, before the run directory exists: a failure costs nothing
-        loss_fn, compile_seconds = compile_model(net, block, policy, device, cfg.compile_mode)
+        try:
+            loss_fn, compile_seconds = compile_model(net, block, policy, device, cfg.compile_mode)
+        except Exception as exc:
+            if is_out_of_memory(exc):  # the compile pass runs the training shape: too big for the device
+                raise out_of_memory(exc, cfg, device, "while compiling (one training step)") from None
+            raise
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
@@ -225,6 +231,9 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         events.emit("stopped", step=trainer.state.step, status=stop.status, reason=stop.reason)
         raise
     except Exception as exc:
+        if is_out_of_memory(exc):
+            raise out_of_memory(exc, cfg, device, f"at step {trainer.state.step + 1}", run_dir,
+                                latest_checkpoint(run_dir) is not None) from None
         if dist.active:  # one line naming the rank next to the traceback (torchrun's report names it too)
             log.error("rank %d of %d failed at step %d: %s: %s%s", dist.rank, dist.world_size, trainer.state.step + 1,
                       type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "",

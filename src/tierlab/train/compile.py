@@ -23,6 +23,7 @@ from torch import nn
 from ..errors import ModelError
 from .device import synchronize
 from .loss import LossFn, make_loss_fn
+from .memory import is_out_of_memory
 from .precision import PrecisionPolicy
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
             compiled(x, y).backward()
         synchronize(device)
     except Exception as exc:  # torch.compile's failures are many and long; say it in one line
+        if is_out_of_memory(exc):
+            raise  # not a compile problem: the caller says what did not fit
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         how = backend if mode == "default" else f"{backend}, {mode}"
         raise ModelError(f"torch.compile ({how}) could not compile the model: {type(exc).__name__}: {first}",

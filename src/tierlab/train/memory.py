@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from ..config import TrainConfig
+from ..errors import OutOfMemory
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
@@ -58,3 +62,36 @@ class SavedForBackward:
 
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the device (or, for a huge tensor, the host) running out of memory."""
+    text = str(exc).lower()
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def out_of_memory(exc: BaseException, cfg: TrainConfig, device: torch.device, when: str,
+                  run_dir: Path | None = None, resumable: bool = False) -> OutOfMemory:
+    """The plain error for ``exc``, which :func:`is_out_of_memory` says is the device running out of memory.
+
+    Names the shape that did not fit and the device's memory, and the usual fix: fewer
+    sequences per micro-batch with more micro-batches, which keeps the global batch (and so
+    the training) the same.
+    """
+    where = device.type
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory / 2**30
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        where = f"{torch.cuda.get_device_name(device)} (peak {peak:.1f} of {total:.1f} GiB)"
+    if cfg.batch_size > 1:
+        smaller = cfg.batch_size // 2
+        same = "the same" if cfg.batch_size % 2 == 0 else "about the same"
+        fix = (f"use --batch-size {smaller} --grad-accum {cfg.grad_accum * 2} ({same} global batch in smaller "
+               "pieces), a shorter --seq-len, or --precision bf16 on a GPU that has it")
+    else:
+        fix = "use a shorter --seq-len, a smaller model, or --precision bf16 on a GPU that has it"
+    if run_dir is not None:
+        fix += (f"; continue this run with --resume {run_dir} and those options plus --allow-config-change"
+                if resumable else f"; {run_dir} keeps the failed start, so pick another --name")
+    return OutOfMemory(f"Out of memory {when} with batch {cfg.batch_size} x seq {cfg.seq_len}"
+                       f"{f' x {cfg.grad_accum} micro-batches' if cfg.grad_accum > 1 else ''} on {where}.", fix + ".")
