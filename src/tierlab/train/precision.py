@@ -122,11 +122,10 @@ class PrecisionPolicy:
         """Refuse fp16 trainable parameters under a GradScaler before any step runs."""
         if self.scaler is None:
             return
-        half = [n for n, p in model.named_parameters() if p.requires_grad and p.dtype == torch.float16]
+        half = _trainable_stored_in(model, torch.float16)
         if half:
             raise ModelError(
-                f"{len(half)} trainable parameter(s) are stored in float16 ({', '.join(half[:3])}"
-                f"{', ...' if len(half) > 3 else ''}); GradScaler cannot unscale fp16 gradients "
+                f"{_stored(half, torch.float16)}; GradScaler cannot unscale fp16 gradients "
                 "('Attempting to unscale FP16 gradients').",
                 "keep the weights in float32 (drop model.half()); --precision fp16 already runs the "
                 "maths in fp16 through autocast.")
@@ -226,18 +225,28 @@ def low_precision_weights(model: nn.Module) -> tuple[str, str] | None:
     rounding step (1/256 of it in bf16) is lost, and training slows or stalls with no
     error. Autocast gets the speed without that: fp32 weights, 16-bit maths.
     """
-    low: dict[torch.dtype, list[str]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16):
-            low.setdefault(p.dtype, []).append(name)
-    if not low:
+    precision, names = max(((p, _trainable_stored_in(model, DTYPES[p])) for p in ("bf16", "fp16")),
+                           key=lambda found: len(found[1]))
+    if not names:
         return None
-    dtype, names = max(low.items(), key=lambda item: len(item[1]))
-    kind = str(dtype).replace("torch.", "")
-    autocast = "bf16" if dtype == torch.bfloat16 else "fp16"
-    problem = (f"{len(names)} trainable parameter(s) are stored in {kind} ({', '.join(names[:3])}"
-               f"{', ...' if len(names) > 3 else ''}): the optimizer updates them in {kind}, with no float32 "
-               "master copy, so updates smaller than the weights' rounding step are lost and training can stall")
-    fix = (f"keep the weights in float32 (drop the .to({kind}) / .half()) and train with --precision {autocast}, "
+    kind = _dtype_name(DTYPES[precision])
+    problem = (f"{_stored(names, DTYPES[precision])}: the optimizer updates them in {kind}, with no float32 master "
+               "copy, so updates smaller than the weights' rounding step are lost and training can stall")
+    fix = (f"keep the weights in float32 (drop the .to({kind}) / .half()) and train with --precision {precision}, "
            f"which runs the maths in {kind} through autocast")
     return problem, fix
+
+
+def _trainable_stored_in(model: nn.Module, dtype: torch.dtype) -> list[str]:
+    """Names of the trainable parameters held in ``dtype``."""
+    return [n for n, p in model.named_parameters() if p.requires_grad and p.dtype == dtype]
+
+
+def _stored(names: list[str], dtype: torch.dtype) -> str:
+    """The phrase naming them: N trainable parameter(s) are stored in DTYPE (the first three, ...)."""
+    return (f"{len(names)} trainable parameter(s) are stored in {_dtype_name(dtype)} ({', '.join(names[:3])}"
+            f"{', ...' if len(names) > 3 else ''})")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
