@@ -36,7 +36,7 @@ from ..models import PROBABILITIES_FIX, extract_logits, load_model, looks_like_p
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
-from .checkpoint import latest_checkpoint, load_checkpoint
+from .checkpoint import load_checkpoint
 from .compile import compile_model
 from .distributed import Dist, full_model_state, setup
 from .guards import Diverged
@@ -232,8 +232,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         raise
     except Exception as exc:
         if is_out_of_memory(exc):
-            raise out_of_memory(exc, cfg, device, f"at step {trainer.state.step + 1}", run_dir,
-                                latest_checkpoint(run_dir) is not None) from None
+            raise out_of_memory(exc, cfg, device, f"at step {trainer.state.step + 1}", run_dir) from None
         if dist.active:  # one line naming the rank next to the traceback (torchrun's report names it too)
             log.error("rank %d of %d failed at step %d: %s: %s%s", dist.rank, dist.world_size, trainer.state.step + 1,
                       type(exc).__name__, str(exc).strip().splitlines()[0] if str(exc).strip() else "",

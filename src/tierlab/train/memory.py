@@ -10,6 +10,7 @@ import torch
 
 from ..config import TrainConfig
 from ..errors import OutOfMemory
+from .checkpoint import latest_checkpoint
 
 
 def peak_memory_mb(device: torch.device) -> float | None:
@@ -71,7 +72,7 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def out_of_memory(exc: BaseException, cfg: TrainConfig, device: torch.device, when: str,
-                  run_dir: Path | None = None, resumable: bool = False) -> OutOfMemory:
+                  run_dir: Path | None = None) -> OutOfMemory:
     """The plain error for ``exc``, which :func:`is_out_of_memory` says is the device running out of memory.
 
     Names the shape that did not fit and the device's memory, and the usual fix: fewer
@@ -81,8 +82,7 @@ def out_of_memory(exc: BaseException, cfg: TrainConfig, device: torch.device, wh
     where = device.type
     if device.type == "cuda":
         total = torch.cuda.get_device_properties(device).total_memory / 2**30
-        peak = torch.cuda.max_memory_allocated(device) / 2**30
-        where = f"{torch.cuda.get_device_name(device)} (peak {peak:.1f} of {total:.1f} GiB)"
+        where = f"{torch.cuda.get_device_name(device)} (peak {peak_memory_mb(device) / 1024:.1f} of {total:.1f} GiB)"
     if cfg.batch_size > 1:
         smaller = cfg.batch_size // 2
         same = "the same" if cfg.batch_size % 2 == 0 else "about the same"
@@ -92,6 +92,7 @@ def out_of_memory(exc: BaseException, cfg: TrainConfig, device: torch.device, wh
         fix = "use a shorter --seq-len, a smaller model, or --precision bf16 on a GPU that has it"
     if run_dir is not None:
         fix += (f"; continue this run with --resume {run_dir} and those options plus --allow-config-change"
-                if resumable else f"; {run_dir} keeps the failed start, so pick another --name")
+                if latest_checkpoint(run_dir) is not None else f"; {run_dir} keeps the failed start, so pick "
+                "another --name")
     return OutOfMemory(f"Out of memory {when} with batch {cfg.batch_size} x seq {cfg.seq_len}"
                        f"{f' x {cfg.grad_accum} micro-batches' if cfg.grad_accum > 1 else ''} on {where}.", fix + ".")
