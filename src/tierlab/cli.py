@@ -89,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and the validation loss after the same steps.")
     prec.add_argument("--config", metavar="FILE", help="a train config (TOML or JSON) to take the model, data, "
                                                        "batch and sequence length from")
-    prec.add_argument("--model", help="tiny-gpt, gpt2-small or PATH.py[:factory] (default tiny-gpt)")
-    prec.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
-                      help="argument for the model factory (repeatable)")
-    prec.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
-    prec.add_argument("--text-field", dest="text_field", metavar="FIELD",
-                        help="with .jsonl --data: the field holding the text (default text)")
-    prec.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
+    _add_model_and_data_options(prec)
     prec.add_argument("--batch-size", type=int, metavar="N", help="sequences per step (default 8)")
     prec.add_argument("--seq-len", type=int, metavar="N", help="tokens per sequence (default 256)")
     prec.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 3e-4)")
@@ -123,13 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "study lives in a database (SQLite in --out by default) so re-running resumes it and several "
                     "workers can share it. Writes best.toml, trials.csv and plots to --out.")
     search.add_argument("--config", metavar="FILE", help="a train config (TOML or JSON) for everything not searched")
-    search.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
-    search.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
-                        help="argument for the model factory (repeatable)")
-    search.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
-    search.add_argument("--text-field", dest="text_field", metavar="FIELD",
-                        help="with .jsonl --data: the field holding the text (default text)")
-    search.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
+    _add_model_and_data_options(search)
     for flag, kind, text in (("--precision", str, "precision of every trial (default auto)"),
                              ("--device", str, "device of every trial (default auto)"),
                              ("--seq-len", int, "tokens per sequence (default 128)"),
@@ -200,11 +188,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
+    """The model and data options `bench precision` and `search` take (no defaults: --config may set them)."""
+    parser.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
+    parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                        help="argument for the model factory (repeatable)")
+    parser.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    parser.add_argument("--text-field", dest="text_field", metavar="FIELD",
+                        help="with .jsonl --data: the field holding the text (default text)")
+    parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
+
+
 # The same as tierlab.bench.BENCH_PRECISIONS, written out so that `--help` need not import torch.
 BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
 # Train options `tierlab bench precision` passes on, and its own defaults for them.
-_BENCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed", "compile",
-                        "compile_mode")
+_BENCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed",
+                        "compile", "compile_mode")
 _BENCH_DEFAULTS = {"batch_size": 8, "seq_len": 256, "lr": 3e-4}
 
 # Option groups of `tierlab train --help`, in the README's order.
