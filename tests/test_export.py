@@ -64,6 +64,13 @@ def user_run(tmp_path_factory):
     return tierlab.train(config=cfg).dir
 
 
+def _trained(tmp_path, source: str, factory: str):
+    """A 4-step run of the model ``factory`` defined by ``source`` (a user's model file)."""
+    write_model(tmp_path, source)
+    return tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / f"my_model.py:{factory}"), model_args={},
+                                            max_steps=4, eval_every=0))
+
+
 @pytest.mark.parametrize("fmt", ["safetensors", "torchscript", "onnx"])
 def test_export_parity_on_the_builtin_model(builtin_run, tmp_path, fmt):
     result = export_run(builtin_run, fmt, tmp_path / fmt)
@@ -121,9 +128,7 @@ def test_cli_export_json_and_refusals(builtin_run, tmp_path):
 
 
 def test_a_model_that_cannot_be_traced_is_refused_with_the_reason(tmp_path):
-    write_model(tmp_path, STATEFUL_MODEL)
-    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Alternating"), model_args={},
-                                           max_steps=4, eval_every=0))
+    run = _trained(tmp_path, STATEFUL_MODEL, "Alternating")
     result = run_cli("export", str(run.dir), "--format", "torchscript", cwd=tmp_path)
     assert_user_error(result, "The torchscript export does not compute what the model computes",
                       "Python control flow")
@@ -132,7 +137,7 @@ def test_a_model_that_cannot_be_traced_is_refused_with_the_reason(tmp_path):
 
 
 def test_a_data_dependent_branch_stops_the_onnx_exporter(tmp_path):
-    write_model(tmp_path, """
+    run = _trained(tmp_path, """
         from torch import nn
 
         class Branchy(nn.Module):
@@ -145,9 +150,7 @@ def test_a_data_dependent_branch_stops_the_onnx_exporter(tmp_path):
                 if ids.float().mean() > 100:  # a Python branch on the input's values
                     h = -h
                 return self.head(h)
-    """)
-    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Branchy"), model_args={},
-                                           max_steps=4, eval_every=0))
+    """, "Branchy")
     result = run_cli("export", str(run.dir), "--format", "onnx", cwd=tmp_path)
     assert_user_error(result, "torch.onnx.export cannot export this model", "data-dependent")
     assert "def forward" not in result.stderr  # no graph dump on the terminal
@@ -164,7 +167,7 @@ def test_onnx_without_its_packages_says_what_to_install(builtin_run, tmp_path, m
 
 
 def test_tracer_warnings_are_named_in_whole_sentences(tmp_path):
-    write_model(tmp_path, """
+    run = _trained(tmp_path, """
         import math
         import torch
         from torch import nn
@@ -176,9 +179,7 @@ def test_tracer_warnings_are_named_in_whole_sentences(tmp_path):
 
             def forward(self, ids):
                 return self.head(self.emb(ids) / torch.tensor(math.sqrt(16.0)))  # a constant made in forward
-    """)
-    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "my_model.py:Scaled"), model_args={},
-                                           max_steps=4, eval_every=0))
+    """, "Scaled")
     result = export_run(run.dir, "torchscript", tmp_path / "ts")
     assert result.checked and result.max_abs_diff <= result.tolerance
     # Cut at the first ". ", not the first ".": "torch.tensor" must not come out as "torch".
