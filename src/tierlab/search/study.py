@@ -274,19 +274,19 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
     reporter = _TrialReporter(trial)
     started = time.perf_counter()
     log.info("trial %d: %s", trial.number, ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items()))
-    state, value, reason = TrialState.COMPLETE, None, ""
+    state, value, why = TrialState.COMPLETE, None, ""
     try:
         run = train(None, None, trial_cfg, progress=reporter, cache_dir=cache_dir)
         value = run.summary["best_val_loss"]
         reporter.steps = run.summary["steps"]
         if value is None or not math.isfinite(value):
-            state, reason = TrialState.PRUNED, "no finite validation loss"
+            state, why = TrialState.PRUNED, "no finite validation loss"
     except StopTraining as stop:
-        state, reason = TrialState.PRUNED, stop.reason
+        state, why = TrialState.PRUNED, stop.reason
     except Diverged as err:
-        state, reason = TrialState.PRUNED, "diverged: " + str(err).splitlines()[0]
+        state, why = TrialState.PRUNED, "diverged: " + str(err).splitlines()[0]
     except OutOfMemory as err:  # this trial's batch size (say) did not fit: the others may
-        state, reason = TrialState.FAIL, "out of memory: " + err.problem
+        state, why = TrialState.FAIL, "out of memory: " + err.problem
     except UserError as err:
         trial.set_user_attr("reason", "user error: " + str(err).splitlines()[0])
         study.tell(trial, state=TrialState.FAIL)
@@ -296,16 +296,16 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         study.tell(trial, state=TrialState.FAIL)
         raise
     except Exception as exc:  # noqa: BLE001 - other failures end this trial only
-        state, reason = TrialState.FAIL, ("out of memory: " if is_out_of_memory(exc) else f"{type(exc).__name__}: ") \
+        state, why = TrialState.FAIL, ("out of memory: " if is_out_of_memory(exc) else f"{type(exc).__name__}: ") \
             + (str(exc).splitlines()[0] if str(exc) else "")
     trial.set_user_attr("steps", reporter.steps)
     trial.set_user_attr("seconds", time.perf_counter() - started)
-    if reason:
-        trial.set_user_attr("reason", reason)
+    if why:
+        trial.set_user_attr("reason", why)
     if state == TrialState.COMPLETE:
         study.tell(trial, value)
         log.info("trial %d: best val_loss %.4f", trial.number, value)
     else:
         study.tell(trial, state=state)
         said = state.name.lower()  # "pruned at step 6 (...)" says it already: not "pruned (pruned at ...)"
-        log.info("trial %d: %s", trial.number, reason if (reason or "").startswith(said) else f"{said} ({reason})")
+        log.info("trial %d: %s", trial.number, why if why.startswith(said) else f"{said} ({why})")
