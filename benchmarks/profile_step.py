@@ -73,18 +73,21 @@ def profile_plain(args, device: torch.device, make_profiler) -> profile:
 def summarise(prof: profile) -> dict:
     """Per-step figures from the profiled steps."""
     events = prof.events()
-    steps = sorted((e for e in events if e.name == STEP), key=lambda e: e.time_range.start)
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    # On CUDA every record_function range (our STEP label, the profiler's ProfilerStep#N) is
+    # also recorded as a GPU-side "user annotation": neither a step of the host nor a kernel.
+    steps = sorted((e for e in events if e.name == STEP and e.device_type == cpu), key=lambda e: e.time_range.start)
     n = max(len(steps), 1)
     ranges = [(s.time_range.start, s.time_range.end) for s in steps]
 
     def inside(e) -> bool:  # any thread: on CUDA the backward pass launches from autograd's device thread
         return any(a <= e.time_range.start and e.time_range.end <= b for a, b in ranges)
 
-    host = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU and e.name != STEP and inside(e)]
+    host = [e for e in events if e.device_type == cpu and e.name != STEP and inside(e)]
     runtime = collections.Counter(e.name for e in host if e.name.startswith("cuda"))
     ops = sum(1 for e in host if e.name.startswith("aten::")
               and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")))
-    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = [e for e in events if e.device_type == cuda and not _annotation(e)]
     gaps = [b.time_range.start - a.time_range.end for a, b in zip(steps, steps[1:])]
     return {
         "steps": len(steps),
@@ -96,6 +99,12 @@ def summarise(prof: profile) -> dict:
         "runtime": {name: count / n for name, count in runtime.items()},
         "self_us": {name: us / n for name, us in _self_time(host).items()},
     }
+
+
+def _annotation(event) -> bool:
+    """A record_function range mirrored on the GPU timeline, not work the GPU did."""
+    return bool(getattr(event, "is_user_annotation", False)) or event.name == STEP \
+        or event.name.startswith("ProfilerStep#")
 
 
 def _self_time(host: list) -> collections.Counter:
