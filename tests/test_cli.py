@@ -1,5 +1,6 @@
 """The real `tierlab` command in a subprocess: success paths, user errors (exit 2), interruption (130)."""
 
+import gzip
 import json
 import os
 import signal
@@ -115,6 +116,25 @@ def test_hugging_face_model(tmp_path):
     assert start["vocab_size"] == 300
 
 
+def test_hugging_face_dataset_folder_of_parquet_shards(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    lines = write_corpus(tmp_path / "corpus.txt", sentences=1200).read_text().splitlines()
+    shards = tmp_path / "my_dataset" / "data"
+    shards.mkdir(parents=True)
+    for i in range(2):
+        part = lines[i::2]
+        pq.write_table(pa.table({"id": list(range(len(part))), "content": part}),
+                       shards / f"train-0000{i}-of-00002.parquet")
+    (tmp_path / "my_dataset" / "README.md").write_text("---\nlicense: cc0\n---\n")
+    result = run_cli("train", *TINY, *SHAPE, "--data", "my_dataset", "--text-field", "content", "--max-steps", "6",
+                     "--eval-every", "6", "--eval-batches", "2", "--name", "pq", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "runs" / "pq" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_val_loss"] < 5.5  # ln 256 = 5.55 untrained
+    config = json.loads((tmp_path / "runs" / "pq" / "config.json").read_text())
+    assert config["text_field"] == "content" and config["data"] == str(tmp_path / "my_dataset")
+
+
 BAD_MODEL = """
 import torch
 class Model(torch.nn.Module):
@@ -130,6 +150,8 @@ class Model(torch.nn.Module):
     (["--data", "missing.txt"], ["'missing.txt' does not exist"]),
     (["--data", "empty.txt"], ["is empty"]),
     (["--data", "latin1.txt"], ["not valid UTF-8", "offset 9"]),
+    (["--data", "cut.txt.gz"], ["is not a complete gzip file", "gzip -t FILE"]),
+    (["--data", "table.csv"], ['has no column "text" (its columns: id, body)', "--text-field id"]),
     (["--model", "bad_model.py"], ["returned logits of shape [2, 16]", "[B, T, V]"]),
     (["--model", "no_such_model.py"], ["does not exist"]),
     (["--model-arg", "vocab_size=40"], ["token id", "only 40 outputs", "vocab_size"]),
@@ -150,6 +172,8 @@ def test_user_errors_exit_2_with_one_plain_message(tmp_path, args, fragments):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "latin1.txt").write_bytes(b"caf\xc3\xa9 caf\xe9\n")
     (tmp_path / "typo.toml").write_text("batch_sise = 4\n")
+    (tmp_path / "cut.txt.gz").write_bytes(gzip.compress(os.urandom(4000))[:1000])
+    (tmp_path / "table.csv").write_text("id,body\n1,some text\n")
     write_model(tmp_path, BAD_MODEL, name="bad_model.py")
     model_args = [] if "--model" in args else TINY
     result = run_cli("train", *model_args, *SHAPE, "--max-steps", "2", *args, cwd=tmp_path)

@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "own validation data")
     ana.add_argument("--data", default="demo", help="corpus for an untrained model (default demo)")
     ana.add_argument("--text-field", default="text", metavar="FIELD",
-                     help="with .jsonl --data: the field holding the text (default text)")
+                     help="with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)")
     ana.add_argument("--tokenizer", default="byte", help="tokenizer for --data (default byte)")
     ana.add_argument("--batch-size", type=int, default=8, metavar="N")
     ana.add_argument("--seq-len", type=int, default=None, metavar="N",
@@ -193,9 +193,10 @@ def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for the model factory (repeatable)")
-    parser.add_argument("--data", help="demo (default), a .txt file, a directory or a .jsonl file")
+    parser.add_argument("--data", help="demo (default); a .txt, .jsonl, .csv, .tsv or .parquet file (also .gz/.bz2/.xz), "
+                                          "or a directory of them")
     parser.add_argument("--text-field", dest="text_field", metavar="FIELD",
-                        help="with .jsonl --data: the field holding the text (default text)")
+                        help="with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)")
     parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
 
 

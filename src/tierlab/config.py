@@ -43,9 +43,10 @@ class TrainConfig:
     # --- what to train on -------------------------------------------------------------
     model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]")
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory"})
-    data: str = _opt("demo", "demo (built in), a UTF-8 .txt file, a directory of .txt files, or .jsonl (the text in "
-                     "each record's \"text\" field, or --text-field's)")
-    text_field: str = _opt("text", "with .jsonl data: the string field of each record that holds its text")
+    data: str = _opt("demo", "demo (built in); a UTF-8 .txt, .jsonl, .csv, .tsv or .parquet file, plain or "
+                     ".gz/.bz2/.xz (the text in each record's \"text\" field or column, or --text-field's); "
+                     "or a directory of such files")
+    text_field: str = _opt("text", "with .jsonl/.csv/.tsv/.parquet data: the field or column that holds the text")
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
     # --- precision and device ---------------------------------------------------------

@@ -1,4 +1,10 @@
+import bz2
+import csv
+import gzip
 import json
+import lzma
+import sys
+import zipfile
 
 import pytest
 
@@ -68,12 +74,12 @@ def test_missing_empty_and_textless_inputs(tmp_path):
     with pytest.raises(DataError, match="is empty"):
         open_corpus(str(tmp_path / "empty.txt"), tmp_path)
     (tmp_path / "nodocs").mkdir()
-    with pytest.raises(DataError, match="holds no .txt files"):
+    with pytest.raises(DataError, match="holds no .txt, .jsonl, .parquet, .csv or .tsv files"):
         open_corpus(str(tmp_path / "nodocs"), tmp_path)
     for name in ("a.md", "b.md", "sub/c.rst"):
         (tmp_path / "nodocs" / name).parent.mkdir(exist_ok=True)
         (tmp_path / "nodocs" / name).write_text("# notes\n")
-    with pytest.raises(DataError, match=r"holds no .txt files \(it holds 2 .md files, 1 .rst file\)"):
+    with pytest.raises(DataError, match=r"or .tsv files \(it holds 2 .md files, 1 .rst file\)"):
         open_corpus(str(tmp_path / "nodocs"), tmp_path)
 
 
@@ -111,5 +117,119 @@ def test_another_jsonl_field_is_read_with_text_field(tmp_path):
                                         "Fix: name the field that holds the text: --text-field text"):
         _text(open_corpus(str(path), tmp_path, text_field="body"))
     (tmp_path / "plain.txt").write_text("hello\n")
-    with pytest.raises(DataError, match="is not a .jsonl file"):
+    with pytest.raises(DataError, match="is plain text, not JSON lines, CSV/TSV or Parquet"):
         open_corpus(str(tmp_path / "plain.txt"), tmp_path, text_field="content")
+
+
+# ----------------------------------------------------------------------------- compressed, CSV/TSV, Parquet
+@pytest.mark.parametrize("opener, suffix", [(gzip.open, ".gz"), (bz2.open, ".bz2"), (lzma.open, ".xz")])
+def test_compressed_files_are_read_like_their_plain_text(tmp_path, opener, suffix):
+    plain = write_corpus(tmp_path / "c.txt", sentences=200)
+    packed = tmp_path / f"c.txt{suffix}"
+    with opener(packed, "wb") as fh:
+        fh.write(plain.read_bytes())
+    corpus = open_corpus(str(packed), tmp_path)
+    assert _text(corpus) == plain.read_text()
+    # Sizes are counted in decompressed bytes, so "the first half" means the same text as for the .txt.
+    assert corpus.total_bytes == plain.stat().st_size != packed.stat().st_size
+    half = open_corpus(str(plain), tmp_path)
+    assert "".join(corpus.chunks(byte_limit=1000)) == "".join(half.chunks(byte_limit=1000))
+    assert corpus.content_hash() != half.content_hash()
+
+
+def test_compression_is_recognised_by_content_not_name(tmp_path):
+    path = tmp_path / "corpus.txt"  # gzip bytes behind a .txt name
+    path.write_bytes(gzip.compress("hello\nworld\n".encode()))
+    assert _text(open_corpus(str(path), tmp_path)) == "hello\nworld\n"
+    jsonl = tmp_path / "docs.jsonl.gz"
+    jsonl.write_bytes(gzip.compress(b'{"text": "a"}\n{"text": "b"}\n'))
+    assert _text(open_corpus(str(jsonl), tmp_path)) == "a\nb\n"
+
+
+def test_broken_and_unreadable_archives_say_what_they_are(tmp_path):
+    truncated = tmp_path / "cut.txt.gz"
+    whole = gzip.compress(write_corpus(tmp_path / "c.txt", sentences=400).read_bytes())
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"is not a complete gzip file .*Fix: download or compress it again; "
+                                        r"`gzip -t FILE` checks it"):
+        _text(open_corpus(str(truncated), tmp_path))
+    latin = tmp_path / "latin.txt.gz"
+    latin.write_bytes(gzip.compress(b"caf\xe9\n"))
+    with pytest.raises(DataError, match="undecodable byte at offset 3 of its gzip-decompressed text"):
+        _text(open_corpus(str(latin), tmp_path))
+    zst = tmp_path / "c.txt.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\0" * 20)
+    with pytest.raises(DataError, match=r"is zstd-compressed.*Fix: decompress it first \(zstd -d FILE\)"):
+        open_corpus(str(zst), tmp_path)
+    archive = tmp_path / "corpus.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("a.txt", "text\n")
+    with pytest.raises(DataError, match=r"is a zip archive.*Fix: unzip it"):
+        open_corpus(str(archive), tmp_path)
+
+
+def test_csv_text_column_with_quoting_and_long_fields(tmp_path):
+    long_doc = "word " * 40_000  # 200 kB: past csv's default 128 KiB field limit
+    path = tmp_path / "c.csv"
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "text", "label"])
+        writer.writerows([[1, "first, with a comma", "a"], [2, 'a "quoted"\nsecond line', "b"], [3],
+                          [4, long_doc, "c"]])
+    limit = csv.field_size_limit()
+    assert _text(open_corpus(str(path), tmp_path)) == f'first, with a comma\na "quoted"\nsecond line\n{long_doc}\n'
+    assert csv.field_size_limit() == limit  # the process-wide limit is put back
+    with pytest.raises(DataError, match=r'has no column "body" \(its columns: id, text, label\)\. '
+                                        "Fix: name the field that holds the text: --text-field id"):
+        _text(open_corpus(str(path), tmp_path, text_field="body"))
+    tsv = tmp_path / "c.tsv.gz"
+    tsv.write_bytes(gzip.compress("title\tcontent\nA\tone, two\nB\tthree\n".encode()))
+    corpus = open_corpus(str(tsv), tmp_path, text_field="content")
+    assert _text(corpus) == "one, two\nthree\n"
+    assert corpus.total_bytes == len("title\tcontent\nA\tone, two\nB\tthree\n")
+
+
+def test_parquet_string_column(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "train-00000-of-00001.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3], "content": ["alpha", None, "gamma\n"]}), path)
+    corpus = open_corpus(str(path), tmp_path, text_field="content")
+    assert _text(corpus) == "alpha\ngamma\n"  # the null row is skipped
+    assert corpus.total_bytes == len("alphagamma\n")
+    with pytest.raises(DataError, match=r'has no column "text" \(its text columns: content\)\. '
+                                        "Fix: name the field that holds the text: --text-field content"):
+        _text(open_corpus(str(path), tmp_path))
+    with pytest.raises(DataError, match='column "id" holds int64, not text'):
+        _text(open_corpus(str(path), tmp_path, text_field="id"))
+    unnamed = tmp_path / "export"  # recognised by its PAR1 magic without the suffix
+    unnamed.write_bytes(path.read_bytes())
+    assert _text(open_corpus(str(unnamed), tmp_path, text_field="content")) == "alpha\ngamma\n"
+
+
+def test_parquet_without_pyarrow_says_how_to_install_it(tmp_path, monkeypatch):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["x"]}), path)
+    for name in ("pyarrow", "pyarrow.parquet", "pyarrow.compute"):
+        monkeypatch.setitem(sys.modules, name, None)  # what `import pyarrow` meets where it is not installed
+    with pytest.raises(DataError, match=r"needs pyarrow.*Fix: pip install 'tierlab\[parquet\]'"):
+        _text(open_corpus(str(path), tmp_path))
+
+
+def test_directory_reads_one_kind_of_file(tmp_path):
+    pa, pq = pytest.importorskip("pyarrow"), pytest.importorskip("pyarrow.parquet")
+    shards = tmp_path / "dataset" / "data"
+    shards.mkdir(parents=True)
+    for i in (1, 0):  # Hugging Face datasets' layout: shards read in name order
+        pq.write_table(pa.table({"text": [f"shard {i}"]}), shards / f"train-0000{i}-of-00002.parquet")
+    (tmp_path / "dataset" / "README.md").write_text("# card\n")
+    (tmp_path / "dataset" / ".cache").mkdir()
+    (tmp_path / "dataset" / ".cache" / "x.txt").write_text("hidden\n")  # dot-folders are not data
+    corpus = open_corpus(str(tmp_path / "dataset"), tmp_path)
+    assert corpus.kind == "parquet" and _text(corpus) == "shard 0\nshard 1\n"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "a.txt").write_text("plain\n")
+    (mixed / "b.txt.gz").write_bytes(gzip.compress(b"packed\n"))
+    (mixed / "meta.csv").write_text("id,text\n1,not read\n")  # .txt files present: only they are read
+    assert _text(open_corpus(str(mixed), tmp_path)) == "plain\npacked\n"

@@ -1,24 +1,51 @@
-"""Reading a corpus: a UTF-8 text file, a directory of .txt files, or JSON lines with "text" (or another field).
+"""Reading a corpus: text, JSON lines, CSV/TSV or Parquet; one file or a directory of them; compressed or not.
 
 Text is streamed in chunks so that a large corpus never sits in memory as one string, and
 it is decoded strictly: undecodable bytes are an error that names the file and the offset.
+Compression (gzip, bzip2, xz) is recognised by the file's first bytes, not its name, and
+read through the standard library; formats tierlab cannot read (zstd, zip, 7z) get a
+message saying how to unpack them.
 """
 
 from __future__ import annotations
 
+import bz2
 import codecs
 import collections
+import csv
+import functools
+import gzip
 import hashlib
+import io
 import json
+import lzma
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 from ..errors import DataError
 from .demo import DEMO_VERSION, demo_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of text per tokenizer call
+
+# Read transparently: the magic bytes that start such a file, its name, and its opener.
+_COMPRESSED = {b"\x1f\x8b": ("gzip", gzip.open), b"BZh": ("bzip2", bz2.open), b"\xfd7zXZ\x00": ("xz", lzma.open)}
+_COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
+# Not read: what the file is and how to get text out of it.
+_UNREADABLE = {
+    b"\x28\xb5\x2f\xfd": ("zstd-compressed", "decompress it first (zstd -d FILE), or recompress with gzip, "
+                                           "which tierlab reads directly."),
+    b"PK\x03\x04": ("a zip archive", "unzip it and pass the file or the folder inside."),
+    b"7z\xbc\xaf\x27\x1c": ("a 7z archive", "extract it (7z x FILE) and pass the file or the folder inside."),
+}
+_PARQUET_MAGIC = b"PAR1"
+# The kinds of file, by name (after a compression suffix); anything else is read as plain text.
+_KIND_BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".tsv": "tsv", ".parquet": "parquet"}
+# A directory is read as its files of the first kind here that it holds, in sorted order.
+_DIRECTORY_KINDS = ("text", "jsonl", "parquet", "csv", "tsv")
+_FIELD_KINDS = ("jsonl", "csv", "tsv", "parquet")  # kinds whose text sits in a named field or column
 
 
 @dataclass(frozen=True)
@@ -27,18 +54,29 @@ class Corpus:
 
     spec: str
     files: tuple[Path, ...]
-    jsonl: bool
-    text_field: str = "text"  # JSONL: the string field holding each document
+    kind: str = "text"  # text | jsonl | csv | tsv | parquet, for every file
+    text_field: str = "text"  # JSONL / CSV / Parquet: the field or column holding each document
 
     @property
+    def jsonl(self) -> bool:
+        return self.kind == "jsonl"
+
+    @functools.cached_property
     def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
+        """Bytes of source text: the file sizes, or for compressed and Parquet files one pass counting them.
+
+        The unit :meth:`chunks` counts ``byte_limit`` in, so "the first 90%" means the same
+        thing for a .txt and its .txt.gz.
+        """
+        if self.kind in ("text", "jsonl", "csv", "tsv") and not any(_compression(f) for f in self.files):
+            return sum(f.stat().st_size for f in self.files)
+        return sum(nbytes for f in self.files for _, nbytes in self._read(f))
 
     def content_hash(self) -> str:
-        """SHA-256 over the files' bytes (in order), the key of the token cache."""
-        h = hashlib.sha256(b"jsonl" if self.jsonl else b"text")
-        if self.jsonl and self.text_field != "text":  # other text from the same file (hashes of "text" unchanged)
-            h.update(b"\0field\0" + self.text_field.encode())
+        """SHA-256 over the files' bytes (in order) and what is read from them, the key of the token cache."""
+        h = hashlib.sha256(self.kind.encode())
+        if self.kind != "text" and (self.kind != "jsonl" or self.text_field != "text"):
+            h.update(b"\0field\0" + self.text_field.encode())  # (hashes of .jsonl "text" corpora unchanged)
         for f in self.files:
             h.update(b"\0file\0")
             with f.open("rb") as fh:
@@ -49,13 +87,12 @@ class Corpus:
     def chunks(self, byte_limit: int | None = None) -> Iterator[str]:
         """Decoded text in pieces of about CHUNK_BYTES, ending on line boundaries.
 
-        Documents (files, JSON records) are separated by a newline. ``byte_limit`` stops
+        Documents (files, records, rows) are separated by a newline. ``byte_limit`` stops
         after that many source bytes (used to train BPE on the training part only).
         """
         consumed = 0
         for f in self.files:
-            source = _jsonl_texts(f, self.text_field) if self.jsonl else _text_chunks(f)
-            for text, nbytes in source:
+            for text, nbytes in self._read(f):
                 if byte_limit is not None and consumed + nbytes >= byte_limit:
                     # Keep only the part before the limit (whole characters).
                     keep = byte_limit - consumed
@@ -64,11 +101,99 @@ class Corpus:
                 yield text
                 consumed += nbytes
 
+    def _read(self, path: Path) -> Iterator[tuple[str, int]]:
+        """(text, source bytes) pieces of one file, a broken compressed stream reported as a DataError."""
+        if self.kind == "parquet":
+            yield from _parquet_texts(path, self.text_field)
+            return
+        compression = _compression(path)
+        try:
+            with _open_bytes(path) as fh:
+                if self.kind == "jsonl":
+                    yield from _jsonl_texts(fh, path, self.text_field)
+                elif self.kind in ("csv", "tsv"):
+                    yield from _table_texts(fh, path, self.text_field, "\t" if self.kind == "tsv" else ",")
+                else:
+                    yield from _text_chunks(fh, path, compression)
+        except (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, OSError) as exc:
+            if not compression:
+                raise
+            raise DataError(f"{str(path)!r} is not a complete {compression} file ({exc}).",
+                            f"download or compress it again; `{_TEST_COMMAND[compression]} FILE` checks it.") from None
+
+
+_TEST_COMMAND = {"gzip": "gzip -t", "bzip2": "bzip2 -t", "xz": "xz -t"}
+
+
+def _magic(path: Path) -> bytes:
+    with path.open("rb") as fh:
+        return fh.read(8)
+
+
+def _compression(path: Path) -> str | None:
+    """'gzip', 'bzip2' or 'xz' when the file starts like one, whatever its name; else None."""
+    head = _magic(path)
+    return next((name for magic, (name, _) in _COMPRESSED.items() if head.startswith(magic)), None)
+
+
+def _open_bytes(path: Path) -> IO[bytes]:
+    head = _magic(path)
+    for magic, (_, opener) in _COMPRESSED.items():
+        if head.startswith(magic):
+            return opener(path, "rb")
+    return path.open("rb")
+
+
+def _kind(path: Path) -> str:
+    """What a file holds, by its name once a compression suffix is dropped (and Parquet by its magic)."""
+    name = path.name.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    suffix = os.path.splitext(name)[1]
+    if suffix in _KIND_BY_SUFFIX:
+        return _KIND_BY_SUFFIX[suffix]
+    if suffix != ".txt" and path.is_file() and _magic(path).startswith(_PARQUET_MAGIC):
+        return "parquet"  # e.g. a download saved without its suffix
+    return "text"
+
+
+def _check_readable(path: Path) -> None:
+    head = _magic(path)
+    for magic, (what, fix) in _UNREADABLE.items():
+        if head.startswith(magic):
+            raise DataError(f"{str(path)!r} is {what}; tierlab reads text, JSON lines, CSV/TSV and Parquet, "
+                            "plain or gzip/bzip2/xz-compressed.", fix)
+
+
+def _directory_files(p: Path, spec: str) -> tuple[str, tuple[Path, ...]]:
+    """The files of the first kind in _DIRECTORY_KINDS that the directory holds (*.txt for text), sorted."""
+    found: dict[str, list[Path]] = collections.defaultdict(list)
+    for x in p.rglob("*"):
+        if x.is_file() and not any(part.startswith(".") for part in x.relative_to(p).parts):
+            kind = _kind(x)
+            if kind != "text" or x.name.lower().removesuffix(_compressed_suffix(x)).endswith(".txt"):
+                found[kind].append(x)
+    for kind in _DIRECTORY_KINDS:
+        if found[kind]:
+            return kind, tuple(sorted(found[kind]))
+    others = collections.Counter(x.suffix.lower() or "(no suffix)" for x in p.rglob("*") if x.is_file())
+    kinds = [f"{n} {kind} file{'s' if n > 1 else ''}" for kind, n in others.most_common(4)]
+    held = f" (it holds {', '.join(kinds)})" if kinds else ""
+    raise DataError(f"Directory {spec!r} holds no .txt, .jsonl, .parquet, .csv or .tsv files{held}.",
+                    "tierlab reads *.txt in a directory (else *.jsonl, *.parquet, *.csv, *.tsv; compressed too): "
+                    "rename plain-text files to .txt, or pass a file.")
+
+
+def _compressed_suffix(path: Path) -> str:
+    return next((s for s in _COMPRESSED_SUFFIXES if path.name.lower().endswith(s)), "")
+
 
 def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
     """Resolve ``--data`` into a :class:`Corpus`, with a clear error for every bad input.
 
-    ``text_field``: the string field of each JSONL record that holds its text.
+    ``text_field``: the JSONL field, CSV/TSV column or Parquet column that holds the text.
     """
     if spec == "demo":
         path = cache_dir / f"demo-v{DEMO_VERSION}.txt"
@@ -77,84 +202,161 @@ def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             tmp.write_text(demo_text(), encoding="utf-8")
             os.replace(tmp, path)
-        return Corpus(spec, (path,), jsonl=False)
+        return Corpus(spec, (path,))
     p = Path(spec)
     if not p.exists():
         raise DataError(f"Data path {spec!r} does not exist.",
-                        "pass a .txt file, a directory of .txt files, a .jsonl file, or 'demo'.")
+                        "pass a .txt, .jsonl, .csv, .tsv or .parquet file (plain or .gz/.bz2/.xz), a directory of "
+                        "them, or 'demo'.")
     if p.is_dir():
-        files = tuple(sorted(x for x in p.rglob("*.txt") if x.is_file()))
-        if not files:
-            others = collections.Counter(x.suffix.lower() or "(no suffix)" for x in p.rglob("*") if x.is_file())
-            kinds = [f"{n} {kind} file{'s' if n > 1 else ''}" for kind, n in others.most_common(4)]
-            found = f" (it holds {', '.join(kinds)})" if kinds else ""
-            raise DataError(f"Directory {spec!r} holds no .txt files{found}.",
-                            "tierlab reads *.txt in a directory: rename plain-text files to .txt, or pass a file.")
-        corpus = Corpus(spec, files, jsonl=False)
+        kind, files = _directory_files(p, spec)
     else:
-        corpus = Corpus(spec, (p,), jsonl=p.suffix.lower() in (".jsonl", ".ndjson"), text_field=text_field)
-    if text_field != "text" and not corpus.jsonl:
-        raise DataError(f"--text-field {text_field!r} was given, but {spec!r} is not a .jsonl file.",
-                        "drop --text-field (plain text is read whole), or pass JSON lines.")
-    if corpus.total_bytes == 0:
+        kind, files = _kind(p), (p,)
+    if text_field != "text" and kind not in _FIELD_KINDS:
+        raise DataError(f"--text-field {text_field!r} was given, but {spec!r} is plain text, not JSON lines, "
+                        "CSV/TSV or Parquet.", "drop --text-field (plain text is read whole), or pass such a file.")
+    if all(f.stat().st_size == 0 for f in files):
         raise DataError(f"The corpus {spec!r} is empty.", "pass a file with text in it.")
-    return corpus
+    for f in files:
+        _check_readable(f)
+    return Corpus(spec, files, kind, text_field)
 
 
-def _text_chunks(path: Path) -> Iterator[tuple[str, int]]:
+def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator[tuple[str, int]]:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
     offset = 0
     pending = ""
-    with path.open("rb") as fh:
-        while True:
-            block = fh.read(CHUNK_BYTES)
-            final = not block
-            try:
-                text = decoder.decode(block, final=final)
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{str(path)!r} is not valid UTF-8: undecodable byte at offset "
-                                f"{offset + exc.start}.",
-                                "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it.") from None
-            offset += len(block)
-            text = pending + text
-            if final:
-                if text:
-                    yield (text if text.endswith("\n") else text + "\n"), len(text.encode("utf-8"))
-                return
-            cut = text.rfind("\n") + 1
-            if cut == 0:
-                pending = text
-                continue
-            pending = text[cut:]
-            yield text[:cut], len(block)
+    while True:
+        block = fh.read(CHUNK_BYTES)
+        final = not block
+        try:
+            text = decoder.decode(block, final=final)
+        except UnicodeDecodeError as exc:
+            where = f" of its {compression}-decompressed text" if compression else ""
+            raise DataError(f"{str(path)!r} is not valid UTF-8: undecodable byte at offset "
+                            f"{offset + exc.start}{where}.",
+                            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it.") from None
+        offset += len(block)
+        text = pending + text
+        if final:
+            if text:
+                yield (text if text.endswith("\n") else text + "\n"), len(text.encode("utf-8"))
+            return
+        cut = text.rfind("\n") + 1
+        if cut == 0:
+            pending = text
+            continue
+        pending = text[cut:]
+        yield text[:cut], len(block)
 
 
-def _jsonl_texts(path: Path, field: str = "text") -> Iterator[tuple[str, int]]:
+def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tuple[str, int]]:
     batch: list[str] = []
     size = 0
-    with path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{str(path)!r} line {lineno} is not valid UTF-8 (byte {exc.start} of the line).",
-                                "convert the file to UTF-8.") from None
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
-                                "write one JSON object per line.") from None
-            if not isinstance(record, dict) or not isinstance(record.get(field), str):
-                fields = [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
-                found = f" (its string fields: {', '.join(fields[:8])})" if fields else ""
-                raise DataError(f"{str(path)!r} line {lineno} has no string field {json.dumps(field)}{found}.",
-                                f"name the field that holds the text: --text-field {fields[0]}." if fields else
-                                f"write records like {{{json.dumps(field)}: \"...\"}}.")
-            text = record[field]
-            batch.append(text if text.endswith("\n") else text + "\n")
-            size += len(raw)
-            if size >= CHUNK_BYTES:
-                yield "".join(batch), size
-                batch, size = [], 0
+    for lineno, raw in enumerate(fh, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{str(path)!r} line {lineno} is not valid UTF-8 (byte {exc.start} of the line).",
+                            "convert the file to UTF-8.") from None
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
+                            "write one JSON object per line.") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            fields = [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
+            raise _no_text_field(f"{str(path)!r} line {lineno} has no string field {json.dumps(field)}", "string fields",
+                                 fields, f"write records like {{{json.dumps(field)}: \"...\"}}.")
+        text = record[field]
+        batch.append(text if text.endswith("\n") else text + "\n")
+        size += len(raw)
+        if size >= CHUNK_BYTES:
+            yield "".join(batch), size
+            batch, size = [], 0
     if batch:
         yield "".join(batch), size
+
+
+def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Iterator[tuple[str, int]]:
+    """The ``field`` column of a CSV/TSV file with a header row; each row a document.
+
+    Quoted fields may hold newlines and commas; the source bytes are counted by the
+    (decompressed) stream's position, the unit of ``total_bytes``.
+    """
+    text_stream = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+    reader = csv.reader(text_stream, delimiter=delimiter)
+    previous_limit = csv.field_size_limit()
+    csv.field_size_limit(1 << 30)  # documents longer than csv's default 128 KiB per field are normal
+    batch: list[str] = []
+    size = start = 0
+    try:
+        header = next(reader, None)
+        if header is None:
+            return
+        if field not in header:
+            raise _no_text_field(f"{str(path)!r} has no column {json.dumps(field)}", "columns", header,
+                                 f"give the text column the header {json.dumps(field)}.")
+        column = header.index(field)
+        for row in reader:
+            if column < len(row):  # a short row has no text: skipped, as a blank JSON line
+                batch.append(row[column] if row[column].endswith("\n") else row[column] + "\n")
+            position = fh.tell()
+            if position - start >= CHUNK_BYTES:
+                size, start = position - start, position
+                yield "".join(batch), size
+                batch = []
+        if batch:
+            yield "".join(batch), fh.tell() - start
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{str(path)!r} is not valid UTF-8 near line {reader.line_num + 1} ({exc.reason}).",
+                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+    except csv.Error as exc:
+        raise DataError(f"{str(path)!r} line {reader.line_num} is not valid {'TSV' if delimiter == chr(9) else 'CSV'}: "
+                        f"{exc}.", "check the quoting of that line (a field with the delimiter, a quote or a "
+                        "newline in it must be quoted).") from None
+    finally:
+        csv.field_size_limit(previous_limit)
+        text_stream.detach()  # the caller closes the byte stream
+
+
+def _parquet_texts(path: Path, field: str) -> Iterator[tuple[str, int]]:
+    """The ``field`` string column of a Parquet file (what Hugging Face datasets ship), row group by row group."""
+    try:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(f"{str(path)!r} is a Parquet file, and reading Parquet needs pyarrow, which is not installed.",
+                        "pip install 'tierlab[parquet]' (or pip install pyarrow), then run the same command.") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{str(path)!r} is not a readable Parquet file ({exc}).",
+                        "download or write it again.") from None
+    schema = parquet.schema_arrow
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+    if field not in schema.names:
+        raise _no_text_field(f"{str(path)!r} has no column {json.dumps(field)}", "text columns", strings,
+                             f"store the text in a string column named {json.dumps(field)}.")
+    if field not in strings:
+        raise _no_text_field(f"{str(path)!r} column {json.dumps(field)} holds {schema.field(field).type}, not text",
+                             "text columns", strings, f"store the text in a string column named {json.dumps(field)}.")
+    batch: list[str] = []
+    size = 0
+    for record_batch in parquet.iter_batches(columns=[field], batch_size=4096):
+        column = record_batch.column(0).drop_null()  # a null row has no text: skipped, as a blank JSON line
+        batch.extend(t if t.endswith("\n") else t + "\n" for t in column.to_pylist())
+        size += pc.sum(pc.binary_length(column)).as_py() or 0
+        if size >= CHUNK_BYTES:
+            yield "".join(batch), size
+            batch, size = [], 0
+    if batch:
+        yield "".join(batch), size
+
+
+def _no_text_field(problem: str, what: str, candidates: list[str], otherwise: str) -> DataError:
+    """'<problem> (its <what>: a, b, c).' with the fix naming the first candidate, for every field-based format."""
+    found = f" (its {what}: {', '.join(candidates[:8])})" if candidates else ""
+    fix = f"name the field that holds the text: --text-field {candidates[0]}." if candidates else otherwise
+    return DataError(f"{problem}{found}.", fix)
