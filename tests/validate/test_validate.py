@@ -89,6 +89,9 @@ def good(vocab_size):
 def no_mask(vocab_size):
     return NoMask(vocab_size)
 
+def heavy_dropout(vocab_size):
+    return TinyGPT(vocab_size=vocab_size, dropout=0.5, **SMALL)
+
 def detached(vocab_size):
     return Detached(vocab_size=vocab_size, **SMALL)
 
@@ -219,3 +222,9 @@ def test_log_probabilities_are_accepted_as_logits(zoo):
 def test_a_table_with_identical_rows_by_design_is_not_a_symmetry_problem(zoo):
     report = tierlab.validate(f"{zoo}:decay_table")
     assert report["initialisation"].status == "pass", report.text()
+
+
+def test_the_doctors_precision_error_is_not_dropout_noise(zoo):
+    # Dropout is off in all three forwards compared: what is left is what fp16/bf16 cost (bf16 keeps 8 bits).
+    autocast = tierlab.validate(f"{zoo}:heavy_dropout")["precision_doctor"].figures["autocast"]
+    assert autocast["fp16"]["logits_rel_error"] < 0.01 and autocast["bf16"]["logits_rel_error"] < 0.05, autocast

@@ -1,7 +1,8 @@
 """The precision doctor: is this model safe in fp16 or bf16, measured before a single training step.
 
 One fp32 forward and backward with hooks on every module records activation and gradient
-magnitudes; fp16 and bf16 autocast forwards give the error against fp32.  From these:
+magnitudes; fp16 and bf16 autocast forwards give the error against an fp32 one (all three
+in eval mode, so dropout does not count as precision error).  From these:
 fp16 headroom per module (in powers of two below 65504), the share of gradient values that
 fp16 would flush to zero at GradScaler's initial scale and at the scale it would settle at,
 and a recommendation with its reasons.
@@ -9,6 +10,7 @@ and a recommendation with its reasons.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -49,7 +51,7 @@ def _measure(p: Probe, ids: torch.Tensor):
 
         handles.append(module.register_forward_hook(hook))
     try:
-        p.model.train()
+        p.model.train()  # training's activations (dropout's rescaling included) are what must fit fp16
         logits = p.logits(ids).float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1))
         loss.backward()
@@ -57,12 +59,18 @@ def _measure(p: Probe, ids: torch.Tensor):
         for h in handles:
             h.remove()
         p.model.zero_grad(set_to_none=True)
-    return acts, grads, logits.detach(), loss.item()
+    return acts, grads
 
 
-def _autocast_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype):
+def _eval_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype | None = None):
+    """Logits (as float32) and loss of one eval-mode forward, under autocast to ``dtype`` when given.
+
+    Eval mode on both sides of the comparison: with dropout on, two fp32 forwards would
+    already differ by tens of percent, and that is not what the precision costs.
+    """
     p.model.eval()
-    with torch.no_grad(), torch.autocast(p.device.type, dtype=dtype):
+    autocast = torch.autocast(p.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    with torch.no_grad(), autocast:
         logits = p.logits(ids)
     logits = logits.float()
     return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1)).item()
@@ -70,7 +78,8 @@ def _autocast_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype):
 
 def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     ids = p.tokens(min(p.batch_size, 2), min(p.seq_len, 32), seed=7)
-    acts, grads, ref_logits, ref_loss = _measure(p, ids)
+    acts, grads = _measure(p, ids)
+    ref_logits, ref_loss = _eval_forward(p, ids)
     headroom = {n: (math.log2(FP16_MAX / a) if a > 0 else math.inf) for n, a in acts.items()}
     overflow = sorted((n for n, h in headroom.items() if h < 0), key=lambda n: headroom[n])
     near = sorted((n for n, h in headroom.items() if 0 <= h < NEAR), key=lambda n: headroom[n])
@@ -83,7 +92,7 @@ def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     errors = {}
     for name, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         try:
-            logits, loss = _autocast_forward(p, ids, dtype)
+            logits, loss = _eval_forward(p, ids, dtype)
         except Exception as exc:  # noqa: BLE001 - the device cannot run it: say so
             errors[name] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
