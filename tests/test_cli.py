@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 class GPT(nn.Module):
-    '''nanoGPT's calling convention: forward(idx, targets=None) -> (logits, loss).'''
+    '''nanoGPT's calling convention: forward(idx, targets=None) -> (logits, loss), and without
+    targets only the last position's logits (its generation shortcut).'''
     def __init__(self, vocab_size, block_size=64, n_embd=32):
         super().__init__()
         self.block_size = block_size
@@ -38,9 +39,10 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))
         mask = torch.triu(torch.ones(T, T, dtype=torch.bool, device=idx.device), 1)
         x = x + self.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+        if targets is None:
+            return self.lm_head(x[:, [-1], :]), None
         logits = self.lm_head(x)
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-        return logits, loss
+        return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
 
 def make_gpt(vocab_size, n_embd=32):
     return GPT(vocab_size, n_embd=n_embd)

@@ -233,3 +233,19 @@ def test_directory_reads_one_kind_of_file(tmp_path):
     (mixed / "b.txt.gz").write_bytes(gzip.compress(b"packed\n"))
     (mixed / "meta.csv").write_text("id,text\n1,not read\n")  # .txt files present: only they are read
     assert _text(open_corpus(str(mixed), tmp_path)) == "plain\npacked\n"
+
+
+@pytest.mark.parametrize("separator", [" ", ""])  # words with spaces; a script written without them
+def test_a_file_that_is_one_long_line_is_read_in_bounded_chunks(tmp_path, separator):
+    path = tmp_path / "one_line.txt"
+    word = "言葉" if not separator else "word"
+    path.write_text(separator.join([word] * (3 * CHUNK_BYTES // len(word.encode()) // max(1, len(separator) + 1))),
+                    encoding="utf-8")
+    corpus = open_corpus(str(path), tmp_path)
+    chunks = list(corpus.chunks())
+    assert len(chunks) >= 2 and max(len(c.encode()) for c in chunks) <= 2 * CHUNK_BYTES
+    assert "".join(chunks) == path.read_text(encoding="utf-8") + "\n"
+    if separator:  # cut before a space, so " word" is never split from its space
+        assert all(c.startswith(" ") for c in chunks[1:])
+    # Every source byte is accounted for exactly once: what BPE's "first 90%" is measured in.
+    assert sum(n for _, n in corpus._read(path)) == path.stat().st_size

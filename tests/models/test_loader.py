@@ -5,7 +5,7 @@ import torch
 
 from helpers import write_model
 from tierlab.errors import ModelError
-from tierlab.models import extract_logits, load_model, max_positions
+from tierlab.models import every_position, extract_logits, load_model, max_positions
 from tierlab.models.tiny_gpt import TinyGPT
 
 MODEL_FILE = """
@@ -134,3 +134,52 @@ def test_tiny_gpt_is_causal():
         a, b = model(x), model(y)
     assert torch.allclose(a[0, :6], b[0, :6], atol=1e-6)
     assert not torch.allclose(a[0, 6:], b[0, 6:])
+
+
+NANOGPT_GENERATION_SHORTCUT = '''
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GPT(nn.Module):
+    """nanoGPT's calling convention: every position's logits with targets, only the last one's without."""
+    def __init__(self, vocab_size=256, n_embd=16, block_size=64):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+
+    def forward(self, idx, targets=None):
+        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        if targets is not None:
+            logits = self.lm_head(x)
+            return logits, F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        return self.lm_head(x[:, [-1], :]), None
+
+
+class AlwaysAll(GPT):
+    def forward(self, idx, targets=None):
+        return self.lm_head(self.wte(idx)), None
+
+
+def build_model(vocab_size=256):
+    return GPT(vocab_size)
+'''
+
+
+def test_a_nanogpt_style_model_gives_every_positions_logits(tmp_path):
+    path = write_model(tmp_path, NANOGPT_GENERATION_SHORTCUT, name="nano.py")
+    model = load_model(str(path), {}, 256)
+    ids = torch.randint(0, 256, (3, 40))[:, 1:]  # a non-contiguous view, as training's inputs are
+    logits, _ = model(ids)
+    assert logits.shape == (3, 39, 256)
+    with torch.no_grad():  # the same logits the model gives with real targets
+        assert torch.equal(logits, model(ids, targets=ids.contiguous())[0])
+    assert set(model.state_dict()) == {"wte.weight", "wpe.weight", "lm_head.weight"}  # the module is unchanged
+    model._tierlab_every_position.remove()  # and the model's own behaviour comes back
+    assert model(ids)[0].shape == (3, 1, 256)
+    # A model that always returns every position is left alone, and so is one without targets.
+    always = load_model(f"{path}:AlwaysAll", {}, 256)
+    assert getattr(always, "_tierlab_every_position", None) is None and not always._forward_pre_hooks
+    plain = TinyGPT(vocab_size=256, n_layer=1, n_head=2, d_model=16, max_seq_len=32)
+    assert not every_position(plain) and not plain._forward_pre_hooks

@@ -121,6 +121,16 @@ def test_an_empty_folder_made_beforehand_is_used_and_a_taken_one_is_not(tmp_path
     ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
      "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n        return self.e(ids).softmax(-1)\n",
      {}, ModelError, "returns probabilities, not logits"),
+    # Sees the future: every position mixes in the whole sequence (no causal mask) ...
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n"
+     "        x = self.e(ids)\n        return x + x.mean(1, keepdim=True)\n",
+     {}, ModelError, "The model sees the future"),
+    # ... or an off-by-one: position t reads token t + 1, the very token it should predict.
+    ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self.e = torch.nn.Embedding(256, 256)\n    def forward(self, ids):\n"
+     "        return self.e(torch.roll(ids, -1, dims=1))\n",
+     {}, ModelError, "would teach it to copy the next token"),
     (None, {"seq_len": 128}, ModelError, "longer than the model's 64 positions"),
     # Positions in a table that publishes no length: the short table is named from the IndexError.
     ("import torch\nclass Model(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"

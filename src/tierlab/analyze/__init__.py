@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ModelError, UserError
-from ..models import extract_logits, load_model, max_positions
+from ..models import every_position, extract_logits, load_model, max_positions
 from .attention import COLLAPSE_SHARE, NEAR_ZERO_ENTROPY, AttentionReport, HeadStats, observe_attention
 from .robustness import RobustnessPoint, default_ks, robustness_curve
 
@@ -134,6 +134,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     if run is None:
         if isinstance(model_or_path, nn.Module):
             model, name = model_or_path, f"<in-memory {type(model_or_path).__name__}>"
+            every_position(model)
         else:
             name = model_or_path or "tiny-gpt"
             model = load_model(name, dict(model_args or {}), tokens.tokenizer.vocab_size)

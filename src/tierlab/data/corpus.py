@@ -223,9 +223,15 @@ def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
 
 
 def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator[tuple[str, int]]:
+    """Pieces of about CHUNK_BYTES ending on a newline, with the source bytes each accounts for.
+
+    A line longer than a chunk (minified text, a script without spaces between words, one
+    document on one line) is cut before its last space, or where the chunk ends when it has
+    none, so memory stays bounded by the chunk size whatever the file's shape.
+    """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
-    offset = 0
-    pending = ""
+    offset = reported = 0
+    pending, ended_line = "", True
     while True:
         block = fh.read(CHUNK_BYTES)
         final = not block
@@ -238,16 +244,22 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
                             "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it.") from None
         offset += len(block)
         text = pending + text
-        if final:
-            if text:
-                yield (text if text.endswith("\n") else text + "\n"), len(text.encode("utf-8"))
+        if final:  # the document ends with a newline: it separates it from the next file's
+            if text or not ended_line:
+                yield (text if text.endswith("\n") else text + "\n"), offset - reported
             return
         cut = text.rfind("\n") + 1
+        if cut == 0 and len(text) >= CHUNK_BYTES // 4:  # characters (at most 4 bytes each)
+            cut = text.rfind(" ", 1) if text.rfind(" ", 1) > 0 else len(text)  # before the space: " word" stays whole
         if cut == 0:
             pending = text
             continue
+        # The bytes read so far, less those still pending (counted when they are yielded; a
+        # character split across reads waits in the decoder, and the last piece squares it).
         pending = text[cut:]
-        yield text[:cut], len(block)
+        done = offset - len(pending.encode("utf-8"))
+        yield text[:cut], done - reported
+        reported, ended_line = done, text[cut - 1] == "\n"
 
 
 def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tuple[str, int]]:

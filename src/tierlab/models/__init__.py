@@ -1,5 +1,7 @@
 """Model loading (user files, the built-in tiny GPT) and output adaptation."""
 
-from .loader import BUILTIN, PROBABILITIES_FIX, extract_logits, load_model, looks_like_probabilities, max_positions
+from .loader import (BUILTIN, CAUSAL_FIX, PROBABILITIES_FIX, every_position, extract_logits, future_leak, load_model,
+                     looks_like_probabilities, max_positions, repeatable_logits)
 
-__all__ = ["BUILTIN", "PROBABILITIES_FIX", "extract_logits", "load_model", "looks_like_probabilities", "max_positions"]
+__all__ = ["BUILTIN", "CAUSAL_FIX", "PROBABILITIES_FIX", "every_position", "extract_logits", "future_leak", "load_model",
+           "looks_like_probabilities", "max_positions", "repeatable_logits"]

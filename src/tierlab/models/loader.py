@@ -80,7 +80,59 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Mod
     if not isinstance(model, nn.Module):
         raise ModelError(f"{where} returned {type(model).__name__}, not a torch.nn.Module.",
                          "make the factory return the model instance.")
+    every_position(model)
     return model
+
+
+def every_position(model: nn.Module) -> bool:
+    """Make ``model(input_ids)`` return every position's logits for a nanoGPT-style model; True if it had to.
+
+    nanoGPT's ``forward(idx, targets=None)`` returns only the last position's logits when no
+    targets are given (a shortcut for generation) and every position's with targets. Such a
+    model gets a forward pre-hook that passes ``targets`` (zeros) when the caller gives none:
+    every tierlab command then sees [B, T, V] (the model's own loss is computed and ignored),
+    and the module itself -- its class, parameter names, checkpoints -- is unchanged. A
+    model without a ``targets`` parameter costs nothing here: no forward is run.
+    """
+    if getattr(model, "_tierlab_every_position", None) is not None:
+        return True
+    try:
+        if "targets" not in inspect.signature(model.forward).parameters:
+            return False
+    except (TypeError, ValueError):
+        return False
+    if _positions_returned(model) != 1:
+        return False
+    handle = model.register_forward_pre_hook(_pass_targets, with_kwargs=True)
+    if _positions_returned(model) != 2:  # targets did not bring the positions back: leave the model as it was
+        handle.remove()
+        return False
+    model._tierlab_every_position = handle  # remove() it to give the model back its own behaviour
+    log.info("%s returns only the last position's logits without targets (nanoGPT's generation shortcut): "
+             "tierlab passes targets to get every position's", type(model).__name__)
+    return True
+
+
+def _pass_targets(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    if len(args) == 1 and "targets" not in kwargs:
+        # Any valid ids do (the model's loss is ignored); contiguous, as nanoGPT's targets.view(-1) needs.
+        return args, {**kwargs, "targets": torch.zeros_like(args[0], memory_format=torch.contiguous_format)}
+    return None
+
+
+def _positions_returned(model: nn.Module) -> int | None:
+    """How many positions of a [1, 2] input the model returns logits for (None when the forward fails)."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=device)))
+    except Exception:  # noqa: BLE001 - the set-up probe of each command reports a failing forward properly
+        return None
+    finally:
+        model.train(was_training)
+    return logits.shape[1] if logits.dim() == 3 else None
 
 
 def _import_file(path: Path) -> Any:
@@ -185,6 +237,37 @@ def looks_like_probabilities(logits: torch.Tensor) -> bool:
     x = logits.detach().float()
     in_unit = bool(((x >= 0) & (x <= 1)).all())
     return in_unit and bool(((x.sum(-1) - 1).abs() <= 1e-3).all())
+
+
+# What a model whose earlier positions see later tokens is told, by train and validate.
+CAUSAL_FIX = "apply a causal mask (is_causal=True, or mask scores where key > query)"
+
+
+def future_leak(logits_of, ids: torch.Tensor, position: int, vocab: int,
+                base: torch.Tensor | None = None) -> float | None:
+    """How far the logits before ``position`` move when token ``position`` changes; None within float noise.
+
+    ``logits_of(ids) -> [B, T, V]`` runs the model (in eval mode, without gradients). A causal
+    model's logits at t < position cannot depend on token ``position`` at all, so anything
+    beyond rounding (1e-4 of the largest logit) is a position seeing the future. ``base``:
+    the logits of ``ids`` from a forward known to repeat; without it, two forwards must agree
+    first -- a model whose output changes from call to call (dropout left on, state) says
+    nothing about causality, and validate's determinism check is the one to report it.
+    """
+    if base is None:
+        base = repeatable_logits(logits_of, ids)
+        if base is None:
+            return None
+    changed = ids.clone()
+    changed[:, position] = (changed[:, position] + 1) % vocab
+    diff = (logits_of(changed).float()[:, :position] - base[:, :position]).abs().amax().item()
+    return diff if diff > 1e-4 * max(1.0, base.abs().amax().item()) else None
+
+
+def repeatable_logits(logits_of, ids: torch.Tensor) -> torch.Tensor | None:
+    """The float logits of ``ids`` when two forwards agree (to 1e-4 of the largest), else None."""
+    base, again = logits_of(ids).float(), logits_of(ids).float()
+    return base if (again - base).abs().amax().item() <= 1e-4 * max(1.0, base.abs().amax().item()) else None
 
 
 def max_positions(model: nn.Module) -> int | None:

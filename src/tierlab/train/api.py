@@ -32,7 +32,8 @@ from ..config import TrainConfig, normalize_keys
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
-from ..models import PROBABILITIES_FIX, extract_logits, load_model, looks_like_probabilities, max_positions
+from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, every_position, extract_logits, future_leak, load_model,
+                      looks_like_probabilities, max_positions)
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
@@ -153,6 +154,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
 
     if isinstance(model_or_path, nn.Module):
         model = model_or_path
+        every_position(model)
         if resume_state is None:
             cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     else:
@@ -486,6 +488,7 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
     if looks_like_probabilities(logits):
         raise ModelError(f"The model returns probabilities, not logits: every position's {logits.size(-1)} outputs "
                          "lie in [0, 1] and sum to 1.", PROBABILITIES_FIX + ".")
+    _refuse_a_future_leak(model, probe[:1, :min(cfg.seq_len, 64)])
     vocab = logits.size(-1)
     if tokens.max_id >= vocab:
         raise DataError(f"The data holds token id {tokens.max_id} but the model has only {vocab} outputs "
@@ -494,6 +497,30 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                         f"build the model with vocab_size >= {tokens.tokenizer.vocab_size} "
                         f"(e.g. --model-arg vocab_size={tokens.tokenizer.vocab_size}) or use a smaller tokenizer.")
     return vocab
+
+
+def _refuse_a_future_leak(model: nn.Module, ids: torch.Tensor) -> None:
+    """Stop when earlier positions see the last token: a bidirectional or off-by-one mask.
+
+    Such a model learns to copy the next token and its loss means nothing; one more forward
+    tells. ``tierlab validate`` walks every position and names the first that leaks.
+    """
+    length = ids.size(1)
+    if length < 2:
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            leak = future_leak(lambda x: extract_logits(model(x)), ids, length - 1, vocab=2)
+    finally:
+        model.train(was_training)
+    if leak is not None:
+        raise ModelError(f"The model sees the future: its logits at earlier positions change when the last of "
+                         f"{length} tokens changes (max diff {leak:.3g}), so training would teach it to copy the "
+                         "next token and the loss would mean nothing.",
+                         f"{CAUSAL_FIX}; for a Hugging Face model use its ...ForCausalLM class. "
+                         "`tierlab validate --model ...` names the first position that leaks.")
 
 
 def _short_position_tables(model: nn.Module, seq_len: int, vocab: int) -> list[tuple[str, int]]:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import extract_logits, load_model, max_positions
+from ..models import every_position, extract_logits, load_model, max_positions
 from . import checks
 from .checks import Probe
 from .doctor import precision_doctor
@@ -24,6 +24,8 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     if isinstance(model, str):
         torch.manual_seed(seed)
         model = load_model(model, model_args or {}, vocab_size)
+    else:
+        every_position(model)
     dev = torch.device(device)
     model.to(dev)
     max_len = max_len or max_positions(model)
