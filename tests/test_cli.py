@@ -154,6 +154,7 @@ class Model(torch.nn.Module):
     (["--data", "latin1.txt"], ["not valid UTF-8", "offset 9"]),
     (["--data", "cut.txt.gz"], ["is not a complete gzip file", "gzip -t FILE"]),
     (["--data", "table.csv"], ['has no column "text" (its columns: id, body)', "--text-field id"]),
+    (["--data", "empty.txt", "latin1.txt"], ["2 files where one --data was expected", "quote the pattern"]),
     (["--model", "bad_model.py"], ["returned logits of shape [2, 16]", "[B, T, V]"]),
     (["--model", "no_such_model.py"], ["does not exist"]),
     (["--model-arg", "vocab_size=40"], ["token id", "only 40 outputs", "vocab_size"]),

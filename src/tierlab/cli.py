@@ -30,6 +30,11 @@ EXIT_INTERRUPTED = 130  # also after SIGTERM: the run was checkpointed and can b
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
+        extra = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments: ") else []
+        if extra and all(os.path.exists(x) for x in extra):
+            # `--data data/train-*.parquet` unquoted: the shell turned the pattern into several files.
+            message += (f" -- {len(extra) + 1} files where one --data was expected (a pattern the shell expanded?). "
+                        "Fix: quote the pattern, --data 'data/train-*.parquet', or pass their folder")
         sys.stderr.write(f"tierlab: error: {message} (see `{self.prog} --help`)\n")
         raise SystemExit(EXIT_USER_ERROR)
 

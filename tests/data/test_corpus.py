@@ -249,3 +249,36 @@ def test_a_file_that_is_one_long_line_is_read_in_bounded_chunks(tmp_path, separa
         assert all(c.startswith(" ") for c in chunks[1:])
     # Every source byte is accounted for exactly once: what BPE's "first 90%" is measured in.
     assert sum(n for _, n in corpus._read(path)) == path.stat().st_size
+
+
+def test_a_folder_with_several_splits_is_refused_with_the_training_split_named(tmp_path):
+    hub = tmp_path / "hub" / "data"  # Hugging Face's layout: <split>-NNNNN-of-NNNNN files side by side
+    hub.mkdir(parents=True)
+    for split in ("train", "test"):
+        (hub / f"{split}-00000-of-00001.jsonl").write_text(json.dumps({"text": split}) + "\n")
+    with pytest.raises(DataError, match=r"holds the test, train splits of a dataset.*Fix: pass the training split "
+                                        rf"alone: --data '{hub}/train\*\.jsonl'"):
+        open_corpus(str(tmp_path / "hub"), tmp_path)
+    # The pattern it names reads the training split alone.
+    assert _text(open_corpus(f"{hub}/train*.jsonl", tmp_path)) == "train\n"
+    folders = tmp_path / "folders"  # or a folder per split
+    for split in ("train", "validation"):
+        (folders / split).mkdir(parents=True)
+        (folders / split / "part-0.txt").write_text(f"{split}\n")
+    with pytest.raises(DataError, match=rf"--data '{folders}/train'"):
+        open_corpus(str(folders), tmp_path)
+    assert _text(open_corpus(str(folders / "train"), tmp_path)) == "train\n"
+    (tmp_path / "one" / "data").mkdir(parents=True)  # one split alone is just data
+    (tmp_path / "one" / "data" / "train-00000-of-00001.jsonl").write_text('{"text": "only"}\n')
+    assert _text(open_corpus(str(tmp_path / "one"), tmp_path)) == "only\n"
+
+
+def test_glob_patterns(tmp_path):
+    for name in ("b.txt", "a.txt", "c.md"):
+        (tmp_path / name).write_text(name + "\n")
+    assert _text(open_corpus(str(tmp_path / "*.txt"), tmp_path)) == "a.txt\nb.txt\n"
+    with pytest.raises(DataError, match=r"matches no file\. Fix: check the pattern \(and quote it"):
+        open_corpus(str(tmp_path / "*.parquet"), tmp_path)
+    (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
+    with pytest.raises(DataError, match="matches files of several kinds"):
+        open_corpus(str(tmp_path / "[ad].*"), tmp_path)

@@ -169,3 +169,12 @@ def test_unwritable_run_directory_is_a_user_error(tmp_path):
     (tmp_path / "file").write_text("not a directory")
     result = run_cli("train", *ARGS, "--out", "file/runs", cwd=tmp_path)
     assert_user_error(result, "Cannot write the run directory", "--out")
+
+
+def test_a_data_pattern_is_recorded_absolute(tmp_path, monkeypatch):
+    from tierlab.train.resume import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    assert absolute_paths(tierlab.TrainConfig(data="shards/train-*.parquet")).data == \
+        str(tmp_path / "shards" / "train-*.parquet")
+    assert absolute_paths(tierlab.TrainConfig(data="demo")).data == "demo"

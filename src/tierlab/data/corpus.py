@@ -14,12 +14,14 @@ import codecs
 import collections
 import csv
 import functools
+import glob
 import gzip
 import hashlib
 import io
 import json
 import lzma
 import os
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,13 +179,67 @@ def _directory_files(p: Path, spec: str) -> tuple[str, tuple[Path, ...]]:
                 found[kind].append(x)
     for kind in _DIRECTORY_KINDS:
         if found[kind]:
-            return kind, tuple(sorted(found[kind]))
+            files = tuple(sorted(found[kind]))
+            _refuse_several_splits(p, spec, files)
+            return kind, files
     others = collections.Counter(x.suffix.lower() or "(no suffix)" for x in p.rglob("*") if x.is_file())
     kinds = [f"{n} {kind} file{'s' if n > 1 else ''}" for kind, n in others.most_common(4)]
     held = f" (it holds {', '.join(kinds)})" if kinds else ""
     raise DataError(f"Directory {spec!r} holds no .txt, .jsonl, .parquet, .csv or .tsv files{held}.",
                     "tierlab reads *.txt in a directory (else *.jsonl, *.parquet, *.csv, *.tsv; compressed too): "
                     "rename plain-text files to .txt, or pass a file.")
+
+
+# Names datasets give their splits (a folder, or a file name's first word), and what each means.
+_SPLIT_WORDS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
+                "val": "validation", "dev": "validation", "test": "test", "testing": "test"}
+
+
+def _split_of(root: Path, path: Path) -> tuple[str, Path] | None:
+    """(split, the pattern or folder that selects it) for a file named like a dataset split, else None."""
+    rel = path.relative_to(root)
+    for depth, part in enumerate(rel.parts):
+        words = re.split(r"[._-]+", part.lower())
+        last = depth == len(rel.parts) - 1
+        if last and words[0] in _SPLIT_WORDS:  # train-00000-of-00002.parquet
+            return _SPLIT_WORDS[words[0]], path.parent / (part[: len(words[0])] + "*" + "".join(path.suffixes))
+        if not last and part.lower() in _SPLIT_WORDS:  # train/part-0.txt
+            return _SPLIT_WORDS[part.lower()], root.joinpath(*rel.parts[: depth + 1])
+    return None
+
+
+def _refuse_several_splits(root: Path, spec: str, files: tuple[Path, ...]) -> None:
+    """A folder with train and test (or validation) files: reading it whole would train on the held-out ones."""
+    splits: dict[str, Path] = {}
+    for f in files:
+        found = _split_of(root, f)
+        if found:
+            splits.setdefault(*found)
+    if len(splits) < 2:
+        return
+    pick = splits.get("train", next(iter(splits.values())))
+    raise DataError(f"Directory {spec!r} holds the {', '.join(sorted(splits))} splits of a dataset; read whole, "
+                    "training would see the held-out ones.",
+                    f"pass the training split alone: --data '{pick}' (tierlab holds out the last --val-fraction "
+                    f"of it for evaluation); to read every file anyway: --data '{root}/**/*{''.join(files[0].suffixes)}'.")
+
+
+def is_pattern(spec: str) -> bool:
+    """Whether ``--data`` is a glob pattern (``data/train-*.parquet``) rather than a path."""
+    return any(c in spec for c in "*?[") and not Path(spec).exists()
+
+
+def _pattern_files(spec: str) -> tuple[str, tuple[Path, ...]]:
+    files = tuple(sorted(Path(f) for f in glob.glob(spec, recursive=True) if Path(f).is_file()))
+    if not files:
+        raise DataError(f"--data pattern {spec!r} matches no file.",
+                        "check the pattern (and quote it, so that the shell passes it to tierlab as it is).")
+    kinds = collections.Counter(_kind(f) for f in files)
+    if len(kinds) > 1:
+        raise DataError(f"--data pattern {spec!r} matches files of several kinds "
+                        f"({', '.join(f'{n} {k}' for k, n in kinds.most_common())}).",
+                        "narrow the pattern to one kind, e.g. end it in .parquet or .txt.")
+    return next(iter(kinds)), files
 
 
 def _compressed_suffix(path: Path) -> str:
@@ -204,11 +260,13 @@ def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
             os.replace(tmp, path)
         return Corpus(spec, (path,))
     p = Path(spec)
-    if not p.exists():
+    if is_pattern(spec):
+        kind, files = _pattern_files(spec)
+    elif not p.exists():
         raise DataError(f"Data path {spec!r} does not exist.",
                         "pass a .txt, .jsonl, .csv, .tsv or .parquet file (plain or .gz/.bz2/.xz), a directory of "
                         "them, or 'demo'.")
-    if p.is_dir():
+    elif p.is_dir():
         kind, files = _directory_files(p, spec)
     else:
         kind, files = _kind(p), (p,)

@@ -34,6 +34,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     (``demo``, ``tiny-gpt``, ``byte``, ``bpe:512``, a path that a later check reports
     missing) stay as given.
     """
+    from ..data.corpus import is_pattern
     from ..models.loader import split_spec
 
     changes = {}
@@ -42,8 +43,8 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
         changes["model"] = os.path.abspath(path) + (f":{factory}" if factory else "")
     for key in ("data", "tokenizer"):
         value = getattr(cfg, key)
-        if value != "demo" and Path(value).exists():
-            changes[key] = os.path.abspath(value)  # ".." folded, symlinks kept as named
+        if value != "demo" and (Path(value).exists() or (key == "data" and is_pattern(value))):
+            changes[key] = os.path.abspath(value)  # ".." folded, symlinks kept as named (a pattern: its folder)
     return cfg.replace(**changes) if changes else cfg
 
 
