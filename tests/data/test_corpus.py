@@ -282,3 +282,11 @@ def test_glob_patterns(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "x"}\n')
     with pytest.raises(DataError, match="matches files of several kinds"):
         open_corpus(str(tmp_path / "[ad].*"), tmp_path)
+
+
+def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
+    bom = b"\xef\xbb\xbf"  # what Notepad and Excel's "CSV UTF-8" put first
+    for name, content, expected in [("a.txt", b"hello\n", "hello\n"), ("a.jsonl", b'{"text": "a"}\n', "a\n"),
+                                    ("a.csv", b"text,label\nhi,1\n", "hi\n")]:
+        (tmp_path / name).write_bytes(bom + content)
+        assert _text(open_corpus(str(tmp_path / name), tmp_path)) == expected

@@ -287,7 +287,8 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
     document on one line) is cut before its last space, or where the chunk ends when it has
     none, so memory stays bounded by the chunk size whatever the file's shape.
     """
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="strict")
+    # utf-8-sig: a byte-order mark at the start (Notepad, Excel's "CSV UTF-8") is dropped, not read as text.
+    decoder = codecs.getincrementaldecoder("utf-8-sig")(errors="strict")
     offset = reported = 0
     pending, ended_line = "", True
     while True:
@@ -327,7 +328,7 @@ def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tup
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw.decode("utf-8"))
+            record = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))  # (a BOM is dropped)
         except UnicodeDecodeError as exc:
             raise DataError(f"{str(path)!r} line {lineno} is not valid UTF-8 (byte {exc.start} of the line).",
                             "convert the file to UTF-8.") from None
@@ -354,7 +355,7 @@ def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Itera
     Quoted fields may hold newlines and commas; the source bytes are counted by the
     (decompressed) stream's position, the unit of ``total_bytes``.
     """
-    text_stream = io.TextIOWrapper(fh, encoding="utf-8", errors="strict", newline="")
+    text_stream = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="strict", newline="")  # (a BOM is dropped)
     reader = csv.reader(text_stream, delimiter=delimiter)
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(1 << 30)  # documents longer than csv's default 128 KiB per field are normal
