@@ -51,7 +51,11 @@ def test_jsonl_text_field(tmp_path):
 @pytest.mark.parametrize("content, fragment", [
     ('{"text": "ok"}\nnot json\n', "line 2 is not JSON"),
     ('{"body": "no text field"}\n', 'line 1 has no string field "text" \\(its string fields: body\\)'),
-    ('{"text": 5}\n', 'line 1 has no string field "text"'),
+    ('{"text": 5}\n', 'line 1 has no string field "text" \\(its fields: text \\(int\\)\\)'),
+    ('[1, 2]\n', "it is a JSON list, not an object"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}\n',
+     "its \"messages\" field is a conversation .* Fix: flatten each conversation to text first, e.g. jq -c "
+     "'{text: \\(\\[.messages\\[\\]"),
 ])
 def test_bad_jsonl_names_the_line(tmp_path, content, fragment):
     path = tmp_path / "c.jsonl"

@@ -336,9 +336,7 @@ def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tup
             raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
                             "write one JSON object per line.") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            fields = [k for k, v in record.items() if isinstance(v, str)] if isinstance(record, dict) else []
-            raise _no_text_field(f"{str(path)!r} line {lineno} has no string field {json.dumps(field)}", "string fields",
-                                 fields, f"write records like {{{json.dumps(field)}: \"...\"}}.")
+            raise _jsonl_without_text(path, lineno, record, field)
         text = record[field]
         batch.append(text if text.endswith("\n") else text + "\n")
         size += len(raw)
@@ -347,6 +345,29 @@ def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tup
             batch, size = [], 0
     if batch:
         yield "".join(batch), size
+
+
+def _jsonl_without_text(path: Path, lineno: int, record: object, field: str) -> DataError:
+    """The error for a JSON line without the text field: the fields it has instead, a chat recognised as one."""
+    problem = f"{str(path)!r} line {lineno} has no string field {json.dumps(field)}"
+    if not isinstance(record, dict):
+        return DataError(f"{problem}: it is a JSON {type(record).__name__}, not an object.",
+                         f"write one object per line, like {{{json.dumps(field)}: \"...\"}}.")
+    chat = next((k for k, v in record.items() if isinstance(v, list) and v and
+                 all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in v)), None)
+    if chat is not None:  # {"messages": [{"role": "user", "content": "..."}, ...]}: a conversation
+        out = path.name.split(".")[0] + ".text.jsonl"
+        flatten = f'{{text: ([.{chat}[] | (.role // "") + ": " + .content] | join("\\n"))}}'
+        return DataError(f"{problem}: its {json.dumps(chat)} field is a conversation (a list of messages with "
+                         "\"content\"), and tierlab trains on plain text.",
+                         f"flatten each conversation to text first, e.g. jq -c '{flatten}' {path} > {out}, "
+                         f"then --data {out}.")
+    strings = [k for k, v in record.items() if isinstance(v, str)]
+    if strings:
+        return _no_text_field(problem, "string fields", strings, "")
+    kinds = ", ".join(f"{k} ({type(v).__name__})" for k, v in list(record.items())[:8])
+    return DataError(f"{problem} (its fields: {kinds or 'none'}).",
+                     f"write records like {{{json.dumps(field)}: \"...\"}}, or name a string field with --text-field.")
 
 
 def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Iterator[tuple[str, int]]:
