@@ -221,7 +221,7 @@ _GROUPS = {
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
     "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
-    "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "on_nonfinite",
+    "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",
                                "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
     "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "no_plots"),
     "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),

@@ -83,6 +83,8 @@ class TrainConfig:
     keep_ckpts: int = _opt(3, "checkpoints kept (the newest ones)")
     resume: str | None = _opt(None, "a run directory or checkpoint file to continue, or auto (the run --name)")
     allow_config_change: bool = _opt(False, "on resume, accept changed options such as --max-steps or --lr")
+    init_from: str | None = _opt(None, "start a new run from trained weights: a run directory, a checkpoint .pt or a "
+                                       ".safetensors file (optimizer, schedule and data start afresh)")
     on_nonfinite: str = _opt("skip", "skip, raise or rollback when the loss (or, without fp16, a gradient) is "
                              "not finite")
     rollback_lr_factor: float = _opt(0.5, "rollback: multiply the learning rate by this after each rollback")

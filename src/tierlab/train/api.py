@@ -41,6 +41,7 @@ from .checkpoint import load_checkpoint
 from .compile import compile_model
 from .distributed import Dist, full_model_state, setup
 from .guards import Diverged
+from .init_from import load_initial_weights
 from .loop import Trainer
 from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy, decide_precision, low_precision_weights
@@ -161,6 +162,8 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
         model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
     if resume_state is not None:
         check_same_model(resume_state, model, ckpt_path)
+    init_source = (load_initial_weights(model, cfg.init_from, tokens.tokenizer.identity)
+                   if cfg.init_from and resume_state is None else None)  # a resume has its own weights
     model.to(device)
     vocab = probe_model(model, cfg, tokens, device)
     decision = decide_precision(cfg.precision, device, cfg.strict_precision)
@@ -207,6 +210,8 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
                     train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
                     global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step)
+    if init_source is not None:
+        events.emit("init_from", weights=str(init_source.path), tokenizer=init_source.tokenizer)
     events.emit("precision", **decision.as_event(), weights_warning=weights_warning)
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)

@@ -41,9 +41,9 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     path, factory = split_spec(cfg.model)
     if path.suffix == ".py" and path.is_file():
         changes["model"] = os.path.abspath(path) + (f":{factory}" if factory else "")
-    for key in ("data", "tokenizer"):
+    for key in ("data", "tokenizer", "init_from"):
         value = getattr(cfg, key)
-        if value != "demo" and (Path(value).exists() or (key == "data" and is_pattern(value))):
+        if value is not None and value != "demo" and (Path(value).exists() or (key == "data" and is_pattern(value))):
             changes[key] = os.path.abspath(value)  # ".." folded, symlinks kept as named (a pattern: its folder)
     return cfg.replace(**changes) if changes else cfg
 
@@ -125,7 +125,8 @@ def check_same_data(state: dict[str, Any], tokenizer_identity: str, corpus_sha25
     if state.get("corpus_sha256") != corpus_sha256:
         raise ConfigError(f"Cannot resume {ckpt}: the corpus changed since the checkpoint (sha256 "
                           f"{str(state.get('corpus_sha256'))[:12]}... -> {corpus_sha256[:12]}...).",
-                          "restore the original data, or start a new run on the new data.")
+                          "restore the original data, or start a new run on the new data from these weights: "
+                          f"tierlab train --init-from {ckpt.parent.parent} --data NEW (with the same --tokenizer).")
 
 
 def model_fingerprint(model: nn.Module) -> dict[str, list[int]]:

@@ -1,0 +1,96 @@
+"""``--init-from``: a new run that starts from trained weights (fine-tuning, continued pre-training).
+
+Only the weights are taken. The optimizer, the learning-rate schedule, the step count and
+the data position start afresh -- unlike ``--resume``, which continues one run exactly --
+so the new run may use other data, another length or another learning rate. The weights
+must fit the model as built (names and shapes), and where their source records the
+tokenizer it must be this run's: the same token ids meaning other things would make the
+weights noise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import ConfigError
+from .checkpoint import latest_checkpoint, load_checkpoint
+from .run import EVENTS, WEIGHTS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    path: Path  # model.safetensors or a checkpoint .pt
+    tokenizer: str | None  # the identity the weights were trained with, where recorded
+    tokenizer_file: Path | None  # the run's tokenizer.json, to name in a fix
+
+
+def find_weights(spec: str) -> WeightSource:
+    """Resolve ``--init-from``: a run directory (its final weights, else its latest checkpoint), a .pt or a .safetensors."""
+    p = Path(spec)
+    if not p.exists():
+        raise ConfigError(f"--init-from {spec!r} does not exist.",
+                          "pass a run directory, a checkpoint (RUN/checkpoints/step-....pt) or a .safetensors file.")
+    if p.is_dir():
+        weights = p / WEIGHTS if (p / WEIGHTS).is_file() else latest_checkpoint(p)
+        if weights is None:
+            raise ConfigError(f"--init-from {spec!r} holds neither {WEIGHTS} nor a checkpoint.",
+                              "pass a finished run, a run with checkpoints, or the weights file itself.")
+        run_dir = p
+    elif p.suffix in (".pt", ".safetensors"):
+        weights = p
+        run_dir = p.parent.parent if p.suffix == ".pt" else p.parent  # RUN/checkpoints/x.pt, RUN/model.safetensors
+    else:
+        raise ConfigError(f"--init-from {spec!r} is neither a run directory, a checkpoint (.pt) nor a .safetensors "
+                          "file.", "pass one of those.")
+    if weights.suffix == ".pt":
+        tokenizer = load_checkpoint(weights).get("tokenizer")
+    else:
+        tokenizer = _run_tokenizer(run_dir)
+    tokenizer_file = run_dir / "tokenizer.json"
+    return WeightSource(weights, tokenizer, tokenizer_file if tokenizer_file.is_file() else None)
+
+
+def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -> WeightSource:
+    """Load the weights ``spec`` names into ``model`` (strictly), after checking the tokenizer they were trained with."""
+    source = find_weights(spec)
+    if source.tokenizer is not None and source.tokenizer != tokenizer_identity:
+        fix = (f"--tokenizer {source.tokenizer_file}" if source.tokenizer_file else
+               "--tokenizer byte" if source.tokenizer == "byte" else "the tokenizer the weights were trained with")
+        raise ConfigError(f"--init-from {spec}: those weights were trained with tokenizer {source.tokenizer}, this "
+                          f"run's is {tokenizer_identity}; the same token ids would mean other things.",
+                          f"train with theirs: {fix}.")
+    try:
+        if source.path.suffix == ".safetensors":
+            from safetensors.torch import load_model as load_safetensors
+
+            load_safetensors(model, str(source.path))  # strict; knows tied weights
+        else:
+            model.load_state_dict(load_checkpoint(source.path)["model"])
+    except RuntimeError as exc:
+        said = " ".join(str(exc).split())[:300]
+        raise ConfigError(f"The weights in {source.path} do not fit this model: {said}",
+                          "build the model they were trained with (the same model file, factory and --model-arg "
+                          "values).") from None
+    log.info("starting from the weights in %s (a new run: optimizer, schedule and data from the start)", source.path)
+    return source
+
+
+def _run_tokenizer(run_dir: Path) -> str | None:
+    """The tokenizer identity a run recorded in its run_start event, or None (not a tierlab run)."""
+    try:
+        with (run_dir / EVENTS).open() as fh:
+            for line in fh:
+                event: dict[str, Any] = json.loads(line)
+                if event.get("event") == "run_start":
+                    return event.get("tokenizer")
+    except (OSError, ValueError):
+        return None
+    return None
