@@ -30,6 +30,7 @@ class WeightSource:
     path: Path  # model.safetensors or a checkpoint .pt
     tokenizer: str | None  # the identity the weights were trained with, where recorded
     tokenizer_file: Path | None  # the run's tokenizer.json, to name in a fix
+    weights: dict[str, Any] | None = None  # a checkpoint's model state, read once
 
 
 def find_weights(spec: str) -> WeightSource:
@@ -50,12 +51,11 @@ def find_weights(spec: str) -> WeightSource:
     else:
         raise ConfigError(f"--init-from {spec!r} is neither a run directory, a checkpoint (.pt) nor a .safetensors "
                           "file.", "pass one of those.")
-    if weights.suffix == ".pt":
-        tokenizer = load_checkpoint(weights).get("tokenizer")
-    else:
-        tokenizer = _run_tokenizer(run_dir)
+    state = load_checkpoint(weights) if weights.suffix == ".pt" else None
+    tokenizer = state.get("tokenizer") if state is not None else _run_tokenizer(run_dir)
     tokenizer_file = run_dir / "tokenizer.json"
-    return WeightSource(weights, tokenizer, tokenizer_file if tokenizer_file.is_file() else None)
+    return WeightSource(weights, tokenizer, tokenizer_file if tokenizer_file.is_file() else None,
+                        state["model"] if state is not None else None)
 
 
 def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -> WeightSource:
@@ -73,7 +73,7 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
 
             load_safetensors(model, str(source.path))  # strict; knows tied weights
         else:
-            model.load_state_dict(load_checkpoint(source.path)["model"])
+            model.load_state_dict(source.weights)
     except RuntimeError as exc:
         said = " ".join(str(exc).split())[:300]
         raise ConfigError(f"The weights in {source.path} do not fit this model: {said}",
