@@ -59,10 +59,6 @@ class Corpus:
     kind: str = "text"  # text | jsonl | csv | tsv | parquet, for every file
     text_field: str = "text"  # JSONL / CSV / Parquet: the field or column holding each document
 
-    @property
-    def jsonl(self) -> bool:
-        return self.kind == "jsonl"
-
     @functools.cached_property
     def total_bytes(self) -> int:
         """Bytes of source text: the file sizes, or for compressed and Parquet files one pass counting them.
