@@ -104,8 +104,11 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens
     context = context or max_positions(model) or 256
     generator = torch.Generator(device=device)
     generator.manual_seed(0 if seed is None else seed)
+    # Only the last position is needed here: a nanoGPT-style model (see models.every_position)
+    # gets targets=None said outright, which skips tierlab's hook and takes its own shortcut.
+    shortcut = {"targets": None} if getattr(model, "_tierlab_every_position", None) is not None else {}
     for _ in range(max_new_tokens):
-        logits = extract_logits(model(ids[:, -context:]))[:, -1, :].float()  # [1, V]
+        logits = extract_logits(model(ids[:, -context:], **shortcut))[:, -1, :].float()  # [1, V]
         if temperature == 0:
             next_id = logits.argmax(-1, keepdim=True)
         else:

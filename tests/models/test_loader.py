@@ -183,3 +183,14 @@ def test_a_nanogpt_style_model_gives_every_positions_logits(tmp_path):
     assert getattr(always, "_tierlab_every_position", None) is None and not always._forward_pre_hooks
     plain = TinyGPT(vocab_size=256, n_layer=1, n_head=2, d_model=16, max_seq_len=32)
     assert not every_position(plain) and not plain._forward_pre_hooks
+
+
+def test_sampling_keeps_the_nanogpt_shortcut(tmp_path):
+    from tierlab.data.tokenizer import ByteTokenizer
+    from tierlab.sample import generate
+
+    model = load_model(str(write_model(tmp_path, NANOGPT_GENERATION_SHORTCUT, name="nano.py")), {}, 256)
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(out[0].shape[1]))
+    text = generate(model, ByteTokenizer(), "ab", max_new_tokens=3, temperature=0)
+    assert len(text.encode()) >= 3 and seen == [1, 1, 1]  # one position per step, no loss computed
