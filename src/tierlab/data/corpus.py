@@ -25,15 +25,16 @@ import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
 
 from ..errors import DataError
 from .demo import DEMO_VERSION, demo_text
 
 CHUNK_BYTES = 1 << 22  # 4 MiB of text per tokenizer call
 
-# Read transparently: the magic bytes that start such a file, its name, and its opener.
-_COMPRESSED = {b"\x1f\x8b": ("gzip", gzip.open), b"BZh": ("bzip2", bz2.open), b"\xfd7zXZ\x00": ("xz", lzma.open)}
+# Read transparently: the magic bytes that start such a file, and its name; each name's opener.
+_COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz"}
+_OPENERS = {"gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
 _COMPRESSED_SUFFIXES = (".gz", ".bz2", ".xz", ".zst", ".zip", ".7z")
 # Not read: what the file is and how to get text out of it.
 _UNREADABLE = {
@@ -106,9 +107,9 @@ class Corpus:
             return
         compression = _compression(path)
         try:
-            with _open_bytes(path) as fh:
+            with _OPENERS[compression](path, "rb") if compression else path.open("rb") as fh:
                 if self.kind == "jsonl":
-                    yield from _jsonl_texts(fh, path, self.text_field)
+                    yield from _in_chunks(_jsonl_documents(fh, path, self.text_field))
                 elif self.kind in ("csv", "tsv"):
                     yield from _table_texts(fh, path, self.text_field, "\t" if self.kind == "tsv" else ",")
                 else:
@@ -131,25 +132,12 @@ def _magic(path: Path) -> bytes:
 def _compression(path: Path) -> str | None:
     """'gzip', 'bzip2' or 'xz' when the file starts like one, whatever its name; else None."""
     head = _magic(path)
-    return next((name for magic, (name, _) in _COMPRESSED.items() if head.startswith(magic)), None)
-
-
-def _open_bytes(path: Path) -> IO[bytes]:
-    head = _magic(path)
-    for magic, (_, opener) in _COMPRESSED.items():
-        if head.startswith(magic):
-            return opener(path, "rb")
-    return path.open("rb")
+    return next((name for magic, name in _COMPRESSED.items() if head.startswith(magic)), None)
 
 
 def _kind(path: Path) -> str:
     """What a file holds, by its name once a compression suffix is dropped (and Parquet by its magic)."""
-    name = path.name.lower()
-    for suffix in _COMPRESSED_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    suffix = os.path.splitext(name)[1]
+    suffix = os.path.splitext(_inner_name(path))[1]
     if suffix in _KIND_BY_SUFFIX:
         return _KIND_BY_SUFFIX[suffix]
     if suffix != ".txt" and path.is_file() and _magic(path).startswith(_PARQUET_MAGIC):
@@ -171,7 +159,7 @@ def _directory_files(p: Path, spec: str) -> tuple[str, tuple[Path, ...]]:
     for x in p.rglob("*"):
         if x.is_file() and not any(part.startswith(".") for part in x.relative_to(p).parts):
             kind = _kind(x)
-            if kind != "text" or x.name.lower().removesuffix(_compressed_suffix(x)).endswith(".txt"):
+            if kind != "text" or _inner_name(x).endswith(".txt"):
                 found[kind].append(x)
     for kind in _DIRECTORY_KINDS:
         if found[kind]:
@@ -238,8 +226,10 @@ def _pattern_files(spec: str) -> tuple[str, tuple[Path, ...]]:
     return next(iter(kinds)), files
 
 
-def _compressed_suffix(path: Path) -> str:
-    return next((s for s in _COMPRESSED_SUFFIXES if path.name.lower().endswith(s)), "")
+def _inner_name(path: Path) -> str:
+    """The file's name in lower case without a compression suffix: what says its kind (data.jsonl.gz -> data.jsonl)."""
+    name = path.name.lower()
+    return name.removesuffix(next((s for s in _COMPRESSED_SUFFIXES if name.endswith(s)), ""))
 
 
 def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
@@ -305,7 +295,8 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
             return
         cut = text.rfind("\n") + 1
         if cut == 0 and len(text) >= CHUNK_BYTES // 4:  # characters (at most 4 bytes each)
-            cut = text.rfind(" ", 1) if text.rfind(" ", 1) > 0 else len(text)  # before the space: " word" stays whole
+            space = text.rfind(" ", 1)
+            cut = space if space > 0 else len(text)  # before the space: " word" stays whole
         if cut == 0:
             pending = text
             continue
@@ -317,9 +308,26 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
         reported, ended_line = done, text[cut - 1] == "\n"
 
 
-def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tuple[str, int]]:
+def _in_chunks(documents: Iterable[tuple[str | None, int]]) -> Iterator[tuple[str, int]]:
+    """(document, source bytes) pairs joined into pieces of about CHUNK_BYTES, each document ending in a newline.
+
+    A document of None (a row without the column) adds its bytes and no text.
+    """
     batch: list[str] = []
     size = 0
+    for text, nbytes in documents:
+        if text is not None:
+            batch.append(text if text.endswith("\n") else text + "\n")
+        size += nbytes
+        if size >= CHUNK_BYTES:
+            yield "".join(batch), size
+            batch, size = [], 0
+    if batch:
+        yield "".join(batch), size
+
+
+def _jsonl_documents(fh: IO[bytes], path: Path, field: str) -> Iterator[tuple[str, int]]:
+    """Each record's text with the bytes of its line; blank lines skipped."""
     for lineno, raw in enumerate(fh, 1):
         if not raw.strip():
             continue
@@ -333,14 +341,7 @@ def _jsonl_texts(fh: IO[bytes], path: Path, field: str = "text") -> Iterator[tup
                             "write one JSON object per line.") from None
         if not isinstance(record, dict) or not isinstance(record.get(field), str):
             raise _jsonl_without_text(path, lineno, record, field)
-        text = record[field]
-        batch.append(text if text.endswith("\n") else text + "\n")
-        size += len(raw)
-        if size >= CHUNK_BYTES:
-            yield "".join(batch), size
-            batch, size = [], 0
-    if batch:
-        yield "".join(batch), size
+        yield record[field], len(raw)
 
 
 def _jsonl_without_text(path: Path, lineno: int, record: object, field: str) -> DataError:
@@ -376,8 +377,14 @@ def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Itera
     reader = csv.reader(text_stream, delimiter=delimiter)
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(1 << 30)  # documents longer than csv's default 128 KiB per field are normal
-    batch: list[str] = []
-    size = start = 0
+
+    def rows(column: int) -> Iterator[tuple[str | None, int]]:
+        start = 0
+        for row in reader:
+            position = fh.tell()  # a short row has no text: skipped, as a blank JSON line (its bytes counted)
+            yield (row[column] if column < len(row) else None), position - start
+            start = position
+
     try:
         header = next(reader, None)
         if header is None:
@@ -385,17 +392,7 @@ def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Itera
         if field not in header:
             raise _no_text_field(f"{str(path)!r} has no column {json.dumps(field)}", "columns", header,
                                  f"give the text column the header {json.dumps(field)}.")
-        column = header.index(field)
-        for row in reader:
-            if column < len(row):  # a short row has no text: skipped, as a blank JSON line
-                batch.append(row[column] if row[column].endswith("\n") else row[column] + "\n")
-            position = fh.tell()
-            if position - start >= CHUNK_BYTES:
-                size, start = position - start, position
-                yield "".join(batch), size
-                batch = []
-        if batch:
-            yield "".join(batch), fh.tell() - start
+        yield from _in_chunks(rows(header.index(field)))
     except UnicodeDecodeError as exc:
         raise DataError(f"{str(path)!r} is not valid UTF-8 near line {reader.line_num + 1} ({exc.reason}).",
                         "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
@@ -430,17 +427,13 @@ def _parquet_texts(path: Path, field: str) -> Iterator[tuple[str, int]]:
     if field not in strings:
         raise _no_text_field(f"{str(path)!r} column {json.dumps(field)} holds {schema.field(field).type}, not text",
                              "text columns", strings, f"store the text in a string column named {json.dumps(field)}.")
-    batch: list[str] = []
-    size = 0
-    for record_batch in parquet.iter_batches(columns=[field], batch_size=4096):
-        column = record_batch.column(0).drop_null()  # a null row has no text: skipped, as a blank JSON line
-        batch.extend(t if t.endswith("\n") else t + "\n" for t in column.to_pylist())
-        size += pc.sum(pc.binary_length(column)).as_py() or 0
-        if size >= CHUNK_BYTES:
-            yield "".join(batch), size
-            batch, size = [], 0
-    if batch:
-        yield "".join(batch), size
+
+    def rows() -> Iterator[tuple[str, int]]:
+        for record_batch in parquet.iter_batches(columns=[field], batch_size=4096):
+            column = record_batch.column(0).drop_null()  # a null row has no text: skipped, as a blank JSON line
+            yield from zip(column.to_pylist(), pc.binary_length(column).to_pylist())
+
+    yield from _in_chunks(rows())
 
 
 def _no_text_field(problem: str, what: str, candidates: list[str], otherwise: str) -> DataError:
