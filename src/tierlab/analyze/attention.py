@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from ..models import eval_mode
+
 # A row "has collapsed" when its entropy is below this (nats): at least ~98% of its weight
 # on one key.  A head is collapsed when that holds for most rows (COLLAPSE_SHARE of them).
 NEAR_ZERO_ENTROPY = 0.1
@@ -119,20 +121,16 @@ def head_stats(layer: int, head: int, weights: torch.Tensor, causal: bool) -> He
 def _capture(model: nn.Module, ids: torch.Tensor) -> tuple[list[torch.Tensor], set[str]]:
     maps: list[torch.Tensor] = []
     sources: set[str] = set()
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _eager_attention(model), _mha_weights(model, maps, sources), _SdpaRecorder(maps, sources):
-            if _accepts(model, "output_attentions"):
-                output = model(ids, output_attentions=True)
-                found = getattr(output, "attentions", None)
-                if found and not maps and all(isinstance(a, torch.Tensor) for a in found):
-                    maps.extend(a.detach().float().cpu() for a in found)
-                    sources.add("output_attentions")
-            else:
-                model(ids)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), _eager_attention(model), _mha_weights(model, maps, sources), \
+            _SdpaRecorder(maps, sources):
+        if _accepts(model, "output_attentions"):
+            output = model(ids, output_attentions=True)
+            found = getattr(output, "attentions", None)
+            if found and not maps and all(isinstance(a, torch.Tensor) for a in found):
+                maps.extend(a.detach().float().cpu() for a in found)
+                sources.add("output_attentions")
+        else:
+            model(ids)
     return maps, sources
 
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models import extract_logits
+from ..models import eval_mode, extract_logits
 
 
 @dataclass
@@ -45,11 +45,9 @@ def default_ks(seq_len: int) -> list[int]:
 def robustness_curve(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]], vocab_size: int,
                      ks: list[int], seed: int = 0) -> list[RobustnessPoint]:
     """The curve over ``ks`` for ``batches`` of (inputs [B, T], targets [B, T] or None)."""
-    was_training = model.training
-    model.eval()
     generator = torch.Generator().manual_seed(seed)
     sums = {k: [0.0, 0.0, 0.0, 0] for k in ks}  # kl, flips, loss, positions
-    try:
+    with eval_mode(model):
         for inputs, targets in batches:
             b, t = inputs.shape
             device = inputs.device
@@ -74,8 +72,6 @@ def robustness_curve(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
                     entry[2] += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                                       reduction="sum"))
                 entry[3] += b * t
-    finally:
-        model.train(was_training)
     has_targets = all(targets is not None for _, targets in batches)
     return [RobustnessPoint(k, s[0] / s[3], s[1] / s[3], s[2] / s[3] if has_targets else None)
             for k, s in sums.items()]

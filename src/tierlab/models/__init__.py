@@ -1,7 +1,7 @@
 """Model loading (user files, the built-in tiny GPT) and output adaptation."""
 
-from .loader import (BUILTIN, CAUSAL_FIX, PROBABILITIES_FIX, every_position, extract_logits, future_leak, load_model,
-                     looks_like_probabilities, max_positions, repeatable_logits)
+from .loader import (BUILTIN, CAUSAL_FIX, PROBABILITIES_FIX, eval_mode, every_position, extract_logits, future_leak,
+                     load_model, looks_like_probabilities, max_positions, repeatable_logits)
 
-__all__ = ["BUILTIN", "CAUSAL_FIX", "PROBABILITIES_FIX", "every_position", "extract_logits", "future_leak", "load_model",
-           "looks_like_probabilities", "max_positions", "repeatable_logits"]
+__all__ = ["BUILTIN", "CAUSAL_FIX", "PROBABILITIES_FIX", "eval_mode", "every_position", "extract_logits",
+           "future_leak", "load_model", "looks_like_probabilities", "max_positions", "repeatable_logits"]

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import logging
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -123,16 +124,23 @@ def _pass_targets(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, 
 def _positions_returned(model: nn.Module) -> int | None:
     """How many positions of a [1, 2] input the model returns logits for (None when the forward fails)."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             logits = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=device)))
     except Exception:  # noqa: BLE001 - the set-up probe of each command reports a failing forward properly
         return None
+    return logits.shape[1] if logits.dim() == 3 else None
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode (dropout off) for the block, then back in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
     finally:
         model.train(was_training)
-    return logits.shape[1] if logits.dim() == 3 else None
 
 
 def _import_file(path: Path) -> Any:
@@ -260,14 +268,19 @@ def future_leak(logits_of, ids: torch.Tensor, position: int, vocab: int,
             return None
     changed = ids.clone()
     changed[:, position] = (changed[:, position] + 1) % vocab
-    diff = (logits_of(changed).float()[:, :position] - base[:, :position]).abs().amax().item()
-    return diff if diff > 1e-4 * max(1.0, base.abs().amax().item()) else None
+    return _moved(base[:, :position], logits_of(changed).float()[:, :position], base)
 
 
 def repeatable_logits(logits_of, ids: torch.Tensor) -> torch.Tensor | None:
     """The float logits of ``ids`` when two forwards agree (to 1e-4 of the largest), else None."""
-    base, again = logits_of(ids).float(), logits_of(ids).float()
-    return base if (again - base).abs().amax().item() <= 1e-4 * max(1.0, base.abs().amax().item()) else None
+    base = logits_of(ids).float()
+    return base if _moved(base, logits_of(ids).float(), base) is None else None
+
+
+def _moved(before: torch.Tensor, after: torch.Tensor, scale: torch.Tensor) -> float | None:
+    """The largest change from ``before`` to ``after`` when beyond rounding (1e-4 of ``scale``'s largest), else None."""
+    diff = (after - before).abs().amax().item()
+    return diff if diff > 1e-4 * max(1.0, scale.abs().amax().item()) else None
 
 
 def max_positions(model: nn.Module) -> int | None:

@@ -32,8 +32,8 @@ from ..config import TrainConfig, normalize_keys
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
-from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, every_position, extract_logits, future_leak, load_model,
-                      looks_like_probabilities, max_positions)
+from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, eval_mode, every_position, extract_logits, future_leak,
+                      load_model, looks_like_probabilities, max_positions)
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
@@ -462,10 +462,8 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          f"use --seq-len {limit} or less, or build the model with more positions.")
     probe = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=device)
     probe[:, 1::2] = min(tokens.max_id, 1) if tokens.max_id >= 0 else 0
-    was_training = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             output = model(probe)
     except UserError:
         raise
@@ -482,8 +480,6 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
         raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}]: {said}.",
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
-    finally:
-        model.train(was_training)
     logits = extract_logits(output)
     if logits.dim() != 3 or tuple(logits.shape[:2]) != (2, cfg.seq_len):
         raise ModelError(f"The model returned logits of shape {list(logits.shape)} for input_ids [2, {cfg.seq_len}].",
@@ -513,13 +509,8 @@ def _refuse_a_future_leak(model: nn.Module, ids: torch.Tensor) -> None:
     length = ids.size(1)
     if length < 2:
         return
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            leak = future_leak(lambda x: extract_logits(model(x)), ids, length - 1, vocab=2)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        leak = future_leak(lambda x: extract_logits(model(x)), ids, length - 1, vocab=2)
     if leak is not None:
         raise ModelError(f"The model sees the future: its logits at earlier positions change when the last of "
                          f"{length} tokens changes (max diff {leak:.3g}), so training would teach it to copy the "
