@@ -28,6 +28,9 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # also after SIGTERM: the run was checkpointed and can be resumed
 
 
+_TEXT_FIELD_HELP = "with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)"
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not argparse's usage dump
         extra = message.split(": ", 1)[1].split() if message.startswith("unrecognized arguments: ") else []
@@ -159,8 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     ana.add_argument("--run", default=None, metavar="RUN", help="a run directory: analyse its trained weights on its "
                                                               "own validation data")
     ana.add_argument("--data", default="demo", help="corpus for an untrained model (default demo)")
-    ana.add_argument("--text-field", default="text", metavar="FIELD",
-                     help="with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)")
+    ana.add_argument("--text-field", default="text", metavar="FIELD", help=_TEXT_FIELD_HELP)
     ana.add_argument("--tokenizer", default="byte", help="tokenizer for --data (default byte)")
     ana.add_argument("--batch-size", type=int, default=8, metavar="N")
     ana.add_argument("--seq-len", type=int, default=None, metavar="N",
@@ -200,8 +202,7 @@ def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
                         help="argument for the model factory (repeatable)")
     parser.add_argument("--data", help="demo (default); a .txt, .jsonl, .csv, .tsv or .parquet file (also .gz/.bz2/.xz), "
                                           "or a directory of them")
-    parser.add_argument("--text-field", dest="text_field", metavar="FIELD",
-                        help="with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)")
+    parser.add_argument("--text-field", dest="text_field", metavar="FIELD", help=_TEXT_FIELD_HELP)
     parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
 
 
