@@ -107,7 +107,8 @@ def _write_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
     bin_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = bin_path.with_name(bin_path.name + f".tmp{os.getpid()}")
     count, max_id = 0, -1
-    log.info("tokenizing %s (%.1f MB) with %s", corpus.spec, corpus.total_bytes / 1e6, tokenizer.identity)
+    # The size on disk: total_bytes would decompress a compressed corpus once more just for this line.
+    log.info("tokenizing %s (%.1f MB) with %s", corpus.spec, corpus.size_on_disk / 1e6, tokenizer.identity)
     try:
         with tmp.open("wb") as fh:
             for text in corpus.chunks():

@@ -60,6 +60,10 @@ class Corpus:
     kind: str = "text"  # text | jsonl | csv | tsv | parquet, for every file
     text_field: str = "text"  # JSONL / CSV / Parquet: the field or column holding each document
 
+    @property
+    def size_on_disk(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
     @functools.cached_property
     def total_bytes(self) -> int:
         """Bytes of source text: the file sizes, or for compressed and Parquet files one pass counting them.
@@ -68,7 +72,7 @@ class Corpus:
         thing for a .txt and its .txt.gz.
         """
         if self.kind in ("text", "jsonl", "csv", "tsv") and not any(_compression(f) for f in self.files):
-            return sum(f.stat().st_size for f in self.files)
+            return self.size_on_disk
         return sum(nbytes for f in self.files for _, nbytes in self._read(f))
 
     def content_hash(self) -> str:
