@@ -10,7 +10,6 @@ weights noise.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..track.records import read_jsonl
 from .checkpoint import latest_checkpoint, load_checkpoint
 from .run import EVENTS, WEIGHTS
 
@@ -85,12 +85,4 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
 
 def _run_tokenizer(run_dir: Path) -> str | None:
     """The tokenizer identity a run recorded in its run_start event, or None (not a tierlab run)."""
-    try:
-        with (run_dir / EVENTS).open() as fh:
-            for line in fh:
-                event: dict[str, Any] = json.loads(line)
-                if event.get("event") == "run_start":
-                    return event.get("tokenizer")
-    except (OSError, ValueError):
-        return None
-    return None
+    return next((e.get("tokenizer") for e in read_jsonl(run_dir / EVENTS) if e.get("event") == "run_start"), None)
