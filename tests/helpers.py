@@ -96,10 +96,19 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert train_records(a) == train_records(b)
     wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    steps = [e.get("step") for e in map(json.loads, (b / "events.jsonl").read_text().splitlines())
-             if e["event"] in ("step_skipped", "loss_scale_change", "checkpoint")]
-    assert len(steps) == len(set((s, i) for i, s in enumerate(steps)))  # nothing written twice
-    assert sorted(steps) == steps
+    assert_written_once(b)
+
+
+def assert_written_once(run_dir: Path) -> None:
+    """No record written twice (a resume must cut what followed its checkpoint), and in step order."""
+    records = [(e["event"], e.get("step")) for e in map(json.loads, (run_dir / "events.jsonl").read_text().splitlines())
+               if e["event"] in ("step_skipped", "loss_scale_change", "checkpoint")]
+    records += [("metrics:" + m["kind"], m["step"]) for m in map(json.loads, (run_dir / "metrics.jsonl").read_text()
+                                                                 .splitlines())]
+    assert len(records) == len(set(records)), "a record was written twice"
+    for kind in {k for k, _ in records}:
+        steps = [s for k, s in records if k == kind]
+        assert sorted(steps) == steps, f"{kind} records out of step order"
 
 
 class SpikeAt(torch.nn.Module):

@@ -172,8 +172,8 @@ class TrainConfig:
         need(self.warmup_steps is None or self.warmup_steps >= 0,
              f"--warmup-steps must be 0 or more, got {self.warmup_steps}.", "pass e.g. --warmup-steps 100.")
         if self.warmup_steps is not None and self.max_steps is not None:
-            need(self.warmup_steps < self.max_steps or self.warmup_steps == 0,
-                 f"--warmup-steps ({self.warmup_steps}) must be smaller than --max-steps ({self.max_steps}).",
+            need(self.warmup_steps <= self.max_steps,  # warm-up only (==) is a legitimate schedule
+                 f"--warmup-steps ({self.warmup_steps}) is longer than the run (--max-steps {self.max_steps}).",
                  "shorten the warm-up or train longer.")
         need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}.",
              "pass e.g. --weight-decay 0.1.")

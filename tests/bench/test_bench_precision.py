@@ -89,8 +89,35 @@ def test_cpu_verdict_is_plain(bench):
     _, result, data = bench
     fastest = max((r for r in data["rows"] if r["status"] == "ok"), key=lambda r: r["tokens_per_s"])
     assert data["verdict"].startswith(f"Fastest here: {fastest['precision']}")
-    if cpu_native_bf16() is None and fastest["precision"] == "fp32":
+    assert cpu_native_bf16() is None  # the suite's default: a CPU without native bf16
+    if fastest["precision"] == "fp32":
         assert "fp32 is the fastest choice here" in result.stdout
+    else:
+        assert "the margin is likely noise" in result.stdout
+    assert "--precision auto picks" not in data["verdict"]  # auto does not measure on such a CPU
+
+
+def test_on_a_cpu_with_native_bf16_bench_says_and_saves_what_auto_picks(tmp_path, monkeypatch):
+    """bench's figures become auto's: the next run of the same model and shape agrees with the bench."""
+    from helpers import fast_config
+    from tierlab.bench import bench_precision
+    from tierlab.models import load_model
+    from tierlab.train.auto_precision import AutoProbe, choose
+
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "1")
+    cfg = fast_config(tmp_path, batch_size=BATCH, seq_len=SEQ)
+    result = bench_precision(cfg, steps=STEPS, warmup_steps=1, precisions=("fp32", "bf16"), chunk=2,
+                             cache_dir=tmp_path / "cache")
+    medians = {r.precision: r.median_step_ms for r in result.rows}
+    picked = choose(medians)
+    assert f"--precision auto picks {picked} for this model at batch {BATCH} x {SEQ}" in result.verdict
+    torch.manual_seed(cfg.seed)
+    model = load_model("tiny-gpt", cfg.model_args, 256)
+    decision = AutoProbe(model, torch.zeros(BATCH, SEQ + 1, dtype=torch.long), torch.device("cpu"), 400,
+                         tmp_path / "cache")("TIERLAB_CPU_NATIVE_BF16=1")
+    assert decision.used == picked and decision.measured["step_ms"] == pytest.approx(medians)
+    assert decision.measured["source"] == "bench" and decision.measured["steps"] == STEPS
+    assert "measured by tierlab bench precision" in decision.reason
 
 
 @pytest.mark.parametrize("args, fragments", [

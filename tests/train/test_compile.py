@@ -26,7 +26,7 @@ def _assert_same_training(eager, compiled):
     assert compiled.summary["compile_seconds"] > 0 and eager.summary["compile_seconds"] is None
     (event,) = compiled.events("compiled")
     assert event["seconds"] == compiled.summary["compile_seconds"] and event["step"] == 0
-    for a, b in zip(eager.metrics(), compiled.metrics()):
+    for a, b in zip(eager.metrics(), compiled.metrics(), strict=True):
         key = "loss" if a["kind"] == "train" else "val_loss"
         assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-5)
     # The compile pass's gradients and random numbers are not part of training.

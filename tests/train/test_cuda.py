@@ -77,7 +77,7 @@ def test_resume_on_cuda_continues_the_same_run(tmp_path):
     resumed = tierlab.resume(half.dir / "checkpoints" / "step-00000006.pt", {"max_steps": 12})
     a, b = whole.metrics(), resumed.metrics()
     assert [(r["kind"], r["step"]) for r in a] == [(r["kind"], r["step"]) for r in b]
-    for ra, rb in zip(a, b):
+    for ra, rb in zip(a, b, strict=True):
         key = "loss" if ra["kind"] == "train" else "val_loss"
         assert rb[key] == pytest.approx(ra[key], rel=1e-4)
     assert [e["event"] for e in resumed.events()].count("resume") == 1
@@ -132,7 +132,7 @@ def test_two_gpus_under_torchrun_match_one_gpu(tmp_path):
     assert one.returncode == 0, one.stderr
     a, b = train_records(tmp_path / "runs" / "ddp"), train_records(tmp_path / "runs" / "one")
     assert [r["step"] for r in a] == [r["step"] for r in b]
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         key = "loss" if x["kind"] == "train" else "val_loss"
         assert x[key] == pytest.approx(y[key], rel=2e-2)
     assert json.loads((tmp_path / "runs" / "ddp" / "summary.json").read_text())["world_size"] == 2

@@ -54,7 +54,7 @@ def test_fsdp_fp16_skips_and_scales_like_ddp(full, tmp_path):
     sharded, replicated = train_records(tmp_path / "runs" / "fsdp16"), train_records(full)
     assert [(r["step"], r.get("skipped_steps"), r.get("loss_scale")) for r in sharded] == \
            [(r["step"], r.get("skipped_steps"), r.get("loss_scale")) for r in replicated]
-    for a, b in zip(sharded, replicated):
+    for a, b in zip(sharded, replicated, strict=True):
         key = "loss" if a["kind"] == "train" else "val_loss"
         assert a[key] == pytest.approx(b[key], rel=1e-4)
 

@@ -37,7 +37,7 @@ def test_matches_a_single_process_run_with_the_same_global_batch(fp32_runs, name
     ddp, one = train_records(fp32_runs / name), train_records(fp32_runs / "one")
     assert [(r["kind"], r["step"], r["tokens"]) for r in ddp] == [(r["kind"], r["step"], r["tokens"]) for r in one]
     assert len(ddp) == 3  # train records at steps 5 and 10, an evaluation at 10
-    for a, b in zip(ddp, one):  # the same blocks, split over two ranks: equal up to summation order
+    for a, b in zip(ddp, one, strict=True):  # the same blocks, split over two ranks: equal up to summation order
         for key in ("loss", "val_loss", "val_acc", "grad_norm", "lr"):
             if key in a:
                 assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key, a[key], b[key])

@@ -11,21 +11,29 @@ from helpers import fast_config
 CPU = torch.device("cpu")
 
 
-def test_auto_on_cpu_without_native_bf16_is_fp32(monkeypatch):
-    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: None)
-    d = decide_precision("auto", CPU)
-    assert d.used == "fp32" and "no native bf16" in d.reason and not d.fallback
+def test_auto_on_cpu_without_native_bf16_is_fp32_without_measuring(monkeypatch):
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "0")
+
+    def never(flag):
+        raise AssertionError("auto measured on a CPU without native bf16")
+
+    d = decide_precision("auto", CPU, measure=never)
+    assert d.used == "fp32" and "no native bf16" in d.reason and not d.fallback and d.measured is None
 
 
-def test_auto_on_cpu_with_amx_is_bf16(monkeypatch):
-    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: "amx_bf16")
+def test_auto_on_cpu_with_native_bf16_asks_the_measurement(monkeypatch):
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "1")
+    asked = []
+    d = decide_precision("auto", CPU, measure=lambda flag: asked.append(flag) or decide_precision("bf16", CPU))
+    assert asked == ["TIERLAB_CPU_NATIVE_BF16=1"] and d.used == "bf16"
+    # Without a way to measure, the flag alone no longer decides: fp32, saying why.
     d = decide_precision("auto", CPU)
-    assert d.used == "bf16" and "amx_bf16" in d.reason
+    assert d.used == "fp32" and "nothing was measured" in d.reason
 
 
 @pytest.mark.parametrize("requested", ["fp16", "bf16"])
 def test_explicit_low_precision_on_cpu_is_honoured_with_a_warning(monkeypatch, requested):
-    monkeypatch.setattr(precision_mod, "cpu_native_bf16", lambda: None)
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "0")
     d = decide_precision(requested, CPU)
     assert d.used == requested and "slower than fp32" in d.warning
 

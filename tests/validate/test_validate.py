@@ -184,13 +184,29 @@ def test_each_check_catches_its_broken_model(zoo, factory, check, fragment):
         assert not report.ok
 
 
-def test_the_doctor_names_the_overflowing_module_and_advises_against_fp16(zoo):
+def test_the_doctor_names_the_overflowing_module_and_advises_against_fp16(zoo, monkeypatch):
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "0")  # a CPU without native bf16: fp32 without measuring
     report = tierlab.validate(f"{zoo}:overflow")
     doctor = report["precision_doctor"]
     assert doctor.status == "warn" and "fp16 UNSAFE" in doctor.summary
     assert doctor.figures["overflow_modules"][0] == "amp"
     assert report.recommendation.startswith("not fp16") and "keep amp" in report.recommendation
-    assert doctor.figures["autocast"]["bf16"]["finite"] is True
+    assert report.recommendation.endswith("(on this CPU, fp32 is also the fastest)")
+    assert doctor.figures["autocast"]["bf16"]["finite"] is True and doctor.figures["auto"] is None
+
+
+def test_on_a_cpu_with_native_bf16_the_doctor_advises_what_auto_measures(zoo, monkeypatch, tmp_path):
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "1")
+    monkeypatch.setenv("TIERLAB_CACHE", str(tmp_path))  # measured here, not taken from another test's cache
+    report = tierlab.validate(f"{zoo}:overflow")
+    auto = report["precision_doctor"].figures["auto"]
+    assert auto["requested"] == "auto" and set(auto["measured"]["step_ms"]) == {"fp32", "bf16"}
+    assert auto["measured"]["batch_size"] == 4 and auto["measured"]["seq_len"] == 64  # validate's shape
+    expected = "fp32, which --precision auto picks here" if auto["used"] == "fp32" else "bf16: native"
+    assert report.recommendation.startswith(expected), report.recommendation
+    assert auto["reason"] in report.recommendation
+    assert "not fp16 (activations beyond fp16's 65504 in amp" in report.recommendation  # still said
+    assert "keep amp" in report.recommendation
 
 
 def test_cli_exit_codes_and_json(zoo, tmp_path):

@@ -32,6 +32,9 @@ from ..models import load_model
 from ..progress import quieted
 from ..track import EventLog, JsonlWriter
 from ..train.api import check_sizes, first_block, probe_model, seed_everything
+from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
+from ..train.auto_precision import MARGIN as AUTO_MARGIN
+from ..train.auto_precision import Measurement, cache_key, choose, write_cached
 from ..train.compile import compile_model
 from ..train.device import cpu_native_bf16, resolve_device, synchronize
 from ..train.flops import flops_per_token, peak_flops
@@ -124,6 +127,7 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
     init_state = copy.deepcopy(model.state_dict())
     params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, cfg.seq_len)
+    auto_key = cache_key(model, device, cfg.batch_size, cfg.seq_len)
 
     rows: list[BenchRow] = []
     contenders: list[_Contender] = []
@@ -157,8 +161,19 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
                          "estimate: weights + AdamW state + what autograd saves for backward (no allocator peak "
                          "on a CPU)"),
         rows=rows, verdict="", compile_mode=cfg.compile_mode if cfg.compile else None)
-    result.verdict = verdict(result, device)
+    measured = _auto_measurement(rows, cfg, device)
+    if measured is not None:  # the next `train --precision auto` of this model and shape uses these figures
+        write_cached(Path(cache_dir) if cache_dir else None, auto_key, measured)
+    result.verdict = verdict(result, device, measured)
     return result
+
+
+def _auto_measurement(rows: list[BenchRow], cfg: TrainConfig, device: torch.device) -> Measurement | None:
+    """What ``--precision auto`` decides from, where it measures (a CPU with native bf16, eager steps)."""
+    ok = {r.precision: r.median_step_ms for r in rows if r.status == "ok" and r.precision in AUTO_CANDIDATES}
+    if device.type != "cpu" or cfg.compile or cpu_native_bf16() is None or set(ok) != set(AUTO_CANDIDATES):
+        return None
+    return Measurement(ok, cfg.max_steps - cfg.warmup_steps, "bench", cfg.batch_size, cfg.seq_len)
 
 
 def _check_options(steps: int, warmup_steps: int, precisions: tuple[str, ...], chunk: int) -> None:
@@ -296,8 +311,8 @@ def _relate_to_fp32(rows: list[BenchRow]) -> None:
             r.val_loss_diff_vs_fp32 = r.val_loss - base.val_loss
 
 
-def verdict(result: BenchResult, device: torch.device) -> str:
-    """One or two plain sentences: what is fastest here, and what it costs."""
+def verdict(result: BenchResult, device: torch.device, measured: Measurement | None = None) -> str:
+    """One or two plain sentences: what is fastest here, what it costs, and what ``auto`` takes from it."""
     ok = [r for r in result.rows if r.status == "ok"]
     if not ok:
         return "No precision could run here (see the reasons above)."
@@ -314,6 +329,13 @@ def verdict(result: BenchResult, device: torch.device) -> str:
                       "fastest choice here; bf16/fp16 autocast on it is for checking correctness, not for speed.")
         else:
             words += " (This CPU has no native bf16 or fp16 units; the margin is likely noise: rerun with more --steps.)"
+    if measured is not None:
+        choice = choose(measured.step_ms)
+        words += (f" --precision auto picks {choice} for this model at batch {result.batch_size} x "
+                  f"{result.seq_len}" + ("" if choice == fastest.precision else
+                                         f" ({fastest.precision} is less than {round((AUTO_MARGIN - 1) * 100)}% "
+                                         f"faster and {choice} is more accurate)")
+                  + "; these figures are saved for its next run.")
     return words
 
 

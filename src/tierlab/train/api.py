@@ -44,7 +44,8 @@ from .guards import Diverged
 from .init_from import load_initial_weights
 from .loop import Trainer
 from .memory import is_out_of_memory, out_of_memory
-from .precision import PrecisionPolicy, decide_precision, low_precision_weights
+from .auto_precision import AutoProbe
+from .precision import PrecisionDecision, PrecisionPolicy, decide_precision, low_precision_weights
 from .resume import (
     absolute_paths,
     base_config,
@@ -148,8 +149,8 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     max_steps = cfg.max_steps or _steps_for_epochs(cfg, tokens)
     if cfg.warmup_steps is None:
         cfg = cfg.replace(warmup_steps=default_warmup(max_steps))
-    if cfg.warmup_steps >= max_steps and cfg.warmup_steps > 0:
-        raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) must be smaller than the run ({max_steps} steps).",
+    if cfg.warmup_steps > max_steps:  # warm-up only (==) is a legitimate schedule
+        raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
                           "shorten the warm-up or train longer.")
     check_sizes(cfg, tokens)
 
@@ -166,14 +167,16 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                    if cfg.init_from and resume_state is None else None)  # a resume has its own weights
     model.to(device)
     vocab = probe_model(model, cfg, tokens, device)
-    decision = decide_precision(cfg.precision, device, cfg.strict_precision)
+    block = first_block(tokens, cfg)  # a real training-shaped batch for the set-up passes
+    # Every rank trains in rank 0's precision, even where each measured its own.
+    decision = dist.broadcast(decide_for_run(cfg, device, model, block, max_steps, resume_state,
+                                             Path(cache_dir) if cache_dir else None))
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
     stored_low = low_precision_weights(model)
     weights_warning = f"{stored_low[0]}. Fix: {stored_low[1]}." if stored_low else None
     if weights_warning and dist.is_main:
         log.warning("%s", weights_warning)
-    block = first_block(tokens, cfg)  # a real training-shaped batch for the set-up passes
     net = dist.wrap(model, device, block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
@@ -339,7 +342,8 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         "status": status, "steps": state.step, "tokens": state.step * trainer.tokens_per_step,
         "final_loss": state.last_loss, "final_val_loss": state.last_val_loss,
         "best_val_loss": state.best_val_loss, "precision": decision.used,
-        "precision_requested": decision.requested, "skipped_steps": state.skipped_steps,
+        "precision_requested": decision.requested, "precision_reason": decision.reason,
+        "precision_measured": decision.measured, "skipped_steps": state.skipped_steps,
         "final_loss_scale": state.loss_scale, "wall_seconds": wall,
         "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
@@ -431,6 +435,26 @@ def _steps_for_epochs(cfg: TrainConfig, tokens: TokenData) -> int:
         return DEFAULT_MAX_STEPS
     per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     return max(1, math.ceil(cfg.epochs * len(tokens.train) / per_step))
+
+
+def decide_for_run(cfg: TrainConfig, device: torch.device, model: nn.Module, block: torch.Tensor, max_steps: int,
+                   resume_state: dict[str, Any] | None, cache_dir: Path | None) -> PrecisionDecision:
+    """``--precision`` for this run: ``auto`` on a CPU with native bf16 measures the model at its batch shape.
+
+    A resume with ``auto`` keeps the decision recorded when the run started (on the same
+    kind of device), so a run does not change precision half-way because a probe was noisy.
+    """
+    recorded = ((resume_state or {}).get("precision") or {}).get("decision")
+    if cfg.precision == "auto" and recorded and recorded.get("device_type") == device.type:
+        reason = recorded["reason"]
+        if not reason.endswith(KEPT_ON_RESUME):
+            reason += KEPT_ON_RESUME
+        return PrecisionDecision("auto", recorded["used"], reason, measured=recorded.get("measured"))
+    probe = AutoProbe(model, block, device, max_steps * cfg.grad_accum, cache_dir, cfg.lr, cfg.clip_grad)
+    return decide_precision(cfg.precision, device, cfg.strict_precision, measure=probe)
+
+
+KEPT_ON_RESUME = " (decided when the run started; kept on resume)"
 
 
 def first_block(tokens: TokenData, cfg: TrainConfig) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -38,8 +39,24 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# Testing aid: "1" makes tierlab treat the CPU as one with native bf16 (so ``auto`` measures),
+# "0" as one without (so ``auto`` is fp32 at once), whatever /proc/cpuinfo says; unset reads it.
+NATIVE_BF16_ENV = "TIERLAB_CPU_NATIVE_BF16"
+
+
 def cpu_native_bf16() -> str | None:
-    """The flag that gives this CPU fast bf16 matmuls (AMX or AVX-512 BF16), or None."""
+    """The flag that gives this CPU fast bf16 matmuls (AMX or AVX-512 BF16), or None.
+
+    ``TIERLAB_CPU_NATIVE_BF16=1`` / ``=0`` overrides the answer: a test can then take both
+    branches on any machine, and a suite passes or fails the same on every kind of CPU.
+    """
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ConfigError(f"{NATIVE_BF16_ENV}={forced!r} is neither 0 nor 1.",
+                              f"set it to 1 (treat this CPU as having native bf16), 0 (as not having it), "
+                              "or unset it to read /proc/cpuinfo.")
+        return f"{NATIVE_BF16_ENV}=1" if forced == "1" else None
     flags = cpu_flags()
     for flag in ("amx_bf16", "avx512_bf16"):
         if flag in flags:

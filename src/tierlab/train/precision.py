@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -33,16 +33,23 @@ class PrecisionDecision:
     reason: str
     warning: str | None = None  # said to the user when the choice has a cost
     fallback: bool = False  # True when the request could not be honoured
+    measured: dict | None = None  # auto's timing figures, where it measured (see auto_precision)
 
     def as_event(self) -> dict:
         return {"requested": self.requested, "used": self.used, "reason": self.reason,
-                "fallback": self.fallback, "warning": self.warning}
+                "fallback": self.fallback, "warning": self.warning, "measured": self.measured}
 
 
-def decide_precision(requested: str, device: torch.device, strict: bool = False) -> PrecisionDecision:
-    """Turn ``--precision`` into the precision to run, with the reason in words."""
+def decide_precision(requested: str, device: torch.device, strict: bool = False,
+                     measure: Callable[[str], PrecisionDecision] | None = None) -> PrecisionDecision:
+    """Turn ``--precision`` into the precision to run, with the reason in words.
+
+    ``measure(flag)``: how ``auto`` decides on a CPU with native bf16, where the flag alone
+    does not tell (an :class:`~tierlab.train.auto_precision.AutoProbe`); without it, ``auto``
+    keeps fp32 there.
+    """
     if requested == "auto":
-        return _auto(device)
+        return _auto(device, measure)
     if requested == "fp32":
         return PrecisionDecision(requested, "fp32", "fp32 was requested")
     problem = _cannot_run(requested, device)
@@ -65,7 +72,7 @@ def decide_precision(requested: str, device: torch.device, strict: bool = False)
     return PrecisionDecision(requested, requested, f"{requested}{scaler_note} was requested", warning=warning)
 
 
-def _auto(device: torch.device) -> PrecisionDecision:
+def _auto(device: torch.device, measure: Callable[[str], PrecisionDecision] | None) -> PrecisionDecision:
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         if torch.cuda.is_bf16_supported():
@@ -74,8 +81,11 @@ def _auto(device: torch.device) -> PrecisionDecision:
         return PrecisionDecision("auto", "fp16", f"{name} (compute capability {major}.{minor}) has no bf16: "
                                  "fp16 autocast with a GradScaler")
     flag = cpu_native_bf16()
+    if flag and measure is not None:
+        return measure(flag)
     if flag:
-        return PrecisionDecision("auto", "bf16", f"this CPU has native bf16 ({flag}): bf16 autocast")
+        return PrecisionDecision("auto", "fp32", f"this CPU has native bf16 ({flag}), but whether bf16 is faster "
+                                 "than fp32 depends on the model and batch shape, and nothing was measured: fp32")
     return PrecisionDecision("auto", "fp32", "this CPU has no native bf16 (avx512_bf16 or AMX): fp32 is the "
                              "fastest here, low-precision autocast would be several times slower")
 
@@ -203,7 +213,9 @@ class PrecisionPolicy:
         return self.scaler._scale if self.scaler is not None else None  # noqa: SLF001
 
     def state_dict(self) -> dict:
-        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        # The decision travels with the checkpoint: a resume with --precision auto keeps it.
+        return {"scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "decision": {**self.decision.as_event(), "device_type": self.device.type}}
 
     def load_state_dict(self, state: dict) -> None:
         if self.scaler is not None and state.get("scaler"):

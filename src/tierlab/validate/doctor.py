@@ -16,7 +16,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..train.auto_precision import AutoProbe
 from ..train.device import native_bf16
+from ..train.precision import PrecisionDecision, decide_precision
 from .checks import Probe
 from .report import CheckResult
 
@@ -76,6 +78,12 @@ def _eval_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype | None = None)
     return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1)).item()
 
 
+def _auto_here(p: Probe) -> PrecisionDecision:
+    """What ``--precision auto`` picks for this model at the probe's batch shape (measured, or from the cache)."""
+    block = p.tokens(p.batch_size, p.seq_len + 1, seed=3)  # inputs [B, T] and their targets
+    return decide_precision("auto", p.device, measure=AutoProbe(p.model, block, p.device, None, None))
+
+
 def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     ids = p.tokens(min(p.batch_size, 2), min(p.seq_len, 32), seed=7)
     acts, grads = _measure(p, ids)
@@ -114,13 +122,21 @@ def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     fp16_safe = not reasons
     native = native_bf16(p.device)
     bf16_ok = errors.get("bf16", {}).get("finite", False)
-    if native and bf16_ok:
+    # A CPU with native bf16: whether bf16 is faster depends on the model, so say what auto measures here.
+    auto = _auto_here(p) if native and p.device.type == "cpu" else None
+    keep = overflow + near
+    not_fp16 = ("not fp16 (" + "; ".join(reasons) + ")" + (f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32"
+                                                            if keep else ""))
+    if auto is not None and auto.used == "fp32":
+        advice = f"fp32, which --precision auto picks here ({auto.reason})" + ("" if fp16_safe else f"; {not_fp16}")
+    elif native and bf16_ok:
         advice = "bf16: native on this device and has fp32's range, so no loss scaling is needed"
+        if auto is not None:
+            advice += f"; --precision auto picks it here ({auto.reason})" + ("" if fp16_safe else f"; {not_fp16}")
     elif fp16_safe:
         advice = ("fp16 with GradScaler: activations keep their headroom and gradients survive at the settled "
                   f"scale 2^{int(math.log2(settle))}; bf16 where the hardware has it")
     else:
-        keep = overflow + near
         advice = ("not fp16 (" + "; ".join(reasons) + "): use bf16 where the hardware has it, otherwise fp32"
                   + (f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32" if keep else ""))
     if p.device.type == "cpu" and not native:
@@ -128,7 +144,8 @@ def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     worst = min(headroom.items(), key=lambda kv: kv[1]) if headroom else ("-", math.inf)
     figures = {"max_activation": acts, "fp16_headroom_pow2": headroom, "overflow_modules": overflow,
                "near_overflow_modules": near, "max_activation_grad": max_grad, "settled_loss_scale": settle,
-               "grad_underflow_fraction": underflow, "autocast": errors, "fp16_safe": fp16_safe}
+               "grad_underflow_fraction": underflow, "autocast": errors, "fp16_safe": fp16_safe,
+               "auto": auto.as_event() if auto is not None else None}
     summary = (f"fp16 {'safe' if fp16_safe else 'UNSAFE'}: least headroom 2^{worst[1]:.1f} in {worst[0]}; "
                f"gradient underflow {underflow['scale_2^16']:.2%} at 2^16, {under:.2%} at settled 2^"
                f"{int(math.log2(settle))}; logits rel. error fp16 "
