@@ -21,7 +21,8 @@ def test_defaults_are_valid_and_resolve_min_lr():
     ({"batch_size": 0}, "--batch-size must be at least 1"),
     ({"lr": -1.0}, "--lr must be a positive"),
     ({"lr": 1e-3, "min_lr": 1e-2}, "--min-lr"),
-    ({"warmup_steps": 50, "max_steps": 10}, "--warmup-steps (50) must be smaller"),
+    ({"warmup_steps": 50, "max_steps": 10}, "--warmup-steps (50) is longer than the run"),
+    ({"warmup_steps": 11, "max_steps": 10}, "--warmup-steps (11) is longer than the run"),
     ({"tokenizer": "bpe:abc"}, "BPE vocabulary size"),
     ({"tokenizer": "sentencepiece"}, "not a tokenizer"),
     ({"val_fraction": 1.5}, "--val-fraction"),
@@ -36,6 +37,10 @@ def test_bad_values_are_rejected_with_the_option_named(changes, fragment):
         TrainConfig(**changes)
     assert fragment in str(err.value)
     assert "Fix:" in str(err.value)
+
+
+def test_a_warm_up_as_long_as_the_run_is_accepted():
+    assert TrainConfig(warmup_steps=40, max_steps=40).warmup_steps == 40  # as HF Trainer and nanoGPT allow
 
 
 def test_ints_are_accepted_for_floats():

@@ -38,3 +38,9 @@ def test_the_device_table_holds_the_schedule_for_every_step_count():
     assert table.dtype == torch.float32 and table.shape == (51,)
     for step in range(51):
         assert table[step].item() == pytest.approx(sched.value(step), rel=1e-6)
+
+
+def test_a_warm_up_only_schedule_reaches_the_peak_on_its_last_step():
+    s = WarmupCosine(1e-3, 1e-4, warmup_steps=40, total_steps=40)
+    assert s.value(0) == pytest.approx(1e-3 / 40) and s.value(39) == pytest.approx(1e-3)
+    assert all(s.value(i) < s.value(i + 1) for i in range(39))
