@@ -228,3 +228,29 @@ def test_out_of_memory_is_one_plain_line_with_the_batch_that_fits(tmp_path):
     fits = run_cli("train", "--model", "my_model.py", "--batch-size", "8", "--grad-accum", "2", "--seq-len", "32",
                    "--max-steps", "2", "--eval-every", "0", "--name", "fits", "--quiet", cwd=tmp_path)
     assert fits.returncode == 0, fits.stderr
+
+
+NARROW_MODEL = """
+from torch import nn
+
+class Narrow(nn.Module):
+    def __init__(self, width=40):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, width)
+
+    def forward(self, input_ids):
+        return self.head(self.emb(input_ids))
+
+def fixed():
+    return Narrow()
+"""
+
+
+def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_path):
+    write_model(tmp_path, NARROW_MODEL, name="narrow.py")
+    result = run_cli("train", "--model", "narrow.py:fixed", *SHAPE, "--max-steps", "2", cwd=tmp_path)
+    assert_user_error(result, "only 40 outputs", "make the model's output layer and its token embedding at least "
+                      "256 wide", "narrow.py:fixed takes no vocab_size argument")
+    assert "vocab_size=" not in result.stderr
+    sized = run_cli("train", *TINY, *SHAPE, "--max-steps", "2", "--model-arg", "vocab_size=40", cwd=tmp_path)
+    assert_user_error(sized, "only 40 outputs", "(e.g. --model-arg vocab_size=256)")

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from helpers import TINY_MODEL, assert_user_error, run_cli
 from tierlab.config import TrainConfig, load_config_file, parse_model_arg
 from tierlab.errors import ConfigError
 
@@ -79,3 +80,17 @@ def test_model_arg_values_parse_as_json_when_they_can():
     assert parse_model_arg("act=gelu") == ("act", "gelu")
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_model_arg("n_layer")
+
+
+def test_a_zero_validation_fraction_points_to_eval_every_0(tmp_path):
+    tiny = [x for k, v in TINY_MODEL.items() for x in ("--model-arg", f"{k}={v}")]
+    refused = run_cli("train", *tiny, "--val-fraction", "0", "--max-steps", "2", cwd=tmp_path)
+    assert_user_error(refused, "--val-fraction must be between 0 and 1, got 0.0",
+                      "to train without validation, pass --eval-every 0 instead")
+    # What the fix says works: no evaluation, 99% of the tokens for training.
+    done = run_cli("train", *tiny, "--eval-every", "0", "--val-fraction", "0.01", "--max-steps", "2", "--seq-len", "32",
+                   "--name", "noval", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "runs" / "noval" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["final_val_loss"] is None
+    assert_user_error(run_cli("train", "--val-fraction", "1.5", cwd=tmp_path), "pass e.g. 0.1")

@@ -1,6 +1,8 @@
 """tierlab export: each format's parity on real validation batches, its files, and refusals."""
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -184,3 +186,33 @@ def test_tracer_warnings_are_named_in_whole_sentences(tmp_path):
     assert result.checked and result.max_abs_diff <= result.tolerance
     # Cut at the first ". ", not the first ".": "torch.tensor" must not come out as "torch".
     assert "tracer warning: torch.tensor results are registered as constants in the trace" in result.notes
+
+
+def test_the_export_folder_and_its_files_follow_the_umask(builtin_run, tmp_path):
+    umask = 0o027  # not the usual 022: what is checked is that the umask is followed, not one fixed mode
+    old = os.umask(umask)
+    try:
+        # Staged beside the target (a rename), and in the temporary directory (a copy: the folder is new).
+        for out in (tmp_path / "deploy", tmp_path / "new" / "deploy"):
+            result = run_cli("export", builtin_run, "--format", "safetensors", "--out", out, cwd=tmp_path)
+            assert result.returncode == 0, result.stderr
+            assert stat.S_IMODE(out.stat().st_mode) == 0o750, oct(out.stat().st_mode)  # not mkdtemp's 0700
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+            assert modes == {name: 0o640 for name in ("README.md", "model.safetensors", "model_config.json")}, modes
+    finally:
+        os.umask(old)
+
+
+def test_a_run_whose_model_file_moved_is_exported_with_model(tmp_path):
+    write_model(tmp_path / "models", MHA_MODEL)
+    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "models" / "my_model.py:build"),
+                                           model_args={}, max_steps=4, eval_every=0))
+    (tmp_path / "models").rename(tmp_path / "moved")
+    assert_user_error(run_cli("export", run.dir, "--format", "safetensors", cwd=tmp_path), "which no longer exists",
+                      "pass its new place to `tierlab export`: --model NEW/PLACE/my_model.py:build")
+    assert not (run.dir / "export-safetensors").exists()
+    result = run_cli("export", run.dir, "--format", "safetensors", "--model", "moved/my_model.py:build", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "max |logit diff| 0 " in result.stdout  # rebuilt from the file given, the run's weights loaded into it
+    config = json.loads((run.dir / "export-safetensors" / "model_config.json").read_text())
+    assert config["model"] == str(tmp_path / "moved" / "my_model.py") + ":build"  # where it is now, absolute

@@ -6,11 +6,12 @@ Exit codes: 0 success, 2 a user error (one plain line, no traceback), 130 interr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .config import (
@@ -29,6 +30,8 @@ EXIT_INTERRUPTED = 130  # also after SIGTERM: the run was checkpointed and can b
 
 
 _TEXT_FIELD_HELP = "with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)"
+_RUN_MODEL_HELP = ("the model file to load the run's weights into, built with the run's --model-arg values "
+                   "(default: the one the run recorded; for when that file moved)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -62,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens")
     sample.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
     sample.add_argument("--checkpoint", default=None, metavar="PATH", help="use this checkpoint's weights")
+    sample.add_argument("--model", default=None, metavar="PATH.py[:factory]", help=_RUN_MODEL_HELP)
     sample.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     val = sub.add_parser("validate", help="check that a model is wired correctly and which precision is safe",
                          description="Tier 1 checks (shapes, causality, gradient flow, numerics, initialisation, "
@@ -180,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "they do not or the model cannot be exported).")
     export.add_argument("run", help="run directory, e.g. runs/NAME")
     export.add_argument("--format", required=True, choices=["safetensors", "torchscript", "onnx"])
+    export.add_argument("--model", default=None, metavar="PATH.py[:factory]", help=_RUN_MODEL_HELP)
     export.add_argument("--out", default=None, metavar="DIR", help="where to write it (default RUN/export-FORMAT)")
     export.add_argument("--batches", type=int, default=4, metavar="N",
                         help="validation batches the parity check compares (default 4)")
@@ -372,10 +377,22 @@ def _sample(ns: argparse.Namespace) -> int:
     from .sample import generate, load
     from .train.device import resolve_device
 
-    model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)))
+    with _recorded_model_for("tierlab sample"):
+        model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)), model=ns.model)
     text = generate(model, tokenizer, ns.prompt, ns.max_new_tokens, ns.temperature, ns.top_k, ns.seed)
     print(text)
     return 0
+
+
+@contextlib.contextmanager
+def _recorded_model_for(command: str) -> Iterator[None]:
+    """A run's recorded model file that moved: the error's fix names ``command``'s --model option."""
+    from .sample import RecordedModelMissing
+
+    try:
+        yield
+    except RecordedModelMissing as err:
+        raise err.for_command(command) from None
 
 
 def _run_dirs(paths: Sequence[str]) -> list:
@@ -395,11 +412,33 @@ def _report(ns: argparse.Namespace) -> int:
     from .track.plots import save_dashboard, summary_table
 
     dirs = _run_dirs(ns.runs)
-    out = Path(ns.out) if ns.out else (dirs[0] / "dashboard.png" if len(dirs) == 1 else Path("dashboard.png"))
+    if ns.out:
+        out = _image_path(ns.out, "dashboard.png", "--out")
+    else:
+        out = dirs[0] / "dashboard.png" if len(dirs) == 1 else Path("dashboard.png")
     save_dashboard(dirs, out)
     print(summary_table(dirs))
     print(f"dashboard: {out}")
     return 0
+
+
+def _image_path(value: str, name: str, option: str) -> Path:
+    """Where an image option's PATH writes: FOLDER/``name`` for a folder (one that exists, or a path ending in /,
+    created here), else PATH itself, with .png added when it has no extension (as matplotlib adds it)."""
+    from pathlib import Path
+
+    path = Path(value)
+    if value.endswith(("/", os.sep)) or path.is_dir():
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the folder {value!r} given to {option}: {exc.strerror}.",
+                            "pass a folder that can be created, or a file path such as plot.png.") from None
+        return path / name
+    if not path.resolve().parent.is_dir():
+        raise UserError(f"Cannot write {value!r}: its folder does not exist.",
+                        "create the folder, end the path with / to have it created, or pick another path.")
+    return path if path.suffix else path.with_name(path.name + ".png")
 
 
 def _analyze(ns: argparse.Namespace) -> int:
@@ -414,17 +453,20 @@ def _analyze(ns: argparse.Namespace) -> int:
         ns.run = ns.run_dir
     if ns.run is not None:
         _run_dirs([ns.run])
-    for path in (ns.json, ns.png):
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UserError(f"Cannot write {path!r}: its folder does not exist.", "create the folder or pick another path.")
+    if ns.json and not Path(ns.json).resolve().parent.is_dir():
+        raise UserError(f"Cannot write {ns.json!r}: its folder does not exist.", "create the folder or pick another path.")
+    png = _image_path(ns.png, "attention.png", "--png") if ns.png else None
     model_args = dict(parse_model_arg(item) for item in ns.model_args)
-    report = analyze(ns.model, ns.run, model_args=model_args, data=ns.data, tokenizer=ns.tokenizer,
-                     text_field=ns.text_field,
-                     batch_size=ns.batch_size, seq_len=ns.seq_len, batches=ns.batches, seed=ns.seed,
-                     device=str(resolve_device(ns.device)))
+    with _recorded_model_for("tierlab analyze"):
+        report = analyze(ns.model, ns.run, model_args=model_args, data=ns.data, tokenizer=ns.tokenizer,
+                         text_field=ns.text_field,
+                         batch_size=ns.batch_size, seq_len=ns.seq_len, batches=ns.batches, seed=ns.seed,
+                         device=str(resolve_device(ns.device)))
     print(report.text())
-    if ns.png and report.save_heatmaps(ns.png):
-        print(f"heatmaps: {ns.png}")
+    if png is not None:
+        written = report.save_heatmaps(png)
+        if written is not None:
+            print(f"heatmaps: {written}")
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")
     return 0
@@ -439,7 +481,8 @@ def _export(ns: argparse.Namespace) -> int:
     if ns.batches < 1:
         raise UserError("--batches must be at least 1.", "pass e.g. --batches 4.")
     (run_dir,) = _run_dirs([ns.run])
-    result = export_run(run_dir, ns.format, ns.out, ns.batches)
+    with _recorded_model_for("tierlab export"):
+        result = export_run(run_dir, ns.format, ns.out, ns.batches, model=ns.model)
     print(result.text())
     if ns.json:
         Path(ns.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -162,7 +162,9 @@ class TrainConfig:
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or positive, got {self.eval_every}.",
              "pass 0 to disable evaluation or a positive step interval.")
         need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {self.val_fraction}.",
-             "pass e.g. 0.1 to hold out the last 10% of the tokens.")
+             "pass e.g. 0.1 to hold out the last 10% of the tokens." if self.val_fraction > 0 else
+             "to train without validation, pass --eval-every 0 instead (a held-out tail remains, never "
+             "evaluated: --val-fraction 0.01 keeps 99% of the tokens for training).")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}.",
              "pass e.g. --lr 3e-4.")
         if self.min_lr is None:

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -37,6 +38,8 @@ from torch import nn
 
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
+from .models.loader import split_spec
+from .train.run import follow_umask
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +90,12 @@ class _LogitsOnly(nn.Module):
 
 
 def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches: int = 4,
-               model: nn.Module | None = None, cache_dir: str | Path | None = None) -> ExportResult:
-    """Export run ``run`` as ``fmt`` into ``out`` (default ``RUN/export-FMT``); see the module doc."""
+               model: nn.Module | str | None = None, cache_dir: str | Path | None = None) -> ExportResult:
+    """Export run ``run`` as ``fmt`` into ``out`` (default ``RUN/export-FMT``); see the module doc.
+
+    ``model``: a module, or a model file ``path.py[:factory]`` (e.g. the run's, moved since),
+    to load the run's weights into instead of the model the run recorded.
+    """
     from .data import eval_starts, prepare_data
     from .data.sampler import blocks_at
     from .sample import run_model
@@ -100,7 +107,12 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UserError(f"{str(target)!r} already exists and is not empty.",
                         "pass another --out DIR, or delete that directory first.")
+    spec = model if isinstance(model, str) else None
     model, tokenizer, config = run_model(run_dir, model)  # a module given: the run's weights loaded into it
+    if spec is not None:  # a model file given: the safetensors check rebuilds from it, and the README names it
+        path, factory = split_spec(spec)
+        config = {**config, "model": spec if path.suffix != ".py" else os.path.abspath(path) +
+                  (f":{factory}" if factory else "")}
     model = model.cpu().float().eval()
 
     # Real validation batches of the run's own data, as training evaluated them.
@@ -119,6 +131,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent if target.parent.is_dir() else None))
     try:
+        follow_umask(staging)  # mkdtemp's 0700 would become the export folder's mode
         notes: list[str] = []
         exporter = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt]
         run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, tokenizer.vocab_size)
@@ -158,6 +171,7 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     from .models import load_model
 
     save_model(model, str(staging / "model.safetensors"))
+    follow_umask(staging / "model.safetensors")  # safetensors writes 0600
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
          "vocab_size": vocab}, indent=2) + "\n")

@@ -10,19 +10,38 @@ import torch
 from torch import nn
 
 from .data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
-from .errors import UserError
+from .errors import ModelError, UserError
 from .models import extract_logits, load_model, max_positions
+from .models.loader import PRESETS, split_spec
 from .train.checkpoint import load_checkpoint
 from .train.run import CONFIG, WEIGHTS
 
 
+class RecordedModelMissing(ModelError):
+    """The model file a run recorded in its config.json is gone (moved, renamed, or the run was copied here)."""
+
+    def __init__(self, run_dir: Path, spec: str, how: str | None = None):
+        path, factory = split_spec(spec)
+        self.run_dir, self.spec = run_dir, spec
+        self.new_spec = f"NEW/PLACE/{path.name}" + (f":{factory}" if factory else "")
+        super().__init__(f"Run {str(run_dir)!r} was trained with the model file {str(path)!r}, which no longer "
+                         "exists.", f"if it moved, {how or f'pass its new place: model={self.new_spec!r}'} (the "
+                         "run's weights are loaded into the model it builds, with the run's model arguments).")
+
+    def for_command(self, command: str) -> "RecordedModelMissing":
+        """The same error, its fix naming ``command``'s --model option."""
+        return RecordedModelMissing(self.run_dir, self.spec, f"pass its new place to `{command}`: --model "
+                                    f"{self.new_spec}")
+
+
 def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu", *,
-         model: nn.Module | None = None) -> tuple[nn.Module, Tokenizer]:
+         model: nn.Module | str | None = None) -> tuple[nn.Module, Tokenizer]:
     """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory.
 
-    The model is rebuilt from the run's config, or is ``model`` (a freshly built module of
-    the same architecture, e.g. for a run trained on an in-memory module) with the weights
-    loaded into it.
+    The model is rebuilt from the run's config, or is ``model`` with the weights loaded into
+    it: a freshly built module of the same architecture (e.g. for a run trained on an
+    in-memory module), or a model file ``path.py[:factory]`` (e.g. the run's, moved since),
+    built with the run's model arguments.
     """
     run_dir = Path(run)
     config = run_config(run_dir)
@@ -32,12 +51,25 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
                         "build the model yourself and pass it: tierlab.load(run, model=my_model) (or load "
                         f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
     if model is None:
+        recorded_model_file(run_dir, config)
         model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
+    elif isinstance(model, str):
+        model = load_model(model, config.get("model_args", {}), tokenizer.vocab_size)
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
         load_run_weights(model, run_dir)
     return model.to(device).eval(), tokenizer
+
+
+def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
+    """Raise :class:`RecordedModelMissing` when the model file a run recorded no longer exists."""
+    spec = str(config["model"])
+    if spec in PRESETS or spec.startswith("<in-memory"):
+        return
+    path, _ = split_spec(spec)
+    if path.suffix == ".py" and not path.is_file():
+        raise RecordedModelMissing(run_dir, spec)
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
@@ -84,7 +116,9 @@ def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     try:
         load_safetensors(model, str(weights))
     except RuntimeError as exc:
-        raise UserError(f"The weights in {weights} do not fit this model: {str(exc).splitlines()[0][:200]}",
+        from .train.init_from import describe_load_error
+
+        raise UserError(f"The weights in {weights} do not fit this model: {describe_load_error(exc)}.",
                         "build the same model (file, factory and --model-arg values) the run trained.") from None
     return model
 

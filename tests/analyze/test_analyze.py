@@ -1,11 +1,13 @@
 """tierlab analyze: attention statistics on hand-set patterns, the collapse detector, robustness, the CLI."""
 
 import json
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli
+from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli, write_model
 from torch import nn
 
 import tierlab
@@ -157,3 +159,76 @@ def test_cli_on_a_trained_run_and_on_a_model_file(tmp_path):
     assert_user_error(run_cli("analyze", str(run.dir), "--run", str(tmp_path), cwd=tmp_path), "Two runs given")
     assert_user_error(run_cli("analyze", "--run", str(tmp_path / "nope"), cwd=tmp_path), "not a tierlab run")
     assert_user_error(run_cli("analyze", "--model", "tiny-gpt", "--batches", "0", cwd=tmp_path), "--batches")
+
+
+def test_png_to_a_folder_writes_attention_png_into_it(tmp_path):
+    tiny = [x for k, v in TINY_MODEL.items() for x in ("--model-arg", f"{k}={v}")]
+    result = run_cli("analyze", *tiny, "--batches", "1", "--png", "figures/", cwd=tmp_path)  # ends with /: created
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "figures" / "attention.png").stat().st_size > 1000
+    assert f"heatmaps: {Path('figures') / 'attention.png'}" in result.stdout.splitlines()
+    assert not (tmp_path / "figures.png").exists()
+    result = run_cli("analyze", *tiny, "--batches", "1", "--png", "figures", "--json", "r.json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # an existing folder, without the slash
+    assert f"heatmaps: {Path('figures') / 'attention.png'}" in result.stdout.splitlines()
+    assert_user_error(run_cli("analyze", *tiny, "--png", "nope/att.png", cwd=tmp_path), "its folder does not exist")
+
+
+NARROW_MODEL = """
+    from torch import nn
+
+    class Narrow(nn.Module):
+        '''40 outputs, fewer than the byte tokenizer's 256 tokens.'''
+        def __init__(self, width=40):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, width)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    def fixed():
+        return Narrow()
+
+    def sized(vocab_size):
+        return Narrow(vocab_size)
+
+    def ignores_it(vocab_size):
+        return Narrow()
+"""
+
+
+def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_path):
+    model = write_model(tmp_path, NARROW_MODEL)
+    with pytest.raises(tierlab.UserError) as err:
+        analyze(f"{model}:fixed", batches=1)
+    message = str(err.value)
+    assert "only 40 outputs" in message and "vocab_size=" not in message, message
+    assert "make the model's output layer and its token embedding at least 256 wide" in message
+    assert f"{model}:fixed takes no vocab_size argument" in message
+    with pytest.raises(tierlab.UserError, match=r"e\.g\. --model-arg vocab_size=256\)"):
+        analyze(f"{model}:sized", model_args={"vocab_size": 40}, batches=1)
+    with pytest.raises(tierlab.UserError, match=r":ignores_it was given vocab_size=256 but its output is narrower"):
+        analyze(f"{model}:ignores_it", batches=1)  # tierlab passed the tokenizer's 256 itself
+    namespace = {}
+    exec(textwrap.dedent(NARROW_MODEL), namespace)
+    with pytest.raises(tierlab.UserError) as err:
+        analyze(namespace["Narrow"](), batches=1)  # an in-memory module: no factory to give arguments to
+    assert "at least 256 wide" in str(err.value) and "vocab_size" not in str(err.value)
+
+
+def test_a_run_whose_model_file_moved_is_analysed_with_model(tmp_path):
+    write_model(tmp_path / "models", """
+        from tierlab.models.tiny_gpt import TinyGPT
+
+        def build(vocab_size):
+            return TinyGPT(vocab_size=vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+        """)
+    run = tierlab.train(config=fast_config(tmp_path, model=str(tmp_path / "models" / "my_model.py:build"),
+                                           model_args={}, max_steps=4, eval_every=0))
+    (tmp_path / "models").rename(tmp_path / "moved")
+    assert_user_error(run_cli("analyze", run.dir, "--png", "", cwd=tmp_path), "my_model.py', which no longer exists",
+                      "pass its new place to `tierlab analyze`: --model NEW/PLACE/my_model.py:build")
+    result = run_cli("analyze", run.dir, "--png", "", "--batches", "1", "--model", "moved/my_model.py:build",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "tierlab analyze: moved/my_model.py:build (run " in result.stdout

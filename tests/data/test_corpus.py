@@ -3,6 +3,10 @@ import csv
 import gzip
 import json
 import lzma
+import re
+import shlex
+import shutil
+import subprocess
 import sys
 import zipfile
 
@@ -294,3 +298,43 @@ def test_a_byte_order_mark_is_not_read_as_text(tmp_path):
                                     ("a.csv", b"text,label\nhi,1\n", "hi\n")]:
         (tmp_path / name).write_bytes(bom + content)
         assert _text(open_corpus(str(tmp_path / name), tmp_path)) == expected
+
+
+UTF16_TEXT = "café au lait\nthe cat sat on the mat\n" * 20
+
+
+BOM16, BOM32, NUL = "it starts with a UTF-16 byte-order mark", "it starts with a UTF-32 byte-order mark", \
+    "50% of its first bytes are NUL"
+
+
+@pytest.mark.parametrize("name, content, source, why", [
+    ("notes.txt", UTF16_TEXT.encode("utf-16"), "UTF-16", BOM16),
+    ("rows.csv", ("text\n" + UTF16_TEXT).encode("utf-16"), "UTF-16", BOM16),
+    ("docs.jsonl", '{"text": "café"}\n'.encode("utf-16"), "UTF-16", BOM16),
+    ("packed.txt.gz", gzip.compress(UTF16_TEXT.encode("utf-16")), "UTF-16", BOM16),
+    ("no bom.txt", UTF16_TEXT.encode("utf-16-le"), "UTF-16LE", NUL),
+    ("big.txt", UTF16_TEXT.encode("utf-16-be"), "UTF-16BE", NUL),
+    ("wide.txt", UTF16_TEXT.encode("utf-32"), "UTF-32", BOM32),
+], ids=["txt", "csv", "jsonl", "gzip", "le-without-bom", "be-without-bom", "utf32"])
+def test_utf16_text_is_told_to_convert_from_utf16_not_latin1(tmp_path, name, content, source, why):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        _text(open_corpus(str(path), tmp_path))
+    message = str(err.value)
+    assert "not valid UTF-8" in message and "latin1" not in message, message
+    assert f"it looks like {source} text ({why})" in message and f"iconv -f {source} -t UTF-8" in message, message
+    if shutil.which("iconv") is None:
+        return
+    # The command it gives converts the file: the new file reads as the text that was written.
+    command, new = re.search(r"convert it with (.*) > (.*), then --data (.*)\.$", message).group(1, 3)
+    subprocess.run(f"{command} > {new}", shell=True, cwd=tmp_path, check=True)
+    converted = _text(open_corpus(str(tmp_path / shlex.split(new)[0]), tmp_path))
+    assert converted == ("café\n" if name.endswith(".jsonl") else UTF16_TEXT), converted[:80]
+
+
+def test_latin1_text_is_still_told_to_convert_from_latin1(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café au lait\n".encode("latin1") * 50)
+    with pytest.raises(DataError, match=r"iconv -f latin1 -t utf-8"):
+        _text(open_corpus(str(path), tmp_path))

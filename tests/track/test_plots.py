@@ -80,3 +80,29 @@ def test_report_warns_when_losses_are_on_other_scales(runs, tmp_path):
     text = summary_table([fp16.dir, other.dir])
     assert "note: the losses are not comparable" in text
     assert "fp16: byte on demo" in text and "bpe: bpe:300 on other.txt" in text
+
+
+def test_report_out_a_folder_writes_dashboard_png_into_it(runs, tmp_path):
+    out, _, plain = runs
+    new = tmp_path / "new" / "folder"
+    result = run_cli("report", plain.dir, "--out", f"{new}/", cwd=out)  # ends with /: created
+    assert result.returncode == 0, result.stderr
+    assert _is_drawn(_image(new / "dashboard.png"))
+    assert result.stdout.splitlines()[-1] == f"dashboard: {new / 'dashboard.png'}"  # the file written
+    assert not (tmp_path / "new" / "folder.png").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    result = run_cli("report", plain.dir, "--out", existing, cwd=out)  # an existing folder, no slash
+    assert result.returncode == 0, result.stderr
+    assert _is_drawn(_image(existing / "dashboard.png"))
+    assert result.stdout.splitlines()[-1] == f"dashboard: {existing / 'dashboard.png'}"
+    # A name without an extension: matplotlib writes NAME.png, and that is the path printed.
+    result = run_cli("report", plain.dir, "--out", tmp_path / "summary", cwd=out)
+    assert result.returncode == 0, result.stderr
+    assert _is_drawn(_image(tmp_path / "summary.png"))
+    assert result.stdout.splitlines()[-1] == f"dashboard: {tmp_path / 'summary.png'}"
+    assert_user_error(run_cli("report", plain.dir, "--out", tmp_path / "nope" / "d.png", cwd=out),
+                      "its folder does not exist", "end the path with /")
+    (tmp_path / "file").write_text("")
+    assert_user_error(run_cli("report", plain.dir, "--out", f"{tmp_path / 'file'}/", cwd=out),
+                      "Cannot create the folder")

@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import stat
 
 import pytest
 import torch
@@ -191,6 +193,20 @@ def test_options_as_keywords_and_an_in_memory_model_loaded_back(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), run.model.state_dict().values()))
 
 
+def test_a_module_passed_as_the_model_keyword_is_trained(tmp_path):
+    from tierlab.models.tiny_gpt import TinyGPT
+
+    module = TinyGPT(vocab_size=256, **TINY_MODEL)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    run = tierlab.train(model=module, data="demo", config=fast_config(tmp_path, max_steps=3, eval_every=0),
+                        name="keyword")
+    assert run.summary["status"] == "completed" and run.model is module
+    assert run.config["model"] == "<in-memory TinyGPT>"
+    assert any(not torch.equal(before[k], v) for k, v in module.state_dict().items())  # this module was trained
+    with pytest.raises(ConfigError, match="two models"):
+        tierlab.train(TinyGPT(vocab_size=256, **TINY_MODEL), model=module, config=fast_config(tmp_path))
+
+
 def test_jsonl_with_another_text_field_trains_and_is_part_of_the_run(tmp_path):
     corpus = tmp_path / "docs.jsonl"
     sentences = write_corpus(tmp_path / "c.txt", sentences=600).read_text().splitlines()
@@ -200,3 +216,14 @@ def test_jsonl_with_another_text_field_trains_and_is_part_of_the_run(tmp_path):
     assert run.config["text_field"] == "content" and run.summary["status"] == "completed"
     with pytest.raises(ConfigError, match="different text_field"):  # other text, another run
         tierlab.resume(run.dir, {"text_field": "id", "max_steps": 6, "allow_config_change": True})
+
+
+def test_the_final_weights_follow_the_umask(tmp_path):
+    old = os.umask(0o027)  # not the usual 022: the umask is followed, not one fixed mode
+    try:
+        run = tierlab.train(config=fast_config(tmp_path, max_steps=2, eval_every=0))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.dir.iterdir() if p.is_file()}
+    assert modes["model.safetensors"] == 0o640, modes  # not safetensors' 0600
+    assert set(modes.values()) == {0o640}, modes  # like every other file of the run

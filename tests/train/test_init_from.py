@@ -1,6 +1,7 @@
 """--init-from: a new run that starts from another run's weights, with its own optimizer, schedule and data."""
 
 import hashlib
+import re
 
 import pytest
 
@@ -58,3 +59,22 @@ def test_weights_that_do_not_fit_are_refused_before_anything_is_written(tmp_path
 def test_cli_init_from(tmp_path, base_run):
     bad = run_cli("train", "--init-from", str(tmp_path), "--max-steps", "2", cwd=tmp_path)
     assert_user_error(bad, "holds neither model.safetensors nor a checkpoint")
+
+
+def test_a_size_mismatch_names_whole_parameters_and_counts_the_rest(tmp_path, base_run):
+    from safetensors.torch import load_file
+
+    from tierlab.models.tiny_gpt import TinyGPT
+
+    small = {"n_layer": 1, "n_head": 2, "d_model": 16, "max_seq_len": 64}
+    with pytest.raises(ConfigError) as err:
+        tierlab.train(config=fast_config(tmp_path, init_from=str(base_run.dir), model_args=small))
+    message = str(err.value)
+    item = r"[\w.]+ \(\w+ in the weights, \w+ in the model\)"
+    found = re.search(rf"do not fit this model: (\d+) size mismatches: ({item}, ){{2}}{item} and (\d+) more\. "
+                      r"Fix: build the model they were trained with", message)
+    assert found, message  # whole items, not a cut mid-word
+    weights, model = load_file(str(base_run.dir / "model.safetensors")), TinyGPT(vocab_size=256, **small).state_dict()
+    mismatched = [k for k, v in weights.items() if k in model and model[k].shape != v.shape]
+    assert int(found[1]) == len(mismatched) == 3 + int(found[3])
+    assert "pos_emb.weight (64x32 in the weights, 64x16 in the model)" in message

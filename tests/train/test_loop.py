@@ -163,14 +163,16 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     g = torch.Generator().manual_seed(1)
     assert torch.equal(a, torch.cat([torch.randint(0, 100, (4,), generator=g) for _ in range(2)]))
 
-    weights = []
+    weights, losses = [], []
     for accum, batch in ((2, 4), (1, 8)):
         model = _model(seed=7)
         cfg = fast_config(tmp_path, name=f"acc{accum}", max_steps=1, eval_every=0, grad_accum=accum,
                           batch_size=batch, clip_grad=0.0, warmup_steps=0)
-        tierlab.train(model, config=cfg)
+        run = tierlab.train(model, config=cfg)
         weights.append(model.head.weight.detach().clone())
+        losses.append(run.metrics("train")[0]["loss"])
     assert torch.allclose(weights[0], weights[1], atol=1e-6)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)  # the logged loss is the step's mean, not a sum
 
 
 class _WithIdleHead(torch.nn.Module):

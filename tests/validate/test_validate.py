@@ -244,3 +244,42 @@ def test_the_doctors_precision_error_is_not_dropout_noise(zoo):
     # Dropout is off in all three forwards compared: what is left is what fp16/bf16 cost (bf16 keeps 8 bits).
     autocast = tierlab.validate(f"{zoo}:heavy_dropout")["precision_doctor"].figures["autocast"]
     assert autocast["fp16"]["logits_rel_error"] < 0.01 and autocast["bf16"]["logits_rel_error"] < 0.05, autocast
+
+
+def test_checks_that_need_logits_of_the_right_shape_are_skipped_when_shapes_fails(zoo, tmp_path):
+    result = run_cli("validate", "--model", f"{zoo}:flat", "--json", tmp_path / "flat.json", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    # One failure, said plainly: no raw PyTorch errors from checks that could not mean anything.
+    assert "FAIL  shapes" in result.stdout and "raised" not in result.stdout, result.stdout
+    assert "Expected input batch_size" not in result.stdout and "FAIL  causality" not in result.stdout
+    dependent = [n for n in CHECKS if n not in ("shapes", "initialisation")]
+    for name in dependent:
+        assert f"SKIP  {name}" in result.stdout, result.stdout
+    assert f"result: FAILED: shapes (skipped: {', '.join(dependent)})" in result.stdout
+    data = json.loads((tmp_path / "flat.json").read_text())
+    assert data["ok"] is False and [c["name"] for c in data["checks"]] == CHECKS
+    checks = {c["name"]: c for c in data["checks"]}
+    assert checks["shapes"]["status"] == "fail" and checks["initialisation"]["status"] == "pass"
+    for name in dependent:
+        assert checks[name]["status"] == "skip"
+        assert checks[name]["summary"] == "skipped: depends on shapes, which failed"
+        assert checks[name]["figures"] == {"depends_on": "shapes"}
+
+
+def test_a_model_whose_forward_raises_fails_shapes_and_skips_the_rest(tmp_path):
+    model = write_model(tmp_path, """
+        import torch
+
+        class Model(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = torch.nn.Embedding(256, 16)
+
+            def forward(self, input_ids):
+                raise RuntimeError("forward is not written yet")
+        """)
+    report = tierlab.validate(str(model))
+    assert [c.name for c in report.checks] == CHECKS and not report.ok
+    assert report["shapes"].status == "fail" and "forward is not written yet" in report["shapes"].summary
+    assert report["initialisation"].status == "pass"  # it reads the weights, and runs nothing
+    assert {c.status for c in report.checks if c.name not in ("shapes", "initialisation")} == {"skip"}

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ModelError, UserError
-from ..models import every_position, extract_logits, load_model, max_positions
+from ..models import every_position, extract_logits, load_model, max_positions, vocab_fix
 from .attention import COLLAPSE_SHARE, NEAR_ZERO_ENTROPY, AttentionReport, HeadStats, observe_attention
 from .robustness import RobustnessPoint, default_ks, robustness_curve
 
@@ -150,7 +150,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     model = model.to(target)
     pairs = [tuple(t.to(target) for t in blocks_at(tokens.val, starts, seq_len))
              for starts in eval_starts(len(tokens.val), seq_len, batch_size, batches)]
-    vocab = _check_vocab(model, pairs[0][0], tokens.max_id)
+    vocab = _check_vocab(model, pairs[0][0], tokens.max_id, tokens.tokenizer.vocab_size)
     attention = observe_attention(model, pairs[0][0])
     curve = robustness_curve(model, pairs, vocab, ks if ks is not None else default_ks(seq_len), seed)
     report = AnalysisReport(name, str(run) if run is not None else None, data, list(pairs[0][0].shape), len(pairs),
@@ -159,7 +159,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     return report
 
 
-def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int) -> int:
+def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int, vocab_size: int) -> int:
     with torch.no_grad():
         logits = extract_logits(model.eval()(ids[:1]))
     if logits.dim() != 3 or logits.shape[:2] != ids[:1].shape:
@@ -167,5 +167,5 @@ def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int) -> int:
                          "return logits [B, T, V]: one row per position.")
     if max_id >= logits.size(-1):
         raise DataError(f"The data holds token id {max_id} but the model has only {logits.size(-1)} outputs.",
-                        "build the model with a vocabulary as large as the tokenizer's (--model-arg vocab_size=N).")
+                        vocab_fix(model, vocab_size) + ".")
     return logits.size(-1)

@@ -22,6 +22,7 @@ import json
 import lzma
 import os
 import re
+import shlex
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +291,8 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
             where = f" of its {compression}-decompressed text" if compression else ""
             raise DataError(f"{str(path)!r} is not valid UTF-8: undecodable byte at offset "
                             f"{offset + exc.start}{where}.",
-                            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove it.") from None
+                            _to_utf8(path, "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8) or remove "
+                                           "it.")) from None
         offset += len(block)
         text = pending + text
         if final:  # the document ends with a newline: it separates it from the next file's
@@ -310,6 +312,40 @@ def _text_chunks(fh: IO[bytes], path: Path, compression: str | None) -> Iterator
         done = offset - len(pending.encode("utf-8"))
         yield text[:cut], done - reported
         reported, ended_line = done, text[cut - 1] == "\n"
+
+
+_DECOMPRESS = {"gzip": "gzip -dc", "bzip2": "bzip2 -dc", "xz": "xz -dc"}
+
+
+def _to_utf8(path: Path, otherwise: str) -> str:
+    """The fix for a file that is not UTF-8: from UTF-16 (or UTF-32) when its first bytes say so, else ``otherwise``.
+
+    A byte-order mark names the encoding (Windows tools, PowerShell's ``>``, Notepad's
+    "Unicode" write one); without one, UTF-16 text is recognised by its NUL bytes (every
+    other byte of ASCII text), on the side that tells its byte order.
+    """
+    compression = _compression(path)
+    try:
+        with _OPENERS[compression](path, "rb") if compression else path.open("rb") as fh:
+            head = fh.read(4096)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error):
+        return otherwise
+    if head.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        source, why = "UTF-32", "it starts with a UTF-32 byte-order mark"
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        source, why = "UTF-16", "it starts with a UTF-16 byte-order mark"
+    elif len(head) >= 8 and head.count(0) >= len(head) // 4:
+        source = "UTF-16LE" if head[1::2].count(0) >= head[0::2].count(0) else "UTF-16BE"
+        why = f"{head.count(0) / len(head):.0%} of its first bytes are NUL"
+    else:
+        return otherwise
+    stem, suffix = os.path.splitext(path.name[:len(_inner_name(path))])  # (without a compression suffix)
+    new = path.with_name(f"{stem}.utf8{suffix or '.txt'}")
+    convert = f"iconv -f {source} -t UTF-8 {shlex.quote(str(path))}"
+    if compression:
+        convert = f"{_DECOMPRESS[compression]} {shlex.quote(str(path))} | iconv -f {source} -t UTF-8"
+    return f"it looks like {source} text ({why}): convert it with {convert} > {shlex.quote(str(new))}, then " \
+           f"--data {shlex.quote(str(new))}."
 
 
 def _in_chunks(documents: Iterable[tuple[str | None, int]]) -> Iterator[tuple[str, int]]:
@@ -339,7 +375,7 @@ def _jsonl_documents(fh: IO[bytes], path: Path, field: str) -> Iterator[tuple[st
             record = json.loads(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))  # (a BOM is dropped)
         except UnicodeDecodeError as exc:
             raise DataError(f"{str(path)!r} line {lineno} is not valid UTF-8 (byte {exc.start} of the line).",
-                            "convert the file to UTF-8.") from None
+                            _to_utf8(path, "convert the file to UTF-8.")) from None
         except json.JSONDecodeError as exc:
             raise DataError(f"{str(path)!r} line {lineno} is not JSON: {exc.msg}.",
                             "write one JSON object per line.") from None
@@ -399,7 +435,7 @@ def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Itera
         yield from _in_chunks(rows(header.index(field)))
     except UnicodeDecodeError as exc:
         raise DataError(f"{str(path)!r} is not valid UTF-8 near line {reader.line_num + 1} ({exc.reason}).",
-                        "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
+                        _to_utf8(path, "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8).")) from None
     except csv.Error as exc:
         raise DataError(f"{str(path)!r} line {reader.line_num} is not valid {'TSV' if delimiter == chr(9) else 'CSV'}: "
                         f"{exc}.", "check the quoting of that line (a field with the delimiter, a quote or a "

@@ -8,6 +8,7 @@ import inspect
 import logging
 import sys
 import traceback
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -26,6 +27,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # rounded up to 50,304 (a multiple of 64, as nanoGPT does for faster matmuls): 124 M parameters.
     "gpt2-small": {"n_layer": 12, "n_head": 12, "d_model": 768, "max_seq_len": 1024, "vocab_size": 50304},
 }
+# What load_model knew about each model it built (see vocab_fix): where from, whether its factory takes a
+# vocab_size argument, and the vocab_size it was given.
+_BUILT: "weakref.WeakKeyDictionary[nn.Module, tuple[str, bool, Any]]" = weakref.WeakKeyDictionary()
 # Attribute names under which models (and Hugging Face configs) publish their context length.
 _MAX_LEN_ATTRS = ("max_seq_len", "block_size", "max_len", "max_position_embeddings", "n_positions",
                   "n_ctx", "context_length", "seq_len")
@@ -82,7 +86,31 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Mod
         raise ModelError(f"{where} returned {type(model).__name__}, not a torch.nn.Module.",
                          "make the factory return the model instance.")
     every_position(model)
+    with contextlib.suppress(TypeError):  # (a module class with __eq__ and no __hash__ cannot be a key)
+        _BUILT[model] = (where, accepted is None or "vocab_size" in accepted, kwargs.get("vocab_size"))
     return model
+
+
+def vocab_fix(model: nn.Module, vocab_size: int) -> str:
+    """The fix for a model with fewer outputs than the tokenizer's ``vocab_size`` tokens (no final period).
+
+    ``--model-arg vocab_size=N`` only where the model's factory takes a ``vocab_size``
+    argument; for any other model (a factory without one, an in-memory module) what must
+    change is the model itself.
+    """
+    try:
+        where, takes_vocab, given = _BUILT.get(model, (None, False, None))
+    except TypeError:
+        where, takes_vocab, given = None, False, None
+    if takes_vocab and (given is None or given < vocab_size):
+        return (f"build the model with vocab_size >= {vocab_size} (e.g. --model-arg vocab_size={vocab_size}) "
+                "or use a smaller tokenizer")
+    if takes_vocab:  # it was given a large enough vocab_size and still returns fewer outputs
+        return (f"{where} was given vocab_size={given} but its output is narrower: make its output layer (and "
+                f"token embedding) vocab_size wide, at least {vocab_size}, or use a smaller tokenizer")
+    factory = f" ({where} takes no vocab_size argument)" if where else ""
+    return (f"make the model's output layer and its token embedding at least {vocab_size} wide (the tokenizer's "
+            f"vocabulary size){factory}, or use a smaller tokenizer")
 
 
 def every_position(model: nn.Module) -> bool:

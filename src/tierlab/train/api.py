@@ -33,7 +33,7 @@ from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, eval_mode, every_position, extract_logits, future_leak,
-                      load_model, looks_like_probabilities, max_positions)
+                      load_model, looks_like_probabilities, max_positions, vocab_fix)
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
@@ -63,6 +63,7 @@ from .run import (
     SUMMARY,
     Run,
     default_run_name,
+    follow_umask,
     write_json_atomic,
 )
 from .schedule import default_warmup
@@ -83,11 +84,15 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
     ``config`` is a :class:`TrainConfig` or a dict of its fields, and any field can also be
     given as a keyword (``train(model, "corpus.txt", max_steps=500, precision="fp16")``),
     which wins over ``config``; ``model_or_path`` and ``data``, when given, override the
-    config's ``model`` and ``data``.  With ``resume`` set, continues that run from its
-    checkpoint (see :func:`resume`).  Returns the :class:`Run`.  Raises :class:`UserError`
-    for anything the user can fix (an unknown keyword included) and :class:`Diverged` when
-    training stops for non-finite values.
+    config's ``model`` and ``data`` (a module may also come as ``model=``).  With ``resume``
+    set, continues that run from its checkpoint (see :func:`resume`).  Returns the
+    :class:`Run`.  Raises :class:`UserError` for anything the user can fix (an unknown
+    keyword included) and :class:`Diverged` when training stops for non-finite values.
     """
+    if isinstance(options.get("model"), nn.Module):  # train(model=my_module): the module, as given positionally
+        if model_or_path is not None:
+            raise ConfigError("train() got two models: a positional one and model=.", "pass the model once.")
+        model_or_path = options.pop("model")
     if isinstance(config, TrainConfig):
         cfg = config.replace(**normalize_keys(options, "train()")) if options else config
     else:
@@ -356,10 +361,12 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
         return
     if not dist.sharded:
         save_model(model, str(run_dir / "model.safetensors"))
+        follow_umask(run_dir / "model.safetensors")  # safetensors writes 0600
     elif weights:
         # Tied weights (an output head sharing the embedding) appear under both names: keep one.
         names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
         save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / "model.safetensors"))
+        follow_umask(run_dir / "model.safetensors")
     else:
         log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
     write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
@@ -519,8 +526,7 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
         raise DataError(f"The data holds token id {tokens.max_id} but the model has only {vocab} outputs "
                         f"(ids 0..{vocab - 1}); tokenizer {tokens.tokenizer.identity} has "
                         f"{tokens.tokenizer.vocab_size} tokens.",
-                        f"build the model with vocab_size >= {tokens.tokenizer.vocab_size} "
-                        f"(e.g. --model-arg vocab_size={tokens.tokenizer.vocab_size}) or use a smaller tokenizer.")
+                        vocab_fix(model, tokens.tokenizer.vocab_size) + ".")
     return vocab
 
 

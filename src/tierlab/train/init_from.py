@@ -11,6 +11,8 @@ weights noise.
 from __future__ import annotations
 
 import logging
+import re
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,12 +77,52 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
         else:
             model.load_state_dict(source.weights)
     except RuntimeError as exc:
-        said = " ".join(str(exc).split())[:300]
-        raise ConfigError(f"The weights in {source.path} do not fit this model: {said}",
+        raise ConfigError(f"The weights in {source.path} do not fit this model: {describe_load_error(exc)}.",
                           "build the model they were trained with (the same model file, factory and --model-arg "
                           "values).") from None
     log.info("starting from the weights in %s (a new run: optimizer, schedule and data from the start)", source.path)
     return source
+
+
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "
+                            r"checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)")
+_KEYS = re.compile(r"(Missing|Unexpected) key\(s\) in state_dict: (.*)")
+
+
+def describe_load_error(exc: BaseException, shown: int = 3) -> str:
+    """What torch's (or safetensors') load_state_dict error says, in whole items: the first ``shown`` of each kind.
+
+    The error lists every size mismatch and every missing or unexpected key, often hundreds
+    of them; a cut at a character count ends mid-word. Here each kind is counted, its first
+    few are named in full, and the rest are "N more".
+    """
+    parts, sizes = [], []
+    for line in str(exc).splitlines()[1:]:
+        line = line.strip()
+        size = _SIZE_MISMATCH.match(line)
+        keys = _KEYS.match(line)
+        if size:
+            sizes.append(f"{size[1]} ({_shape(size[2])} in the weights, {_shape(size[3])} in the model)")
+        elif keys:
+            names = re.findall(r'"([^"]+)"', keys[2])
+            what = ("parameters of the model missing from the weights" if keys[1] == "Missing"
+                    else "parameters in the weights that the model does not have")
+            parts.append(f"{len(names)} {what}: {_first(names, shown)}")
+    if sizes:
+        parts.insert(0, f"{len(sizes)} size mismatch{'es' if len(sizes) > 1 else ''}: {_first(sizes, shown)}")
+    if parts:
+        return "; ".join(parts)
+    return textwrap.shorten(" ".join(str(exc).split()), 300, placeholder=" ...")  # another error: whole words
+
+
+def _first(items: list[str], shown: int) -> str:
+    more = f" and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
+
+
+def _shape(text: str) -> str:
+    """'[256, 32]' -> '256x32' ('[]': a scalar)."""
+    return "x".join(text.strip("[]").replace(" ", "").split(",")) or "scalar"
 
 
 def _run_tokenizer(run_dir: Path) -> str | None:

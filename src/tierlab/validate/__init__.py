@@ -30,23 +30,32 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     model.to(dev)
     max_len = max_len or max_positions(model)
     seq_len = min(seq_len, max_len) if max_len else seq_len
+    no_forward = None  # the shapes result when not even a forward on [1, 2] runs
     try:
         model.eval()
         with torch.no_grad():
             vocab = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=dev))).shape[-1]
-    except Exception as exc:  # noqa: BLE001 - nothing else can run: report it as the shapes check
-        return Report(name, [CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
-                                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
-                                         "make forward(input_ids) accept a LongTensor [B, T] and return logits")])
+    except Exception as exc:  # noqa: BLE001 - the checks that run the model cannot: report it as shapes
+        vocab = 0
+        no_forward = CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
+                                 "make forward(input_ids) accept a LongTensor [B, T] and return logits")
     probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision)
-    results, recommendation = [], None
+    results: list[CheckResult] = []
+    recommendation = None
     for check in checks.ALL:
-        results.append(_guarded(check.__name__, lambda check=check: check(probe)))
+        if check is checks.shapes and no_forward is not None:
+            results.append(no_forward)
+        else:
+            results.append(checks.skipped(check.__name__, results)
+                           or _guarded(check.__name__, lambda check=check: check(probe)))
     if doctor:
-        try:
-            result, recommendation = precision_doctor(probe)
-        except Exception as exc:  # noqa: BLE001
-            result = CheckResult("precision_doctor", "fail", f"raised {type(exc).__name__}: {exc}")
+        result = checks.skipped("precision_doctor", results)
+        if result is None:
+            try:
+                result, recommendation = precision_doctor(probe)
+            except Exception as exc:  # noqa: BLE001
+                result = CheckResult("precision_doctor", "fail", f"raised {type(exc).__name__}: {exc}")
         results.append(result)
     return Report(name, results, recommendation)
 

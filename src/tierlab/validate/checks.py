@@ -2,7 +2,8 @@
 
 Each check takes a :class:`Probe` (the model, its vocabulary and the probe shapes) and
 returns a :class:`CheckResult` with pass / warn / fail, the measured figures and advice.
-A check that raises is reported as a failure of that check, never as a crash.
+A check that raises is reported as a failure of that check, never as a crash; a check
+that depends on one that failed (see DEPENDS_ON) is not run and is reported as "skip".
 """
 
 from __future__ import annotations
@@ -272,3 +273,17 @@ def _mb(n: float) -> str:
 
 
 ALL = (shapes, causality, gradient_flow, numerics, initialisation, memory, speed, determinism)
+
+# The check each one needs to have passed. Every check that runs the model needs logits
+# [B, T, V] (shapes): on other logits it would only fail with the error cross-entropy or a
+# reshape raises, or measure nothing. A check whose dependency failed is skipped.
+DEPENDS_ON = {"causality": "shapes", "gradient_flow": "shapes", "numerics": "shapes", "memory": "shapes",
+              "speed": "shapes", "determinism": "shapes", "precision_doctor": "shapes"}
+
+
+def skipped(name: str, results: list[CheckResult]) -> CheckResult | None:
+    """The "skip" result of check ``name`` when a check it depends on failed among ``results``, else None."""
+    needed = DEPENDS_ON.get(name)
+    if needed is None or not any(r.name == needed and r.status == "fail" for r in results):
+        return None
+    return CheckResult(name, "skip", f"skipped: depends on {needed}, which failed", {"depends_on": needed})

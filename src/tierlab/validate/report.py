@@ -6,13 +6,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-STATUSES = ("pass", "warn", "fail")
+# skip: not run, because a check it depends on failed (its figures name that check as depends_on).
+STATUSES = ("pass", "warn", "fail", "skip")
 
 
 @dataclass
 class CheckResult:
     name: str
-    status: str  # pass | warn | fail
+    status: str  # pass | warn | fail | skip
     summary: str
     figures: dict[str, Any] = field(default_factory=dict)
     advice: str | None = None
@@ -51,7 +52,9 @@ class Report:
         if self.recommendation:
             lines.append(f"  precision: {self.recommendation}")
         failed = [c.name for c in self.checks if c.status == "fail"]
-        lines.append("  result: " + ("all checks passed" if not failed else f"FAILED: {', '.join(failed)}"))
+        skipped = [c.name for c in self.checks if c.status == "skip"]
+        lines.append("  result: " + ("all checks passed" if not failed else f"FAILED: {', '.join(failed)}")
+                     + (f" (skipped: {', '.join(skipped)})" if skipped else ""))
         return "\n".join(lines)
 
     def __repr__(self) -> str:  # readable in a notebook and a REPL
