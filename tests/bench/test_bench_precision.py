@@ -179,3 +179,26 @@ def test_a_model_file_returning_logits_and_loss(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "my_model.py" in result.stdout and "fp32" in result.stdout
     assert not (tmp_path / "bench-precision.png").exists()  # --png "" writes no chart
+
+
+def test_an_in_memory_nanogpt_style_module_benches_as_it_trains(tmp_path, caplog):
+    """bench prepares the model as train does: nanoGPT's last-position shortcut, the low-precision warning."""
+    import importlib.util
+    import logging
+
+    from helpers import fast_config, write_model
+    from models.test_loader import NANOGPT_GENERATION_SHORTCUT
+    from tierlab.bench import bench_precision
+
+    path = write_model(tmp_path, NANOGPT_GENERATION_SHORTCUT, name="nano.py")
+    spec = importlib.util.spec_from_file_location("nano_for_bench", path)
+    nano = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nano)
+    model = nano.GPT(256)  # built by the user, not by tierlab's loader: no hook yet
+    result = bench_precision(fast_config(tmp_path), steps=2, warmup_steps=1, precisions=("fp32",), model=model)
+    assert [(r.precision, r.status) for r in result.rows] == [("fp32", "ok")]
+    assert not model._forward_pre_hooks  # the user's module is untouched: bench hooked its own copy
+    with caplog.at_level(logging.WARNING, logger="tierlab"):
+        bench_precision(fast_config(tmp_path), steps=1, warmup_steps=0, precisions=("fp32",),
+                        model=nano.GPT(256).to(torch.bfloat16))
+    assert any("stored in bfloat16" in r.getMessage() for r in caplog.records)

@@ -28,10 +28,9 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import TokenData, prepare_data
 from ..errors import ConfigError, PrecisionError, UserError
-from ..models import load_model
 from ..progress import quieted
 from ..track import EventLog, JsonlWriter
-from ..train.api import check_sizes, first_block, probe_model, seed_everything
+from ..train.api import build_or_adopt, check_sizes, first_block, low_precision_warning, probe_model, seed_everything
 from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
 from ..train.auto_precision import MARGIN as AUTO_MARGIN
 from ..train.auto_precision import Measurement, cache_key, choose, write_cached
@@ -117,13 +116,13 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
                           cfg.text_field)
     check_sizes(cfg.replace(eval_every=1), tokens)  # the validation split must hold a block too
     seed_everything(cfg.seed)
-    if model is None:
-        model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
-    else:
+    if model is not None:
         cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
-        model = copy.deepcopy(model)
+        model = copy.deepcopy(model)  # the caller's module stays as it was
+    model = build_or_adopt(model, cfg, tokens.tokenizer.vocab_size)  # the same model train() would train
     model.to(device)
     probe_model(model, cfg, tokens, device)
+    low_precision_warning(model)
     init_state = copy.deepcopy(model.state_dict())
     params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, cfg.seq_len)

@@ -159,13 +159,9 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                           "shorten the warm-up or train longer.")
     check_sizes(cfg, tokens)
 
-    if isinstance(model_or_path, nn.Module):
-        model = model_or_path
-        every_position(model)
-        if resume_state is None:
-            cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
-    else:
-        model = load_model(cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
+    model = build_or_adopt(model_or_path, cfg, tokens.tokenizer.vocab_size)
+    if isinstance(model_or_path, nn.Module) and resume_state is None:
+        cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     if resume_state is not None:
         check_same_model(resume_state, model, ckpt_path)
     init_source = (load_initial_weights(model, cfg.init_from, tokens.tokenizer.identity)
@@ -178,10 +174,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
                                              Path(cache_dir) if cache_dir else None))
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
-    stored_low = low_precision_weights(model)
-    weights_warning = f"{stored_low[0]}. Fix: {stored_low[1]}." if stored_low else None
-    if weights_warning and dist.is_main:
-        log.warning("%s", weights_warning)
+    weights_warning = low_precision_warning(model, say=dist.is_main)
     net = dist.wrap(model, device, block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
@@ -442,6 +435,27 @@ def _steps_for_epochs(cfg: TrainConfig, tokens: TokenData) -> int:
         return DEFAULT_MAX_STEPS
     per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
     return max(1, math.ceil(cfg.epochs * len(tokens.train) / per_step))
+
+
+def build_or_adopt(model_or_path: nn.Module | str | None, cfg: TrainConfig, vocab_size: int) -> nn.Module:
+    """The run's model: the caller's module, or one built from ``cfg.model`` -- either way returning every position's logits.
+
+    Shared by train and bench, so that a module that works in one works in the other
+    (nanoGPT's last-position shortcut included, see :func:`~tierlab.models.every_position`).
+    """
+    if isinstance(model_or_path, nn.Module):
+        every_position(model_or_path)
+        return model_or_path
+    return load_model(cfg.model, cfg.model_args, vocab_size)
+
+
+def low_precision_warning(model: nn.Module, say: bool = True) -> str | None:
+    """The warning for trainable weights stored in bf16/fp16 (logged when ``say``), or None."""
+    stored_low = low_precision_weights(model)
+    warning = f"{stored_low[0]}. Fix: {stored_low[1]}." if stored_low else None
+    if warning and say:
+        log.warning("%s", warning)
+    return warning
 
 
 def decide_for_run(cfg: TrainConfig, device: torch.device, model: nn.Module, block: torch.Tensor, max_steps: int,
