@@ -83,11 +83,22 @@ def test_truncated_checkpoint_names_the_file_and_offers_the_previous(run, tmp_pa
     shutil.copytree(run.dir, copy)
     newest = latest_checkpoint(copy)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
-    with pytest.raises(CheckpointError) as err:
-        load_checkpoint(newest)
-    message = str(err.value)
-    assert str(newest) in message and "damaged or truncated" in message
-    assert "--resume" in message and "step-00000015.pt" in message
+    for mmap in (False, True):  # a resume's first look (the config, memory-mapped) refuses it just as plainly
+        with pytest.raises(CheckpointError) as err:
+            load_checkpoint(newest, mmap=mmap)
+        message = str(err.value)
+        assert str(newest) in message and "damaged or truncated" in message
+        assert "--resume" in message and "step-00000015.pt" in message
+
+
+def test_the_config_look_maps_the_checkpoint_and_reads_the_same(run):
+    from tierlab.train.resume import base_config
+
+    newest = latest_checkpoint(run.dir)
+    full = load_checkpoint(newest)
+    assert base_config(str(run.dir), "runs", None) == full["config"]
+    mapped = load_checkpoint(newest, mmap=True)
+    assert all(torch.equal(mapped["model"][k], v) for k, v in full["model"].items())
 
 
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

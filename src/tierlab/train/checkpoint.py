@@ -92,12 +92,16 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     return path
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``; corrupted or unsafe files are refused plainly."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with ``weights_only=True``; corrupted or unsafe files are refused plainly.
+
+    ``mmap``: map the tensors instead of reading them (for a look at the config only: the
+    tensors' bytes are then read from disk only if touched).
+    """
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.", "pass a run directory or a .pt checkpoint file.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"Checkpoint {path} was refused: it holds objects that are not plain data "
                               f"(tensors, numbers, strings, lists, dicts), which could run code when loaded "

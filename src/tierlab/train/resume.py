@@ -89,9 +89,13 @@ def find_checkpoint(resume: str, out: str, name: str | None) -> tuple[Path, Path
 
 
 def base_config(resume: str, out: str, name: str | None) -> dict[str, Any] | None:
-    """The config recorded in the checkpoint a resume would load (None: nothing to resume)."""
+    """The config recorded in the checkpoint a resume would load (None: nothing to resume).
+
+    The checkpoint is memory-mapped: only its small pickled header is read here, and the
+    weights and optimizer state once, when the resume loads them.
+    """
     _, ckpt = find_checkpoint(resume, out, name)
-    return None if ckpt is None else dict(load_checkpoint(ckpt)["config"])
+    return None if ckpt is None else dict(load_checkpoint(ckpt, mmap=True)["config"])
 
 
 def check_same_run(cfg: TrainConfig, recorded: dict[str, Any], ckpt: Path) -> None:
