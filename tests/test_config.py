@@ -10,7 +10,13 @@ from tierlab.errors import ConfigError
 def test_defaults_are_valid_and_resolve_min_lr():
     cfg = TrainConfig()
     assert cfg.precision == "auto" and cfg.model == "tiny-gpt" and cfg.data == "demo"
-    assert cfg.min_lr == pytest.approx(cfg.lr / 10)
+    assert cfg.min_lr is None and cfg.final_lr == pytest.approx(cfg.lr / 10)
+
+
+def test_the_final_lr_follows_lr_unless_given():
+    cfg = TrainConfig(lr=1e-3).replace(lr=1e-5)  # raised "--min-lr (0.0001) must be between 0 and --lr" before
+    assert cfg.final_lr == pytest.approx(1e-6)
+    assert TrainConfig(lr=1e-3, min_lr=0.0).replace(lr=1e-2).final_lr == 0.0  # given: kept
 
 
 @pytest.mark.parametrize("changes, fragment", [

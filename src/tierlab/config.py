@@ -167,9 +167,9 @@ class TrainConfig:
              "evaluated: --val-fraction 0.01 keeps 99% of the tokens for training).")
         need(math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number, got {self.lr}.",
              "pass e.g. --lr 3e-4.")
-        if self.min_lr is None:
-            self.min_lr = self.lr / 10
-        need(math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr,
+        # min_lr stays None unless given: the final learning rate then follows --lr (lr/10),
+        # also after replace(lr=...) or a resume with a new --lr.
+        need(self.min_lr is None or (math.isfinite(self.min_lr) and 0 <= self.min_lr <= self.lr),
              f"--min-lr ({self.min_lr}) must be between 0 and --lr ({self.lr}).", "lower --min-lr or raise --lr.")
         need(self.warmup_steps is None or self.warmup_steps >= 0,
              f"--warmup-steps must be 0 or more, got {self.warmup_steps}.", "pass e.g. --warmup-steps 100.")
@@ -221,6 +221,11 @@ class TrainConfig:
     # ------------------------------------------------------------------ conversion
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def final_lr(self) -> float:
+        """The learning rate the cosine decay ends at: --min-lr, or lr/10 when it was not given."""
+        return self.lr / 10 if self.min_lr is None else self.min_lr
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

@@ -12,6 +12,7 @@ import torch
 from helpers import (
     assert_same_run,
     assert_user_error,
+    fast_config,
     last_step,
     run_cli,
     train_records,
@@ -178,3 +179,15 @@ def test_a_data_pattern_is_recorded_absolute(tmp_path, monkeypatch):
     assert absolute_paths(tierlab.TrainConfig(data="shards/train-*.parquet")).data == \
         str(tmp_path / "shards" / "train-*.parquet")
     assert absolute_paths(tierlab.TrainConfig(data="demo")).data == "demo"
+
+
+def test_a_resume_with_a_new_lr_ends_at_its_own_lr_over_10(tmp_path):
+    """min_lr was frozen at lr/10 of the first session; a resume with --lr now decays to the new lr/10."""
+    import tierlab
+    from tierlab.train.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=10, eval_every=0, warmup_steps=2))
+    tierlab.resume(run.dir, {"max_steps": 20, "lr": 1e-3, "allow_config_change": True})
+    schedule = load_checkpoint(latest_checkpoint(run.dir))["schedule"]
+    assert schedule["lr"] == 1e-3 and schedule["min_lr"] == pytest.approx(1e-4)
+    assert run.metrics("train")[-1]["lr"] == pytest.approx(1e-4, rel=0.1)  # near the end of the new decay

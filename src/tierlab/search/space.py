@@ -150,8 +150,6 @@ def apply_params(base: TrainConfig, params: dict[str, Any], steps: int) -> Train
             model_args[name.split(".", 1)[1]] = value
         else:
             changes[name] = value
-    if "min_lr" not in params and "lr" in params and base.min_lr == base.lr / 10:
-        changes["min_lr"] = None  # keep the default lr/10 of the trial's own lr
     return TrainConfig.from_mapping({**base.to_dict(), **changes, "model_args": model_args}, "the search space")
 
 

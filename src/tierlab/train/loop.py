@@ -484,7 +484,7 @@ class Trainer:
     def _rebuild_schedule(self) -> None:
         """The schedule for the current learning-rate scale (lowered by rollbacks) and its device table, reversed."""
         scale = self.guard.state.lr_scale
-        self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.min_lr * scale, self.cfg.warmup_steps,
+        self.schedule = WarmupCosine(self.cfg.lr * scale, self.cfg.final_lr * scale, self.cfg.warmup_steps,
                                      self.max_steps)
         self.lr_reversed = self.schedule.table(self.device).flip(0)  # see train_step
 
