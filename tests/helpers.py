@@ -68,6 +68,13 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in message, (fragment, message)
 
 
+def checkpoint_pause_env(seconds: float) -> dict[str, str]:
+    """Environment for a training process whose checkpoint writes pause half-way (tests/faults/sitecustomize.py)."""
+    faults = str(Path(__file__).parent / "faults")
+    path = os.pathsep.join(filter(None, [faults, os.environ.get("PYTHONPATH")]))
+    return {"TIERLAB_TEST_CKPT_PAUSE": str(seconds), "PYTHONPATH": path}
+
+
 # Figures that depend on the machine's speed, left out when two runs are compared.
 TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
 

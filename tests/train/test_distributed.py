@@ -19,7 +19,7 @@ import pytest
 import torch
 from torchrun_job import COMMON, MODEL, finish, kill_job, needs_gloo, torchrun
 
-from helpers import assert_same_run, last_step, run_cli, train_records, wait_for, write_model
+from helpers import assert_same_run, checkpoint_pause_env, last_step, run_cli, train_records, wait_for, write_model
 from tierlab.errors import ConfigError
 from tierlab.train.checkpoint import latest_checkpoint, load_checkpoint
 from tierlab.train.distributed import SINGLE, setup
@@ -85,7 +85,7 @@ def test_kill_and_resume_continues_exactly(full, tmp_path):
     part = tmp_path / "runs" / "part"
     # 1) SIGKILL every process of the job (a machine lost) between the step-10 and step-20 checkpoints.
     proc = torchrun(tmp_path, *MODEL, *COMMON, "--batch-size", "4", "--tensorboard", "--name", "part",
-                    env_extra={"TIERLAB_TEST_CKPT_PAUSE": "2"})
+                    env_extra=checkpoint_pause_env(2))
     wait_for(lambda: last_step(part) >= 15)
     kill_job(proc)
     assert not (part / "summary.json").exists()
@@ -93,7 +93,7 @@ def test_kill_and_resume_continues_exactly(full, tmp_path):
     # 2) Resume; SIGTERM to torchrun alone (a scheduler preempting the job) while rank 0 writes
     #    the step-20 checkpoint: torchrun forwards it, the ranks agree to stop at the next log
     #    step, and rank 0 checkpoints that step for everyone.
-    proc = torchrun(tmp_path, "--resume", "runs/part", env_extra={"TIERLAB_TEST_CKPT_PAUSE": "2"})
+    proc = torchrun(tmp_path, "--resume", "runs/part", env_extra=checkpoint_pause_env(2))
     wait_for(lambda: any(p.name.startswith(".step-00000020") for p in (part / "checkpoints").iterdir()))
     proc.send_signal(signal.SIGTERM)
     finish(proc)

@@ -12,6 +12,7 @@ import torch
 from helpers import (
     assert_same_run,
     assert_user_error,
+    checkpoint_pause_env,
     fast_config,
     last_step,
     run_cli,
@@ -61,7 +62,7 @@ def test_sigkill_and_resume_is_exact(tmp_path, precision):
     assert not (part_dir / "summary.json").exists()  # it really died mid-run
 
     # 2) Resume, and SIGKILL again while the step-30 checkpoint is being written.
-    proc = start(tmp_path, "--resume", "runs/part", env_extra={"TIERLAB_TEST_CKPT_PAUSE": "30"})
+    proc = start(tmp_path, "--resume", "runs/part", env_extra=checkpoint_pause_env(30))
     ckpt_dir = part_dir / "checkpoints"
     wait_for(lambda: any(p.name.startswith(".step-00000030") for p in ckpt_dir.iterdir()))
     proc.kill()

@@ -72,7 +72,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     started = time.perf_counter()
     try:
         with tmp.open("wb") as fh:
-            torch.save({"format": FORMAT, **state}, _maybe_slow(fh))
+            torch.save({"format": FORMAT, **state}, fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -144,29 +144,6 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-class _SlowWriter:
-    """Fault injection for tests: pause mid-write so a test can kill the process there."""
-
-    def __init__(self, fh, pause: float):
-        self._fh, self._pause, self._paused = fh, pause, False
-
-    def write(self, data) -> int:
-        written = self._fh.write(data)
-        if not self._paused:
-            self._paused = True
-            self._fh.flush()
-            time.sleep(self._pause)
-        return written
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._fh, name)
-
-
-def _maybe_slow(fh):
-    pause = float(os.environ.get("TIERLAB_TEST_CKPT_PAUSE", "0") or 0)
-    return _SlowWriter(fh, pause) if pause > 0 else fh
 
 
 # ---------------------------------------------------------------------------- RNG states

@@ -35,12 +35,6 @@ class GuardState:
     streak_params_step: int | None = None
 
 
-@dataclass
-class Verdict:
-    bad_steps: list[int]  # steps whose loss (or, without a scaler, gradient) was not finite
-    stop: str | None = None  # why training must stop, whatever the policy
-
-
 class Guard:
     def __init__(self, policy: str, max_consecutive_skips: int, min_loss_scale: float, has_scaler: bool):
         self.policy, self.max_consecutive_skips = policy, max_consecutive_skips
