@@ -15,6 +15,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .config import (
+    WANDB_MODES,
     TrainConfig,
     _type_hints,
     field_help,
@@ -196,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync.add_argument("--wandb", dest="project", default=None, metavar="PROJECT",
                       help="W&B project (default: the run's --wandb, else tierlab)")
     sync.add_argument("--wandb-entity", default=None)
-    sync.add_argument("--wandb-mode", default=None, choices=["online", "offline", "disabled"])
+    sync.add_argument("--wandb-mode", default=None, choices=WANDB_MODES)
     return parser
 
 

@@ -30,6 +30,7 @@ NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 # Options that say how to run, not what the run is: never part of a run's identity.
+WANDB_MODES = ("online", "offline", "disabled")
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
                    "no_plots", "compile", "compile_mode", "dist_timeout", "fsdp")
 
@@ -194,7 +195,7 @@ class TrainConfig:
              "--max-rollbacks must be 0 or more and --max-consecutive-skips at least 1.", "use e.g. 3 and 25.")
         need(self.min_loss_scale >= 0, f"--min-loss-scale must be 0 or more, got {self.min_loss_scale}.",
              "use e.g. 1.0.")
-        need(self.wandb_mode is None or self.wandb_mode in ("online", "offline", "disabled"),
+        need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
              f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
         need(self.wandb is None or bool(self.wandb.strip()), "--wandb needs a project name.",
              "write e.g. --wandb my-project.")

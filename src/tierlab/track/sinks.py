@@ -19,7 +19,6 @@ from typing import Any
 from ..errors import ConfigError
 
 NON_METRIC = ("kind", "step")
-WANDB_MODES = ("online", "offline", "disabled")
 
 
 def require(module: str, extra: str) -> None:
