@@ -11,6 +11,7 @@ import pytest
 import torch
 from helpers import (
     assert_same_run,
+    TINY_MODEL,
     assert_user_error,
     checkpoint_pause_env,
     fast_config,
@@ -192,3 +193,18 @@ def test_a_resume_with_a_new_lr_ends_at_its_own_lr_over_10(tmp_path):
     schedule = load_checkpoint(latest_checkpoint(run.dir))["schedule"]
     assert schedule["lr"] == 1e-3 and schedule["min_lr"] == pytest.approx(1e-4)
     assert run.metrics("train")[-1]["lr"] == pytest.approx(1e-4, rel=0.1)  # near the end of the new decay
+
+
+def test_a_resume_redoes_the_same_steps_with_dropout(tmp_path):
+    """Dropout draws from torch's random stream: a resume must restore it, or the redone steps differ."""
+    import tierlab
+    from safetensors.torch import load_file
+
+    cfg = fast_config(tmp_path, max_steps=20, ckpt_every=10, warmup_steps=2,
+                      model_args={**TINY_MODEL, "dropout": 0.2})
+    run = tierlab.train(config=cfg)
+    before, weights = train_records(run.dir), load_file(str(run.dir / "model.safetensors"))
+    tierlab.resume(run.dir / "checkpoints" / "step-00000010.pt")
+    assert train_records(run.dir) == before
+    again = load_file(str(run.dir / "model.safetensors"))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
