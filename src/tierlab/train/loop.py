@@ -52,6 +52,7 @@ from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
+from ._torch_internals import foreach_mul_, foreach_norm
 from .precision import PrecisionPolicy
 from .schedule import WarmupCosine
 
@@ -248,7 +249,7 @@ class Trainer:
         present = [g for g in grads if g is not None]
         if self.dist.sharded:
             present = [local(g) for g in present]  # this rank's shards
-        norms = [n.float() for n in torch._foreach_norm(present)] if present else []
+        norms = [n.float() for n in foreach_norm(present)] if present else []
         if len(present) < len(grads):  # parameters without a gradient this step count as 0
             it, zero = iter(norms), torch.zeros((), device=self.device)
             norms = [next(it) if g is not None else zero for g in grads]
@@ -259,7 +260,7 @@ class Trainer:
         torch.linalg.vector_norm(per_param, out=total)
         if self.cfg.clip_grad > 0 and present:
             coef = torch.clamp(self.cfg.clip_grad / (total + 1e-6), max=1.0)
-            torch._foreach_mul_(present, coef)
+            foreach_mul_(present, coef)
 
     # ----------------------------------------------------------------------- logging
     def _start_window(self) -> None:

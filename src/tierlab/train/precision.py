@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, PrecisionError
+from ._torch_internals import fused_step_unless, scaler_found_inf, scaler_scale
 from .device import cpu_native_bf16
 
 log = logging.getLogger(__name__)
@@ -185,32 +186,24 @@ class PrecisionPolicy:
         """
         if self.scaler is None:
             found_inf = _nonfinite(grad_norm, out=skipped_out)
-            optimizer.grad_scale, optimizer.found_inf = None, found_inf
-            try:
-                optimizer.step()
-            finally:
-                del optimizer.grad_scale, optimizer.found_inf
+            fused_step_unless(optimizer, found_inf)
             return found_inf
         if norm_decides:
             # Sharded gradients: the scaler found overflow in this rank's shards only; the
             # global norm is non-finite when any rank's is, so it makes the call for all.
             overflow = _nonfinite(grad_norm)
-            for found in self._found_inf(optimizer):
+            for found in scaler_found_inf(self.scaler, optimizer):
                 torch.maximum(found, overflow.to(found.device), out=found)
         self.scaler.step(optimizer)
-        found = self._found_inf(optimizer)  # cleared by update()
+        found = scaler_found_inf(self.scaler, optimizer)  # cleared by update()
         self.scaler.update()
         skipped = found[0] if len(found) == 1 else torch.stack([f.to(self.device) for f in found]).amax()
         return skipped_out.copy_(skipped) if skipped_out is not None else skipped
 
-    def _found_inf(self, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-        """The scaler's overflow flags for ``optimizer``, one per device (set by unscale_, cleared by update)."""
-        return list(self.scaler._per_optimizer_states[id(optimizer)]["found_inf_per_device"].values())  # noqa: SLF001
-
     @property
     def loss_scale(self) -> torch.Tensor | None:
         """The current scale as a device tensor (no host sync), or None without a scaler."""
-        return self.scaler._scale if self.scaler is not None else None  # noqa: SLF001
+        return scaler_scale(self.scaler) if self.scaler is not None else None
 
     def state_dict(self) -> dict:
         # The decision travels with the checkpoint: a resume with --precision auto keeps it.
