@@ -23,6 +23,7 @@ from .config import (
     parse_model_arg,
 )
 from .errors import UserError
+from .run_files import DASHBOARD, METRICS
 
 log = logging.getLogger("tierlab")
 
@@ -401,7 +402,7 @@ def _run_dirs(paths: Sequence[str]) -> list:
 
     dirs = [Path(p) for p in paths]
     for d in dirs:
-        if not (d / "metrics.jsonl").is_file():
+        if not (d / METRICS).is_file():
             raise UserError(f"{str(d)!r} is not a tierlab run directory (no metrics.jsonl).",
                             "pass directories made by tierlab train, e.g. runs/NAME.")
     return dirs
@@ -414,9 +415,9 @@ def _report(ns: argparse.Namespace) -> int:
 
     dirs = _run_dirs(ns.runs)
     if ns.out:
-        out = _image_path(ns.out, "dashboard.png", "--out")
+        out = _image_path(ns.out, DASHBOARD, "--out")
     else:
-        out = dirs[0] / "dashboard.png" if len(dirs) == 1 else Path("dashboard.png")
+        out = dirs[0] / DASHBOARD if len(dirs) == 1 else Path(DASHBOARD)
     save_dashboard(dirs, out)
     print(summary_table(dirs))
     print(f"dashboard: {out}")

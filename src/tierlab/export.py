@@ -39,6 +39,7 @@ from torch import nn
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
 from .models.loader import split_spec
+from .run_files import WEIGHTS
 from .train.run import follow_umask
 
 log = logging.getLogger(__name__)
@@ -170,8 +171,8 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
 
     from .models import load_model
 
-    save_model(model, str(staging / "model.safetensors"))
-    follow_umask(staging / "model.safetensors")  # safetensors writes 0600
+    save_model(model, str(staging / WEIGHTS))
+    follow_umask(staging / WEIGHTS)  # safetensors writes 0600
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
          "vocab_size": vocab}, indent=2) + "\n")
@@ -179,7 +180,7 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
         notes.append("the model was an in-memory module: rebuild it yourself, then load model.safetensors")
         return None
     rebuilt = load_model(config["model"], config.get("model_args", {}), vocab)
-    load_safetensors(rebuilt, str(staging / "model.safetensors"))
+    load_safetensors(rebuilt, str(staging / WEIGHTS))
     return _LogitsOnly(rebuilt.eval()).eval()
 
 

@@ -13,8 +13,8 @@ from .data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
 from .errors import ModelError, UserError
 from .models import extract_logits, load_model, max_positions
 from .models.loader import PRESETS, split_spec
+from .run_files import CONFIG, TOKENIZER, WEIGHTS
 from .train.checkpoint import load_checkpoint
-from .train.run import CONFIG, WEIGHTS
 
 
 class RecordedModelMissing(ModelError):
@@ -101,7 +101,7 @@ def run_model(run_dir: Path, model: nn.Module | str | None = None,
 
 def run_tokenizer(run_dir: Path) -> Tokenizer:
     """The tokenizer a run trained with (its tokenizer.json, or the byte tokenizer, which has no file)."""
-    path = run_dir / "tokenizer.json"
+    path = run_dir / TOKENIZER
     return load_tokenizer_file(str(path)) if path.is_file() else ByteTokenizer()
 
 

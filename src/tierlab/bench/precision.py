@@ -29,6 +29,7 @@ from ..config import TrainConfig
 from ..data import TokenData, prepare_data
 from ..errors import ConfigError, PrecisionError, UserError
 from ..progress import quieted
+from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
 from ..train.api import build_or_adopt, check_sizes, first_block, low_precision_warning, probe_model, seed_everything
 from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
@@ -204,7 +205,7 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     run_dir = scratch / row.precision
     run_dir.mkdir()
     trainer = Trainer(replica, tokens, cfg.replace(precision=row.precision), policy, device, run_dir,
-                      JsonlWriter(run_dir / "metrics.jsonl"), EventLog(run_dir / "events.jsonl"), cfg.max_steps,
+                      JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS), cfg.max_steps,
                       identity={}, loss_fn=loss_fn)
     replica.train()
     return _Contender(row, trainer)

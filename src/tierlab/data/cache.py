@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_path, atomic_write
 from ..errors import DataError
 from .corpus import Corpus, open_corpus
 from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file, train_bpe
@@ -82,9 +83,8 @@ def _make_tokenizer(spec: str, corpus: Corpus, corpus_hash: str, val_fraction: f
                  "cached)", vocab, limit / 1e6)
         tok = train_bpe(corpus.chunks(byte_limit=limit), vocab)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tok.save_as(tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tok.save_as(tmp)
         return tok
     return load_tokenizer_file(spec)
 
@@ -105,23 +105,16 @@ def _token_cache(corpus: Corpus, corpus_hash: str, tokenizer: Tokenizer, cache_d
 def _write_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path: Path) -> None:
     dtype = np.uint16 if tokenizer.vocab_size <= np.iinfo(np.uint16).max + 1 else np.uint32
     bin_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = bin_path.with_name(bin_path.name + f".tmp{os.getpid()}")
     count, max_id = 0, -1
     # The size on disk: total_bytes would decompress a compressed corpus once more just for this line.
     log.info("tokenizing %s (%.1f MB) with %s", corpus.spec, corpus.size_on_disk / 1e6, tokenizer.identity)
-    try:
-        with tmp.open("wb") as fh:
-            for text in corpus.chunks():
-                ids = tokenizer.encode(text)
-                if ids.size:
-                    max_id = max(max_id, int(ids.max()))
-                    fh.write(ids.astype(dtype).tobytes())
-                    count += ids.size
-        os.replace(tmp, bin_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta_tmp = meta_path.with_name(meta_path.name + f".tmp{os.getpid()}")
-    meta_tmp.write_text(json.dumps({"count": count, "dtype": np.dtype(dtype).name, "max_id": max_id,
-                                    "tokenizer": tokenizer.identity, "corpus": corpus.spec}))
-    os.replace(meta_tmp, meta_path)
+    with atomic_path(bin_path) as tmp, tmp.open("wb") as fh:
+        for text in corpus.chunks():
+            ids = tokenizer.encode(text)
+            if ids.size:
+                max_id = max(max_id, int(ids.max()))
+                fh.write(ids.astype(dtype).tobytes())
+                count += ids.size
+    atomic_write(meta_path, json.dumps({"count": count, "dtype": np.dtype(dtype).name, "max_id": max_id,
+                                        "tokenizer": tokenizer.identity, "corpus": corpus.spec}))
     log.info("cached %d tokens in %s", count, bin_path)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
+from ..atomic import atomic_write
 from ..errors import DataError
 from .demo import DEMO_VERSION, demo_text
 
@@ -246,9 +247,7 @@ def open_corpus(spec: str, cache_dir: Path, text_field: str = "text") -> Corpus:
         path = cache_dir / f"demo-v{DEMO_VERSION}.txt"
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(demo_text(), encoding="utf-8")
-            os.replace(tmp, path)
+            atomic_write(path, demo_text())
         return Corpus(spec, (path,))
     p = Path(spec)
     if is_pattern(spec):

@@ -14,6 +14,7 @@ from typing import Iterable, Protocol
 import numpy as np
 
 from ..errors import DataError
+from ..run_files import TOKENIZER
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class HFTokenizer:
         return self._tok.decode([int(i) for i in ids])
 
     def save(self, directory: Path) -> Path:
-        return self.save_as(directory / "tokenizer.json")
+        return self.save_as(directory / TOKENIZER)
 
     def save_as(self, path: Path) -> Path:
         self._tok.save(str(path))

@@ -7,10 +7,10 @@ import io
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path, atomic_write
 from ..config import SESSION_OPTIONS
 from .space import apply_params, fmt_param
 from .study import reason
@@ -41,7 +41,7 @@ def write_outputs(cfg, study: Any, out: Path):
                   f"# trial {best.number}: val_loss {best.value:.6g} after {cfg.steps_per_trial} steps\n"
                   f"# train it: tierlab train --config {best_path}\n")
         values = {k: v for k, v in best_cfg.to_dict().items() if k not in _PLACE and k not in SESSION_OPTIONS}
-        _write_atomic(best_path, header + to_toml(values))
+        atomic_write(best_path, header + to_toml(values))
     write_plots(study, out)
     steps = sum(int(t.user_attrs.get("steps", 0)) for t in trials)
     return SearchResult(study=study, out=out, best_config=best_path, best=best, counts=counts, steps_spent=steps)
@@ -61,7 +61,7 @@ def write_csv(trials: list, path: Path) -> None:
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(path, text.getvalue())
+    atomic_write(path, text.getvalue())
 
 
 def write_plots(study: Any, out: Path) -> list[Path]:
@@ -84,9 +84,8 @@ def write_plots(study: Any, out: Path) -> list[Path]:
             figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             figure.set_size_inches(9, 5.5)
             path = out / f"{name}.png"
-            tmp = path.with_name(f"{name}.{os.getpid()}.tmp.png")
-            figure.savefig(tmp, dpi=100, bbox_inches="tight")
-            tmp.replace(path)
+            with atomic_path(path) as tmp:
+                figure.savefig(tmp, dpi=100, bbox_inches="tight")
             written.append(path)
             import matplotlib.pyplot as plt
 
@@ -133,13 +132,6 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Several workers may write the same file at the end: each writes its own temporary, then renames."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    tmp.replace(path)
 
 
 def _round(value: Any) -> Any:

@@ -6,15 +6,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..run_files import CONFIG, EVENTS, METRICS, SUMMARY
 from .records import read_jsonl
 
 FIGSIZE, DPI = (15, 8.5), 100  # 1500 x 850 pixels
 
 
 def _load(run_dir: Path) -> dict[str, Any]:
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    events = read_jsonl(run_dir / "events.jsonl")
-    config_path = run_dir / "config.json"
+    metrics = read_jsonl(run_dir / METRICS)
+    events = read_jsonl(run_dir / EVENTS)
+    config_path = run_dir / CONFIG
     return {
         "name": run_dir.name,
         "train": [r for r in metrics if r.get("kind") == "train"],
@@ -128,10 +129,10 @@ def summary_table(run_dirs: list[Path]) -> str:
     header = ["run", "status", "steps", "tokens", "loss", "best val", "precision", "skipped", "scale", "tok/s"]
     rows = [header]
     for d in run_dirs:
-        path = Path(d) / "summary.json"
+        path = Path(d) / SUMMARY
         s = json.loads(path.read_text()) if path.is_file() else {}
         if not s:  # a crashed run has no summary: use its last records
-            train = [r for r in read_jsonl(Path(d) / "metrics.jsonl") if r.get("kind") == "train"]
+            train = [r for r in read_jsonl(Path(d) / METRICS) if r.get("kind") == "train"]
             last = train[-1] if train else {}
             s = {"status": "no summary", "steps": last.get("step"), "tokens": last.get("tokens"),
                  "final_loss": last.get("loss"), "skipped_steps": last.get("skipped_steps"),
@@ -154,7 +155,7 @@ def _incomparable_note(run_dirs: list[Path]) -> str | None:
     """
     setups: dict[tuple[str, str], list[str]] = {}
     for d in run_dirs:
-        path = Path(d) / "config.json"
+        path = Path(d) / CONFIG
         cfg = json.loads(path.read_text()) if path.is_file() else {}
         setups.setdefault((str(cfg.get("data", "?")), str(cfg.get("tokenizer", "?"))), []).append(Path(d).name)
     if len(setups) < 2:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..run_files import CONFIG, EVENTS, METRICS
 from .records import read_jsonl
 from .sinks import make_sink
 
 
 def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | None = None,
              mode: str | None = None) -> dict[str, int]:
-    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+    config = json.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
     sink = make_sink(to, run_dir, project or config.get("wandb"), entity or config.get("wandb_entity"),
                      mode or config.get("wandb_mode"))
-    metrics, events = read_jsonl(run_dir / "metrics.jsonl"), read_jsonl(run_dir / "events.jsonl")
+    metrics, events = read_jsonl(run_dir / METRICS), read_jsonl(run_dir / EVENTS)
     sink.start(config)
     try:
         for record in metrics:

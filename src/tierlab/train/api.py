@@ -28,12 +28,14 @@ import torch
 from safetensors.torch import save_file, save_model
 from torch import nn
 
+from ..atomic import write_json_atomic
 from ..config import TrainConfig, normalize_keys
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, eval_mode, every_position, extract_logits, future_leak,
                       load_model, looks_like_probabilities, max_positions, vocab_fix)
+from ..run_files import DASHBOARD
 from ..track import Discard, EventLog, JsonlWriter
 from ..track.sinks import make_sink
 from ..track.trackers import Trackers
@@ -61,10 +63,10 @@ from .run import (
     EVENTS,
     METRICS,
     SUMMARY,
+    WEIGHTS,
     Run,
     default_run_name,
     follow_umask,
-    write_json_atomic,
 )
 from .schedule import default_warmup
 
@@ -353,13 +355,13 @@ def _close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision, stat
     if not dist.is_main:
         return
     if not dist.sharded:
-        save_model(model, str(run_dir / "model.safetensors"))
-        follow_umask(run_dir / "model.safetensors")  # safetensors writes 0600
+        save_model(model, str(run_dir / WEIGHTS))
+        follow_umask(run_dir / WEIGHTS)  # safetensors writes 0600
     elif weights:
         # Tied weights (an output head sharing the embedding) appear under both names: keep one.
         names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-        save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / "model.safetensors"))
-        follow_umask(run_dir / "model.safetensors")
+        save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / WEIGHTS))
+        follow_umask(run_dir / WEIGHTS)
     else:
         log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
     write_json_atomic(run_dir / SUMMARY, {k: _finite_or_none(v) for k, v in summary.items()})
@@ -412,8 +414,8 @@ def _write_dashboard(run_dir: Path) -> None:
     try:
         from ..track.plots import save_dashboard
 
-        save_dashboard([run_dir], run_dir / "dashboard.png")
-        log.info("dashboard: %s", run_dir / "dashboard.png")
+        save_dashboard([run_dir], run_dir / DASHBOARD)
+        log.info("dashboard: %s", run_dir / DASHBOARD)
     except Exception as exc:  # noqa: BLE001 - the run itself is complete and on disk
         log.warning("could not write dashboard.png: %s: %s", type(exc).__name__, exc)
 

@@ -33,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..atomic import write_json_atomic
 from ..data.cache import default_cache_dir
 from .loss import make_loss_fn
 from .precision import PrecisionDecision, PrecisionPolicy, decide_precision
-from .run import write_json_atomic
 
 log = logging.getLogger(__name__)
 

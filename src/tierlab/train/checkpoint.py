@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import pickle
 import random
 import re
@@ -22,13 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_path, atomic_write
 from ..errors import UserError
+from ..run_files import CKPT_DIR, LATEST
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-CKPT_DIR = "checkpoints"
-LATEST = "latest"
 _NAME = re.compile(r"^step-(\d{8})\.pt$")
 
 
@@ -68,18 +67,12 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
     directory = checkpoint_dir(run_dir)
     directory.mkdir(exist_ok=True)
     path = directory / checkpoint_name(step)
-    tmp = directory / f".{path.name}.tmp{os.getpid()}"
     started = time.perf_counter()
     try:
-        with tmp.open("wb") as fh:
+        with atomic_path(path) as tmp, tmp.open("wb") as fh:
             torch.save({"format": FORMAT, **state}, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _write_atomic(directory / LATEST, path.name)
-        _fsync_dir(directory)
+        atomic_write(directory / LATEST, path.name)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         previous = latest_checkpoint(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
         what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{exc.strerror or exc}"
@@ -123,27 +116,6 @@ def _offer_previous(path: Path) -> str:
     return "no earlier checkpoint exists in this run; start a new run."
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the renames durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- RNG states

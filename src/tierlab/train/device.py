@@ -54,7 +54,7 @@ def cpu_native_bf16() -> str | None:
     if forced:
         if forced not in ("0", "1"):
             raise ConfigError(f"{NATIVE_BF16_ENV}={forced!r} is neither 0 nor 1.",
-                              f"set it to 1 (treat this CPU as having native bf16), 0 (as not having it), "
+                              "set it to 1 (treat this CPU as having native bf16), 0 (as not having it), "
                               "or unset it to read /proc/cpuinfo.")
         return f"{NATIVE_BF16_ENV}=1" if forced == "1" else None
     flags = cpu_flags()

@@ -20,9 +20,9 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
+from ..run_files import EVENTS, TOKENIZER, WEIGHTS
 from ..track.records import read_jsonl
 from .checkpoint import latest_checkpoint, load_checkpoint
-from .run import EVENTS, WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def find_weights(spec: str) -> WeightSource:
                           "file.", "pass one of those.")
     state = load_checkpoint(weights) if weights.suffix == ".pt" else None
     tokenizer = state.get("tokenizer") if state is not None else _run_tokenizer(run_dir)
-    tokenizer_file = run_dir / "tokenizer.json"
+    tokenizer_file = run_dir / TOKENIZER
     return WeightSource(weights, tokenizer, tokenizer_file if tokenizer_file.is_file() else None,
                         state["model"] if state is not None else None)
 

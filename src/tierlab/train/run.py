@@ -11,20 +11,13 @@ from typing import Any
 
 from torch import nn
 
+from ..run_files import CONFIG, EVENTS, METRICS, SUMMARY, WEIGHTS  # noqa: F401 - re-exported for the run's readers
 from ..track import read_jsonl
 
-CONFIG, METRICS, EVENTS, SUMMARY, WEIGHTS = ("config.json", "metrics.jsonl", "events.jsonl", "summary.json",
-                                             "model.safetensors")
 
 
 def default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
 
 
 def follow_umask(path: Path) -> None:

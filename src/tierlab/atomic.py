@@ -1,0 +1,64 @@
+"""Files that are either the old version or the new one, never half-written: one way to write them.
+
+Everything tierlab writes for keeps -- checkpoints, the run's JSON, the token cache, search
+outputs -- goes through :func:`atomic_path`: the data is written to a temporary name beside
+the target (same folder, so the rename cannot cross file systems), flushed to disk, and
+renamed over the target; the folder is then synced so the rename survives a power loss.
+A crash or a full disk leaves the previous file and, at most, nothing else (the temporary
+is removed on error).  Temporary names are ``.NAME.tmpPID.EXT``: hidden, unique per
+process (several search workers may write one file), and with the target's extension, so a
+writer that picks its format from the name (matplotlib) still does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write ``path``'s new content to; on success it replaces ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # a full disk may only say so here: raised, and the old file stays
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, newlines untranslated) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8", newline="")
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in folder ``path`` durable (POSIX); a no-op where folders cannot be opened or synced."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
