@@ -440,7 +440,14 @@ def _image_path(value: str, name: str, option: str) -> Path:
     if not path.resolve().parent.is_dir():
         raise UserError(f"Cannot write {value!r}: its folder does not exist.",
                         "create the folder, end the path with / to have it created, or pick another path.")
-    return path if path.suffix else path.with_name(path.name + ".png")
+    path = path if path.suffix else path.with_name(path.name + ".png")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        raise UserError(f"{option} {value!r}: matplotlib cannot write {path.suffix!r} images.",
+                        f"end the name with one of {', '.join('.' + f for f in sorted(formats))} (or give a folder).")
+    return path
 
 
 def _analyze(ns: argparse.Namespace) -> int:

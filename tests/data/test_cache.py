@@ -57,3 +57,13 @@ def test_bad_tokenizer_file_is_a_data_error(tmp_path):
         prepare_data(str(path), str(tmp_path / "tokenizer.json"), 0.1, tmp_path / "cache")
     with pytest.raises(DataError, match="does not exist"):
         prepare_data(str(path), str(tmp_path / "missing.json"), 0.1, tmp_path / "cache")
+
+
+@pytest.mark.parametrize("data", ["demo", "corpus"])
+def test_a_cache_that_cannot_be_written_is_a_user_error(tmp_path, data):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("hi")  # TIERLAB_CACHE pointing at a file
+    source = "demo" if data == "demo" else str(write_corpus(tmp_path / "c.txt"))
+    with pytest.raises(DataError) as err:
+        prepare_data(source, "byte", 0.1, blocker)
+    assert "Cannot write tierlab's cache" in str(err.value) and "TIERLAB_CACHE" in str(err.value)

@@ -106,3 +106,5 @@ def test_report_out_a_folder_writes_dashboard_png_into_it(runs, tmp_path):
     (tmp_path / "file").write_text("")
     assert_user_error(run_cli("report", plain.dir, "--out", f"{tmp_path / 'file'}/", cwd=out),
                       "Cannot create the folder")
+    assert_user_error(run_cli("report", plain.dir, "--out", tmp_path / "d.jpgx", cwd=out),
+                      "matplotlib cannot write '.jpgx' images", ".png")  # not a ValueError traceback

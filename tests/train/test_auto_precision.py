@@ -132,3 +132,37 @@ def test_a_run_records_the_measurement_and_its_resume_keeps_the_decision(tmp_pat
     again = resumed.events("precision")[-1]
     assert again["used"] == event["used"] and again["reason"].endswith("kept on resume)")
     assert again["measured"] == event["measured"] and resumed.summary["precision"] == event["used"]
+
+
+@pytest.mark.parametrize("step_ms", [{"fp32": 1, "bf16": 0}, {"fp32": 100, "bf16": -5}, {"fp32": float("nan"), "bf16": 1},
+                                     {"fp32": 100, "bf16": 90, "fp16": 1}, {"bf16": 50}, {"fp32": 100, "bf16": float("inf")}])
+def test_a_cache_entry_with_impossible_figures_is_measured_again(tmp_path, monkeypatch, step_ms):
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "1")
+    _, probe = _probe(tmp_path)
+    probe("x")
+    (entry,) = (tmp_path / "cache" / "precision").glob("*.json")
+    entry.write_text(json.dumps({"step_ms": step_ms, "steps": 5, "batch_size": 4, "seq_len": 32}))
+    d = probe("x")  # no ZeroDivisionError / StopIteration / KeyError: a fresh measurement
+    assert d.measured["source"] == "probe" and set(d.measured["step_ms"]) == {"fp32", "bf16"}
+
+
+def test_a_shorter_measurement_does_not_replace_a_longer_one(tmp_path):
+    from tierlab.train.auto_precision import read_cached, write_cached
+
+    long = Measurement({"fp32": 100.0, "bf16": 80.0}, 20, "bench", 4, 32)
+    write_cached(tmp_path, "k", long)
+    write_cached(tmp_path, "k", Measurement({"fp32": 100.0, "bf16": 120.0}, 2, "bench", 4, 32))  # bench --steps 2
+    assert read_cached(tmp_path, "k").step_ms == long.step_ms
+    write_cached(tmp_path, "k", Measurement({"fp32": 100.0, "bf16": 99.0}, 20, "probe", 4, 32))  # as long: replaces
+    assert read_cached(tmp_path, "k").step_ms == {"fp32": 100.0, "bf16": 99.0}
+
+
+@pytest.mark.parametrize("command", [["validate", "--model", "tiny-gpt"],
+                                     ["bench", "precision", "--precisions", "fp32,bf16", "--steps", "1"]])
+def test_a_bad_switch_value_stops_validate_and_bench_up_front(tmp_path, monkeypatch, command):
+    from helpers import assert_user_error, run_cli
+
+    monkeypatch.setenv("TIERLAB_CPU_NATIVE_BF16", "banana")
+    result = run_cli(*command, cwd=tmp_path)
+    assert_user_error(result, "TIERLAB_CPU_NATIVE_BF16='banana' is neither 0 nor 1")
+    assert "round" not in result.stderr and "warm-up" not in result.stderr  # nothing ran first

@@ -109,6 +109,7 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
     ``model`` is left untouched: every precision trains a copy of it.
     """
     _check_options(steps, warmup_steps, precisions, chunk)
+    cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 stops here, before any precision runs
     device = resolve_device(cfg.device)
     # The LR warms up over the untimed steps; the buffer holds one chunk (or the warm-up) of step rows.
     cfg = cfg.replace(max_steps=warmup_steps + steps, warmup_steps=warmup_steps, log_every=max(chunk, warmup_steps, 1),

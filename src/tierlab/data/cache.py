@@ -56,13 +56,30 @@ class TokenData:
 def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None,
                  text_field: str = "text") -> TokenData:
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-    corpus = open_corpus(data, cache_dir, text_field)
-    corpus_hash = corpus.content_hash()
-    tokenizer = _make_tokenizer(tokenizer_spec, corpus, corpus_hash, val_fraction, cache_dir)
-    tokens, max_id = _token_cache(corpus, corpus_hash, tokenizer, cache_dir)
+    try:
+        corpus = open_corpus(data, cache_dir, text_field)
+        corpus_hash = corpus.content_hash()
+        tokenizer = _make_tokenizer(tokenizer_spec, corpus, corpus_hash, val_fraction, cache_dir)
+        tokens, max_id = _token_cache(corpus, corpus_hash, tokenizer, cache_dir)
+    except OSError as exc:
+        if not _inside(exc, cache_dir):
+            raise
+        raise DataError(f"Cannot write tierlab's cache in {str(cache_dir)!r}: {exc.strerror or exc} "
+                        f"({exc.filename}).",
+                        "set TIERLAB_CACHE to a writable folder (or free disk space there).") from None
     if len(tokens) == 0:
         raise DataError(f"The corpus {data!r} holds no text.", "pass a file with text in it.")
     return TokenData(corpus, corpus_hash, tokenizer, tokens, max_id, val_fraction)
+
+
+def _inside(exc: OSError, folder: Path) -> bool:
+    """Whether the failed operation was on ``folder`` or a path inside it (the cache, not the user's data)."""
+    for name in (exc.filename, getattr(exc, "filename2", None)):
+        if name is not None:
+            path, root = Path(name).absolute(), folder.absolute()
+            if path == root or root in path.parents:
+                return True
+    return False
 
 
 def _make_tokenizer(spec: str, corpus: Corpus, corpus_hash: str, val_fraction: float, cache_dir: Path) -> Tokenizer:

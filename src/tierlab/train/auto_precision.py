@@ -23,6 +23,7 @@ import datetime
 import hashlib
 import json
 import logging
+import math
 import platform
 import statistics
 import time
@@ -121,8 +122,8 @@ class AutoProbe:
             measurement = self.measure(batch, length)
         except Exception as exc:  # noqa: BLE001 - a candidate that cannot train this model is not chosen
             log.info("the precision probe failed (%s: %s): fp32", type(exc).__name__, exc)
-            return PrecisionDecision("auto", "fp32", f"this CPU has native bf16 ({flag}), but a bf16 training step "
-                                     f"of this model failed ({type(exc).__name__}: {exc}): fp32")
+            return PrecisionDecision("auto", "fp32", f"this CPU has native bf16 ({flag}), but timing this model's "
+                                     f"training steps failed ({type(exc).__name__}: {exc}): fp32")
         write_cached(self.cache_dir, key, measurement)
         return _decided(flag, measurement)
 
@@ -210,16 +211,25 @@ def _cache_file(cache_dir: Path | None, key: str) -> Path:
 def read_cached(cache_dir: Path | None, key: str) -> Measurement | None:
     try:
         value = json.loads(_cache_file(cache_dir, key).read_text())
-        return Measurement({str(k): float(v) for k, v in value["step_ms"].items()}, int(value["steps"]),
-                           "bench" if value.get("source") == "bench" else "cache", int(value["batch_size"]),
-                           int(value["seq_len"]))
+        step_ms = {str(k): float(v) for k, v in value["step_ms"].items()}
+        m = Measurement(step_ms, int(value["steps"]), "bench" if value.get("source") == "bench" else "cache",
+                        int(value["batch_size"]), int(value["seq_len"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # absent, or edited into something unreadable: measure again
+    sane = (set(m.step_ms) == set(CANDIDATES) and all(math.isfinite(v) and v > 0 for v in m.step_ms.values())
+            and m.steps >= 1)
+    return m if sane else None  # figures no measurement can give (edited by hand): measure again
 
 
 def write_cached(cache_dir: Path | None, key: str, m: Measurement) -> None:
-    """Best effort: a cache that cannot be written costs the next run a probe, nothing more."""
+    """Best effort: a cache that cannot be written costs the next run a probe, nothing more.
+
+    A shorter measurement never replaces a longer one (a 2-step bench, a short run's probe).
+    """
     path = _cache_file(cache_dir, key)
+    earlier = read_cached(cache_dir, key)
+    if earlier is not None and earlier.steps > m.steps:
+        return
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {**m.as_dict(), "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),

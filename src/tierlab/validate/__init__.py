@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..models import every_position, extract_logits, load_model, max_positions
+from ..train.device import cpu_native_bf16
 from . import checks
 from .checks import Probe
 from .doctor import precision_doctor
@@ -20,6 +21,7 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
              doctor: bool = True, seed: int = 0, precision: str = "fp32") -> Report:
     """Run every check on ``model`` (a module or ``path.py[:factory]``) and return the :class:`Report`."""
+    cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)
