@@ -67,6 +67,11 @@ class Flat(TinyGPT):
         return super().forward(input_ids)[:, -1]  # [B, V]: forgot the positions
 
 
+class Transposed(TinyGPT):
+    def forward(self, input_ids):
+        return super().forward(input_ids).transpose(1, 2)  # [B, V, T]: the layout F.cross_entropy takes
+
+
 class Softmaxed(TinyGPT):
     def forward(self, input_ids):
         return super().forward(input_ids).softmax(-1)  # probabilities: cross-entropy would softmax them again
@@ -109,6 +114,9 @@ def overflow(vocab_size):
 
 def flat(vocab_size):
     return Flat(vocab_size=vocab_size, **SMALL)
+
+def transposed(vocab_size):
+    return Transposed(vocab_size=vocab_size, **SMALL)
 
 def softmaxed(vocab_size):
     return Softmaxed(vocab_size=vocab_size, **SMALL)
@@ -264,6 +272,12 @@ def test_checks_that_need_logits_of_the_right_shape_are_skipped_when_shapes_fail
         assert checks[name]["status"] == "skip"
         assert checks[name]["summary"] == "skipped: depends on shapes, which failed"
         assert checks[name]["figures"] == {"depends_on": "shapes"}
+
+
+def test_logits_laid_out_b_v_t_are_told_the_b_t_v_they_should_be(zoo):
+    shapes = tierlab.validate(f"{zoo}:transposed", doctor=False)["shapes"]
+    assert shapes.status == "fail"
+    assert "[1, 1] gave [1, 256, 1], expected [1, 1, 256]" in shapes.summary  # not "expected [1, 1, 2]"
 
 
 def test_a_model_whose_forward_raises_fails_shapes_and_skips_the_rest(tmp_path):

@@ -36,7 +36,10 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     try:
         model.eval()
         with torch.no_grad():
-            vocab = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=dev))).shape[-1]
+            out = extract_logits(model(torch.zeros(1, 2, dtype=torch.long, device=dev)))
+        # The vocabulary is the logits' last dimension when they are laid out [B, T, V]; otherwise
+        # (e.g. [B, V, T]) the given vocab_size, so the shapes check names the layout it expected.
+        vocab = out.shape[-1] if out.dim() == 3 and out.shape[1] == 2 else vocab_size
     except Exception as exc:  # noqa: BLE001 - the checks that run the model cannot: report it as shapes
         vocab = 0
         no_forward = CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
