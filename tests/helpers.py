@@ -75,6 +75,30 @@ def checkpoint_pause_env(seconds: float) -> dict[str, str]:
     return {"TIERLAB_TEST_CKPT_PAUSE": str(seconds), "PYTHONPATH": path}
 
 
+# A model with 40 outputs, fewer than the byte tokenizer's 256 tokens: factories with and without vocab_size.
+NARROW_MODEL = """
+    from torch import nn
+
+    class Narrow(nn.Module):
+        '''40 outputs, fewer than the byte tokenizer's 256 tokens.'''
+        def __init__(self, width=40):
+            super().__init__()
+            self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, width)
+
+        def forward(self, ids):
+            return self.head(self.emb(ids))
+
+    def fixed():
+        return Narrow()
+
+    def sized(vocab_size):
+        return Narrow(vocab_size)
+
+    def ignores_it(vocab_size):
+        return Narrow()
+"""
+
+
 # Figures that depend on the machine's speed, left out when two runs are compared.
 TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import GREEDY_MODEL, assert_user_error, run_cli, write_corpus, write_model
+from helpers import GREEDY_MODEL, NARROW_MODEL, assert_user_error, run_cli, write_corpus, write_model
 
 TINY = ["--model-arg", "n_layer=1", "--model-arg", "d_model=32", "--model-arg", "n_head=2",
         "--model-arg", "max_seq_len=64"]
@@ -228,22 +228,6 @@ def test_out_of_memory_is_one_plain_line_with_the_batch_that_fits(tmp_path):
     fits = run_cli("train", "--model", "my_model.py", "--batch-size", "8", "--grad-accum", "2", "--seq-len", "32",
                    "--max-steps", "2", "--eval-every", "0", "--name", "fits", "--quiet", cwd=tmp_path)
     assert fits.returncode == 0, fits.stderr
-
-
-NARROW_MODEL = """
-from torch import nn
-
-class Narrow(nn.Module):
-    def __init__(self, width=40):
-        super().__init__()
-        self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, width)
-
-    def forward(self, input_ids):
-        return self.head(self.emb(input_ids))
-
-def fixed():
-    return Narrow()
-"""
 
 
 def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli, write_model
+from helpers import NARROW_MODEL, TINY_MODEL, assert_user_error, fast_config, run_cli, write_model
 from torch import nn
 
 import tierlab
@@ -172,29 +172,6 @@ def test_png_to_a_folder_writes_attention_png_into_it(tmp_path):
     assert result.returncode == 0, result.stderr  # an existing folder, without the slash
     assert f"heatmaps: {Path('figures') / 'attention.png'}" in result.stdout.splitlines()
     assert_user_error(run_cli("analyze", *tiny, "--png", "nope/att.png", cwd=tmp_path), "its folder does not exist")
-
-
-NARROW_MODEL = """
-    from torch import nn
-
-    class Narrow(nn.Module):
-        '''40 outputs, fewer than the byte tokenizer's 256 tokens.'''
-        def __init__(self, width=40):
-            super().__init__()
-            self.emb, self.head = nn.Embedding(256, 16), nn.Linear(16, width)
-
-        def forward(self, ids):
-            return self.head(self.emb(ids))
-
-    def fixed():
-        return Narrow()
-
-    def sized(vocab_size):
-        return Narrow(vocab_size)
-
-    def ignores_it(vocab_size):
-        return Narrow()
-"""
 
 
 def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_path):
