@@ -424,6 +424,14 @@ def _report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _folder_exists(value: str | None, fix: str = "create the folder or pick another path.") -> None:
+    """An output PATH whose folder does not exist is a user error now, before any work is done."""
+    from pathlib import Path
+
+    if value and not Path(value).resolve().parent.is_dir():
+        raise UserError(f"Cannot write {value!r}: its folder does not exist.", fix)
+
+
 def _image_path(value: str, name: str, option: str) -> Path:
     """Where an image option's PATH writes: FOLDER/``name`` for a folder (one that exists, or a path ending in /,
     created here), else PATH itself, with .png added when it has no extension (as matplotlib adds it)."""
@@ -437,9 +445,7 @@ def _image_path(value: str, name: str, option: str) -> Path:
             raise UserError(f"Cannot create the folder {value!r} given to {option}: {exc.strerror}.",
                             "pass a folder that can be created, or a file path such as plot.png.") from None
         return path / name
-    if not path.resolve().parent.is_dir():
-        raise UserError(f"Cannot write {value!r}: its folder does not exist.",
-                        "create the folder, end the path with / to have it created, or pick another path.")
+    _folder_exists(value, "create the folder, end the path with / to have it created, or pick another path.")
     path = path if path.suffix else path.with_name(path.name + ".png")
     from matplotlib.backend_bases import FigureCanvasBase
 
@@ -462,8 +468,7 @@ def _analyze(ns: argparse.Namespace) -> int:
         ns.run = ns.run_dir
     if ns.run is not None:
         _run_dirs([ns.run])
-    if ns.json and not Path(ns.json).resolve().parent.is_dir():
-        raise UserError(f"Cannot write {ns.json!r}: its folder does not exist.", "create the folder or pick another path.")
+    _folder_exists(ns.json)
     png = _image_path(ns.png, "attention.png", "--png") if ns.png else None
     model_args = dict(parse_model_arg(item) for item in ns.model_args)
     with _recorded_model_for("tierlab analyze"):
@@ -570,8 +575,7 @@ def _bench(ns: argparse.Namespace) -> int:
     cfg = _options_config(ns, _BENCH_TRAIN_OPTIONS, _BENCH_DEFAULTS)
     precisions = tuple(p.strip() for p in ns.precisions.split(",") if p.strip())
     for path in (ns.json, ns.png):  # fail before minutes of benchmarking, not after
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UserError(f"Cannot write {path!r}: its folder does not exist.", "create the folder or pick another path.")
+        _folder_exists(path)
     with console(quiet=ns.quiet, stream=sys.stderr):
         result = bench_precision(cfg, steps=ns.steps, warmup_steps=ns.warmup_steps, precisions=precisions,
                                  chunk=ns.chunk)

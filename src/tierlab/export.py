@@ -23,7 +23,6 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import tempfile
@@ -38,7 +37,7 @@ from torch import nn
 
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
-from .models.loader import split_spec
+from .models.loader import absolute_spec
 from .run_files import WEIGHTS
 from .train.run import follow_umask
 
@@ -111,9 +110,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     spec = model if isinstance(model, str) else None
     model, tokenizer, config = run_model(run_dir, model)  # a module given: the run's weights loaded into it
     if spec is not None:  # a model file given: the safetensors check rebuilds from it, and the README names it
-        path, factory = split_spec(spec)
-        config = {**config, "model": spec if path.suffix != ".py" else os.path.abspath(path) +
-                  (f":{factory}" if factory else "")}
+        config = {**config, "model": absolute_spec(spec)}
     model = model.cpu().float().eval()
 
     # Real validation batches of the run's own data, as training evaluated them.

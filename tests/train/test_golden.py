@@ -22,7 +22,7 @@ from torchrun_job import MODEL, finish, needs_gloo, torchrun
 import tierlab
 from helpers import TINY_MODEL, SpikeAt, fast_config
 from tierlab.models.tiny_gpt import TinyGPT
-from tierlab.train.auto_precision import _cpu_name
+from tierlab.train.device import cpu_name
 
 GOLDEN = Path(__file__).parent.parent / "assets" / "golden"
 # Measured or machine-specific: never part of a golden record.
@@ -104,10 +104,10 @@ def test_fixed_seed_runs_match_their_golden_records(scenario, tmp_path, request)
     path = GOLDEN / f"{name}.json"
     if os.environ.get("TIERLAB_UPDATE_GOLDEN") == "1":
         GOLDEN.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"cpu": _cpu_name(), "torch": torch.__version__, **records}, indent=1) + "\n")
+        path.write_text(json.dumps({"cpu": cpu_name(), "torch": torch.__version__, **records}, indent=1) + "\n")
     golden = json.loads(path.read_text())
     if os.environ.get("TIERLAB_GOLDEN_EXACT") == "1":
-        assert golden["cpu"] == _cpu_name(), "exact comparison needs the machine the records were written on"
+        assert golden["cpu"] == cpu_name(), "exact comparison needs the machine the records were written on"
         assert json.dumps(records, sort_keys=True) == json.dumps({k: golden[k] for k in records}, sort_keys=True)
     else:
         _same({k: golden[k] for k in records}, records, TOLERANCE.get(name, 2e-3))

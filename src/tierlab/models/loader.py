@@ -6,6 +6,7 @@ import contextlib
 import importlib.util
 import inspect
 import logging
+import os
 import sys
 import traceback
 import weakref
@@ -42,6 +43,14 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
         if left.endswith(".py") and right.isidentifier():
             return Path(left), right
     return Path(spec), None
+
+
+def absolute_spec(spec: str) -> str:
+    """``spec`` with an existing model file's path made absolute (``/abs/path.py[:factory]``); anything else as given."""
+    path, factory = split_spec(spec)
+    if path.suffix == ".py" and path.is_file():
+        return os.path.abspath(path) + (f":{factory}" if factory else "")
+    return spec
 
 
 def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Module:

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from torch import nn
 
 from ..atomic import write_json_atomic
 from ..data.cache import default_cache_dir
+from .device import cpu_name
 from .loss import make_loss_fn
 from .precision import PrecisionDecision, PrecisionPolicy, decide_precision
 
@@ -188,20 +188,10 @@ def _decided(flag: str, m: Measurement) -> PrecisionDecision:
 def cache_key(model: nn.Module, device: torch.device, batch_size: int, seq_len: int) -> str:
     """Same CPU, threads, torch, model structure and batch shape: the same answer."""
     structure = [(name, list(t.shape), str(t.dtype)) for name, t in model.state_dict().items()]
-    identity = {"version": CACHE_VERSION, "device": device.type, "cpu": _cpu_name(),
+    identity = {"version": CACHE_VERSION, "device": device.type, "cpu": cpu_name(),
                 "threads": torch.get_num_threads(), "torch": torch.__version__, "model": type(model).__name__,
                 "structure": structure, "batch": [batch_size, seq_len], "candidates": list(CANDIDATES)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cache_file(cache_dir: Path | None, key: str) -> Path:
@@ -233,6 +223,6 @@ def write_cached(cache_dir: Path | None, key: str, m: Measurement) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(path, {**m.as_dict(), "measured_at": datetime.datetime.now().isoformat(timespec="seconds"),
-                                 "torch": torch.__version__, "cpu": _cpu_name()})
+                                 "torch": torch.__version__, "cpu": cpu_name()})
     except OSError as exc:
         log.info("could not cache the precision measurement in %s: %s", path, exc)

@@ -116,8 +116,6 @@ def _offer_previous(path: Path) -> str:
     return "no earlier checkpoint exists in this run; start a new run."
 
 
-
-
 # ---------------------------------------------------------------------------- RNG states
 def rng_state(device: torch.device) -> dict[str, Any]:
     """Every random stream as plain data (lists and tensors), so weights_only loading works."""

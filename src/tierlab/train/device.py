@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import platform
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,16 +28,30 @@ def resolve_device(spec: str) -> torch.device:
 
 
 @lru_cache(maxsize=1)
+def _cpuinfo_text() -> str:
+    """/proc/cpuinfo, read once per process (empty where it does not exist)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def _cpuinfo(field: str) -> str | None:
+    """The first ``field`` line's value in /proc/cpuinfo (None where the file or the field does not exist)."""
+    for line in _cpuinfo_text().splitlines():
+        if line.startswith(field):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def cpu_flags() -> frozenset[str]:
     """The CPU feature flags from /proc/cpuinfo (empty where it does not exist)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def cpu_name() -> str:
+    """The CPU's model name ("AMD EPYC", "Intel(R) Xeon(R) ..."), from /proc/cpuinfo or, elsewhere, platform."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 # Testing aid: "1" makes tierlab treat the CPU as one with native bf16 (so ``auto`` measures),

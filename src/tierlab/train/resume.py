@@ -35,12 +35,10 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
     missing) stay as given.
     """
     from ..data.corpus import is_pattern
-    from ..models.loader import split_spec
+    from ..models.loader import absolute_spec
 
-    changes = {}
-    path, factory = split_spec(cfg.model)
-    if path.suffix == ".py" and path.is_file():
-        changes["model"] = os.path.abspath(path) + (f":{factory}" if factory else "")
+    model = absolute_spec(cfg.model)
+    changes = {"model": model} if model != cfg.model else {}
     for key in ("data", "tokenizer", "init_from"):
         value = getattr(cfg, key)
         if value is not None and value != "demo" and (Path(value).exists() or (key == "data" and is_pattern(value))):

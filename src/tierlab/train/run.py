@@ -15,7 +15,6 @@ from ..run_files import CONFIG, EVENTS, METRICS, SUMMARY, WEIGHTS  # noqa: F401 
 from ..track import read_jsonl
 
 
-
 def default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
 

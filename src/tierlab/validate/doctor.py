@@ -125,20 +125,20 @@ def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
     # A CPU with native bf16: whether bf16 is faster depends on the model, so say what auto measures here.
     auto = _auto_here(p) if native and p.device.type == "cpu" else None
     keep = overflow + near
-    not_fp16 = ("not fp16 (" + "; ".join(reasons) + ")" + (f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32"
-                                                            if keep else ""))
+    not_fp16 = "not fp16 (" + "; ".join(reasons) + ")"
+    keep_note = f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32" if keep else ""
+    also_not_fp16 = "" if fp16_safe else f"; {not_fp16}{keep_note}"  # said after what auto picks
     if auto is not None and auto.used == "fp32":
-        advice = f"fp32, which --precision auto picks here ({auto.reason})" + ("" if fp16_safe else f"; {not_fp16}")
+        advice = f"fp32, which --precision auto picks here ({auto.reason}){also_not_fp16}"
     elif native and bf16_ok:
         advice = "bf16: native on this device and has fp32's range, so no loss scaling is needed"
         if auto is not None:
-            advice += f"; --precision auto picks it here ({auto.reason})" + ("" if fp16_safe else f"; {not_fp16}")
+            advice += f"; --precision auto picks it here ({auto.reason}){also_not_fp16}"
     elif fp16_safe:
         advice = ("fp16 with GradScaler: activations keep their headroom and gradients survive at the settled "
                   f"scale 2^{int(math.log2(settle))}; bf16 where the hardware has it")
     else:
-        advice = ("not fp16 (" + "; ".join(reasons) + "): use bf16 where the hardware has it, otherwise fp32"
-                  + (f"; to use fp16 anyway keep {', '.join(keep[:4])} in fp32" if keep else ""))
+        advice = f"{not_fp16}: use bf16 where the hardware has it, otherwise fp32{keep_note}"
     if p.device.type == "cpu" and not native:
         advice += " (on this CPU, fp32 is also the fastest)"
     worst = min(headroom.items(), key=lambda kv: kv[1]) if headroom else ("-", math.inf)
