@@ -27,7 +27,7 @@ from tierlab import TrainConfig
 from tierlab.bench import bench_precision
 from tierlab.data import prepare_data
 from tierlab.models import load_model
-from tierlab.train.api import first_block
+from tierlab.train.setup import first_block
 from tierlab.train.auto_precision import MARGIN, AutoProbe
 from tierlab.train.device import cpu_native_bf16
 

@@ -97,7 +97,7 @@ def test_an_empty_folder_made_beforehand_is_used_and_a_taken_one_is_not(tmp_path
     assert run.dir == run_dir and run.summary["status"] == "completed"
     # Two runs of one --name started together: both find the folder empty; the second to
     # create its metrics file stops with a plain error and writes nothing.
-    from tierlab.train.api import _claim
+    from tierlab.train.run import claim as _claim
 
     other = tmp_path / "runs" / "race"
     other.mkdir()

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from ..errors import DataError, ModelError, UserError
-from ..models import every_position, extract_logits, load_model, max_positions, vocab_fix
+from ..models import extract_logits, max_positions
+from ..train.setup import build_or_adopt, check_logits
 from .attention import COLLAPSE_SHARE, NEAR_ZERO_ENTROPY, AttentionReport, HeadStats, observe_attention
 from .robustness import RobustnessPoint, default_ks, robustness_curve
 
@@ -132,12 +133,9 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
         name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
     tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None, text_field)
     if run is None:
-        if isinstance(model_or_path, nn.Module):
-            model, name = model_or_path, f"<in-memory {type(model_or_path).__name__}>"
-            every_position(model)
-        else:
-            name = model_or_path or "tiny-gpt"
-            model = load_model(name, dict(model_args or {}), tokens.tokenizer.vocab_size)
+        name = (f"<in-memory {type(model_or_path).__name__}>" if isinstance(model_or_path, nn.Module)
+                else model_or_path or "tiny-gpt")
+        model = build_or_adopt(model_or_path, "tiny-gpt", dict(model_args or {}), tokens.tokenizer.vocab_size)
     limit = max_positions(model)
     seq_len = seq_len or min(128, limit or 128)
     if limit is not None and seq_len > limit:
@@ -150,7 +148,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     model = model.to(target)
     pairs = [tuple(t.to(target) for t in blocks_at(tokens.val, starts, seq_len))
              for starts in eval_starts(len(tokens.val), seq_len, batch_size, batches)]
-    vocab = _check_vocab(model, pairs[0][0], tokens.max_id, tokens.tokenizer.vocab_size)
+    vocab = _check_vocab(model, pairs[0][0], tokens)
     attention = observe_attention(model, pairs[0][0])
     curve = robustness_curve(model, pairs, vocab, ks if ks is not None else default_ks(seq_len), seed)
     report = AnalysisReport(name, str(run) if run is not None else None, data, list(pairs[0][0].shape), len(pairs),
@@ -159,13 +157,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     return report
 
 
-def _check_vocab(model: nn.Module, ids: torch.Tensor, max_id: int, vocab_size: int) -> int:
+def _check_vocab(model: nn.Module, ids: torch.Tensor, tokens) -> int:
     with torch.no_grad():
         logits = extract_logits(model.eval()(ids[:1]))
-    if logits.dim() != 3 or logits.shape[:2] != ids[:1].shape:
-        raise ModelError(f"The model returned logits of shape {list(logits.shape)} for input_ids {list(ids[:1].shape)}.",
-                         "return logits [B, T, V]: one row per position.")
-    if max_id >= logits.size(-1):
-        raise DataError(f"The data holds token id {max_id} but the model has only {logits.size(-1)} outputs.",
-                        vocab_fix(model, vocab_size) + ".")
-    return logits.size(-1)
+    return check_logits(logits, ids[:1].shape, tokens, model)

@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig
-from ..data import TokenData, prepare_data
+from ..data import TokenData
 from ..errors import ConfigError, PrecisionError, UserError
 from ..progress import quieted
 from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
-from ..train.api import build_or_adopt, check_sizes, first_block, low_precision_warning, probe_model, seed_everything
+from ..train.setup import first_block, prepare
 from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
 from ..train.auto_precision import MARGIN as AUTO_MARGIN
 from ..train.auto_precision import Measurement, cache_key, choose, write_cached
@@ -114,17 +114,11 @@ def bench_precision(cfg: TrainConfig, steps: int = 20, warmup_steps: int = 3,
     # The LR warms up over the untimed steps; the buffer holds one chunk (or the warm-up) of step rows.
     cfg = cfg.replace(max_steps=warmup_steps + steps, warmup_steps=warmup_steps, log_every=max(chunk, warmup_steps, 1),
                       eval_every=0, ckpt_every=0)
-    tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None,
-                          cfg.text_field)
-    check_sizes(cfg.replace(eval_every=1), tokens)  # the validation split must hold a block too
-    seed_everything(cfg.seed)
     if model is not None:
-        cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
         model = copy.deepcopy(model)  # the caller's module stays as it was
-    model = build_or_adopt(model, cfg, tokens.tokenizer.vocab_size)  # the same model train() would train
-    model.to(device)
-    probe_model(model, cfg, tokens, device)
-    low_precision_warning(model)
+    # The same data, model and checks train() has; the validation split must hold a block too.
+    prepared = prepare(model, cfg.replace(eval_every=1), device, cache_dir=Path(cache_dir) if cache_dir else None)
+    cfg, tokens, model = prepared.cfg.replace(eval_every=0), prepared.tokens, prepared.model
     init_state = copy.deepcopy(model.state_dict())
     params = sum(p.numel() for p in model.parameters())
     fpt = flops_per_token(model, cfg.seq_len)

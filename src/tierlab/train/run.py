@@ -1,18 +1,39 @@
-"""A run directory and the :class:`Run` handle that reads it."""
+"""The run directory's one owner: creating it, opening its record files, closing it with a summary, reading it.
+
+File names come from :mod:`tierlab.run_files`; every write goes through
+:mod:`tierlab.atomic` or the append-only record writers in :mod:`tierlab.track`.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from safetensors.torch import save_file, save_model
 from torch import nn
 
-from ..run_files import CONFIG, EVENTS, METRICS, SUMMARY, WEIGHTS  # noqa: F401 - re-exported for the run's readers
-from ..track import read_jsonl
+from ..atomic import write_json_atomic
+from ..config import TrainConfig
+from ..errors import ConfigError, UserError
+from ..run_files import CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
+from ..track import EventLog, JsonlWriter, read_jsonl
+from ..track.sinks import make_sink
+from .distributed import Dist, full_model_state
+from .guards import Diverged
+
+if TYPE_CHECKING:
+    from ..data import TokenData
+    from .loop import Trainer
+    from .precision import PrecisionDecision
+
+log = logging.getLogger(__name__)
 
 
 def default_run_name() -> str:
@@ -78,3 +99,109 @@ class Run:
 
     def events(self, event: str | None = None) -> list[dict[str, Any]]:
         return [r for r in read_jsonl(self.dir / EVENTS) if event is None or r.get("event") == event]
+
+
+def refuse_existing(run_dir: Path) -> None:
+    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        raise ConfigError(f"Run directory {str(run_dir)!r} already exists and is not empty.",
+                          "choose another --name, or delete that directory if you no longer need it.")
+
+
+def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
+                  resume_state: dict[str, Any] | None) -> tuple[JsonlWriter, EventLog]:
+    """Create (or, on resume, cut back) the run directory's files; unwritable places are user errors."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder made beforehand (a job script's) is fine
+        if resume_state is None:
+            claim(run_dir)
+        write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
+        tokens.tokenizer.save(run_dir)
+        metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
+    except OSError as exc:
+        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {exc.strerror or exc}.",
+                        "choose a writable place with --out DIR (and free disk space if it is full).") from None
+    if resume_state is not None:
+        # Records written after the checkpoint would be written again: cut them off.
+        metrics.truncate(resume_state["records"]["metrics"])
+        events.truncate(resume_state["records"]["events"])
+    return metrics, events
+
+
+def claim(run_dir: Path) -> None:
+    """Take a new run directory by creating its metrics file exclusively.
+
+    Of two runs started with one --name at the same moment, the second stops here: the
+    emptiness check before only looked.
+    """
+    try:
+        (run_dir / METRICS).open("x").close()
+    except FileExistsError:
+        raise ConfigError(f"Run directory {str(run_dir)!r} was just taken by another run of the same --name.",
+                          "choose another --name.") from None
+
+
+def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: PrecisionDecision, status: str, wall: float,
+               metrics: JsonlWriter, events: EventLog, compile_seconds: float | None, dist: Dist) -> None:
+    # Steps done since the last log step still get their record.  With several processes
+    # that read is a collective, and a run ends between log steps only when something went
+    # wrong on some rank, which may be gone: the record is left out rather than risk a hang.
+    if trainer.buffered and not dist.active:
+        try:
+            trainer.flush()
+        except Diverged:
+            pass  # already diverging or interrupted: the record is written, the verdict stands
+    state = trainer.state
+    summary = {
+        "status": status, "steps": state.step, "tokens": state.step * trainer.tokens_per_step,
+        "final_loss": state.last_loss, "final_val_loss": state.last_val_loss,
+        "best_val_loss": state.best_val_loss, "precision": decision.used,
+        "precision_requested": decision.requested, "precision_reason": decision.reason,
+        "precision_measured": decision.measured, "skipped_steps": state.skipped_steps,
+        "final_loss_scale": state.loss_scale, "wall_seconds": wall,
+        "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
+        "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
+        "world_size": dist.world_size, "global_batch_size": trainer.global_batch,
+    }
+    weights = None
+    if dist.sharded and status != "failed":  # gathering the shards is a collective: only when all ranks are here
+        weights = full_model_state(model)
+    if not dist.is_main:
+        return
+    if not dist.sharded:
+        save_model(model, str(run_dir / WEIGHTS))
+        follow_umask(run_dir / WEIGHTS)  # safetensors writes 0600
+    elif weights:
+        # Tied weights (an output head sharing the embedding) appear under both names: keep one.
+        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+        save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / WEIGHTS))
+        follow_umask(run_dir / WEIGHTS)
+    else:
+        log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
+    write_json_atomic(run_dir / SUMMARY, {k: finite_or_none(v) for k, v in summary.items()})
+    events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
+    metrics.close()
+    events.close()
+
+
+def finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def make_sinks(cfg: TrainConfig, run_dir: Path) -> list:
+    sinks = [make_sink("tensorboard", run_dir)] if cfg.tensorboard else []
+    if cfg.wandb:
+        sinks.append(make_sink("wandb", run_dir, cfg.wandb, cfg.wandb_entity, cfg.wandb_mode, cfg.name))
+    return sinks
+
+
+def write_dashboard(run_dir: Path) -> None:
+    """dashboard.png at the end of a run; a plotting problem is logged, never fatal."""
+    try:
+        from ..track.plots import save_dashboard
+
+        save_dashboard([run_dir], run_dir / DASHBOARD)
+        log.info("dashboard: %s", run_dir / DASHBOARD)
+    except Exception as exc:  # noqa: BLE001 - the run itself is complete and on disk
+        log.warning("could not write dashboard.png: %s: %s", type(exc).__name__, exc)

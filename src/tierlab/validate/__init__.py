@@ -7,8 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..models import every_position, extract_logits, load_model, max_positions
+from ..models import extract_logits, max_positions
 from ..train.device import cpu_native_bf16
+from ..train.setup import build_or_adopt
 from . import checks
 from .checks import Probe
 from .doctor import precision_doctor
@@ -25,9 +26,7 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)
-        model = load_model(model, model_args or {}, vocab_size)
-    else:
-        every_position(model)
+    model = build_or_adopt(model, name, model_args or {}, vocab_size)
     dev = torch.device(device)
     model.to(dev)
     max_len = max_len or max_positions(model)
