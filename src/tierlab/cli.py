@@ -23,6 +23,7 @@ from .config import (
     parse_model_arg,
 )
 from .errors import UserError
+from .precisions import NAMES, PORTABLE_NAMES
 from .run_files import DASHBOARD, METRICS
 
 log = logging.getLogger("tierlab")
@@ -82,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--max-len", type=int, default=None, metavar="N",
                      help="the model's maximum length, when it does not publish one")
     val.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    val.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    val.add_argument("--precision", default="fp32", choices=list(PORTABLE_NAMES),
                      help="autocast precision of the speed check (default fp32)")
     val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor")
     val.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
@@ -112,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="untimed steps per precision first (default 3)")
     prec.add_argument("--chunk", type=int, default=5, metavar="N",
                       help="steps each precision runs per interleaved round (default 5)")
-    prec.add_argument("--precisions", default=",".join(BENCH_PRECISIONS_DEFAULT), metavar="LIST",
-                      help="comma-separated subset of fp32,tf32,bf16,fp16 (default all)")
+    prec.add_argument("--precisions", default=",".join(NAMES), metavar="LIST",
+                      help=f"comma-separated subset of {','.join(NAMES)} (default all)")
     prec.add_argument("--compile", action="store_true", help="torch.compile each copy (compile time reported apart)")
     prec.add_argument("--compile-mode", metavar="MODE",
                       help="torch.compile mode: default, max-autotune-no-cudagraphs, max-autotune or reduce-overhead")
@@ -213,8 +214,6 @@ def _add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
 
 
-# The same as tierlab.bench.BENCH_PRECISIONS, written out so that `--help` need not import torch.
-BENCH_PRECISIONS_DEFAULT = ("fp32", "tf32", "bf16", "fp16")
 # Train options `tierlab bench precision` passes on, and its own defaults for them.
 _BENCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed",
                         "compile", "compile_mode")

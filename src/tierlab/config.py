@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError
+from .precisions import CHOICES, PRECISIONS as _TABLE
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")
+PRECISIONS = CHOICES  # "auto" and every entry of tierlab.precisions
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
@@ -33,6 +34,14 @@ COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduc
 WANDB_MODES = ("online", "offline", "disabled")
 SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
                    "no_plots", "compile", "compile_mode", "dist_timeout", "fsdp")
+
+
+def _precision_help() -> str:
+    """auto, fp32, tf32 (CUDA), bf16 or fp16 (fp16 uses a GradScaler): read from the precision table."""
+    names = [n + (" (CUDA)" if p.cuda_compute else "") for n, p in _TABLE.items()]
+    scaled = [n for n, p in _TABLE.items() if p.loss_scaling]
+    text = "auto, " + ", ".join(names[:-1]) + " or " + names[-1]
+    return text + "".join(f" ({n} uses a GradScaler)" for n in scaled)
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -51,7 +60,7 @@ class TrainConfig:
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
     # --- precision and device ---------------------------------------------------------
-    precision: str = _opt("auto", "auto, fp32, tf32 (CUDA), bf16 or fp16 (fp16 uses a GradScaler)")
+    precision: str = _opt("auto", _precision_help())
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")

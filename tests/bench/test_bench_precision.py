@@ -39,9 +39,11 @@ def test_every_precision_has_a_row_and_tf32_says_why_not(bench):
 
 def test_the_cli_default_lists_every_precision():
     from tierlab.bench import BENCH_PRECISIONS
-    from tierlab.cli import BENCH_PRECISIONS_DEFAULT
+    from tierlab.cli import build_parser
+    from tierlab.precisions import NAMES
 
-    assert BENCH_PRECISIONS_DEFAULT == BENCH_PRECISIONS
+    ns = build_parser().parse_args(["bench", "precision"])
+    assert tuple(ns.precisions.split(",")) == BENCH_PRECISIONS == NAMES
 
 
 def test_json_schema(bench):

@@ -28,6 +28,7 @@ from torch import nn
 from ..config import TrainConfig
 from ..data import TokenData
 from ..errors import ConfigError, PrecisionError, UserError
+from ..precisions import NAMES
 from ..progress import quieted
 from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
@@ -44,7 +45,7 @@ from ..train.precision import PrecisionPolicy, decide_precision
 
 log = logging.getLogger(__name__)
 
-BENCH_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+BENCH_PRECISIONS = NAMES  # every precision tierlab knows
 
 
 @dataclass

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..precisions import PRECISIONS
+
 # Dense peak TFLOP/s by (device-name fragment, precision), from the vendors' data sheets.
 # "fp32" is strict IEEE fp32 on the CUDA cores; "tf32" is fp32 storage with TF32 tensor-core matmuls.
 _PEAKS_TFLOPS: list[tuple[str, dict[str, float]]] = [
@@ -67,5 +69,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     name = torch.cuda.get_device_name(device)
     for fragment, table in _PEAKS_TFLOPS:
         if fragment in name:
-            return table[precision] * 1e12 if precision in table else None
+            column = PRECISIONS[precision].peak_column
+            return table[column] * 1e12 if column in table else None
     return None

@@ -36,9 +36,9 @@ class GuardState:
 
 
 class Guard:
-    def __init__(self, policy: str, max_consecutive_skips: int, min_loss_scale: float, has_scaler: bool):
+    def __init__(self, policy: str, max_consecutive_skips: int, min_loss_scale: float, scales_loss: bool):
         self.policy, self.max_consecutive_skips = policy, max_consecutive_skips
-        self.min_loss_scale, self.has_scaler = min_loss_scale, has_scaler
+        self.min_loss_scale, self.scales_loss = min_loss_scale, scales_loss
         self.state = GuardState()
 
     def observe(self, step: int, loss: float, skipped: bool, scale: float | None, previous_scale: float | None
@@ -54,15 +54,15 @@ class Guard:
             self.state.streak_loss = None if math.isfinite(loss) else str(loss)
             self.state.streak_params, self.state.streak_params_step = [], None
         self.state.consecutive_skips = self.state.consecutive_skips + 1 if skipped else 0
-        if self.has_scaler and scale != previous_scale:
+        if self.scales_loss and scale != previous_scale:
             self.state.scale_history.append([step, previous_scale, scale])
-        return (not math.isfinite(loss)) or (skipped and not self.has_scaler)
+        return (not math.isfinite(loss)) or (skipped and not self.scales_loss)
 
     def stop_reason(self, step: int, scale: float | None) -> str | None:
         if self.state.consecutive_skips >= self.max_consecutive_skips:
             return (f"{self.state.consecutive_skips} consecutive steps up to step {step} were skipped for "
                     f"non-finite gradients (limit --max-consecutive-skips {self.max_consecutive_skips})")
-        if self.has_scaler and scale is not None and scale < self.min_loss_scale:
+        if self.scales_loss and scale is not None and scale < self.min_loss_scale:
             return f"the fp16 loss scale fell to {scale:g}, below --min-loss-scale {self.min_loss_scale:g}"
         return None
 
@@ -87,7 +87,7 @@ class Guard:
                      ", ".join(s.streak_params[:6]) + (", ..." if count > 6 else ""))
             lines.append(f"  non-finite gradients at step {s.streak_params_step}: {count} of {n_params} "
                          f"parameters: {shown}")
-        if self.has_scaler:
+        if self.scales_loss:
             history = s.scale_history
             if len(history) > 8:
                 trail = _trail(history[:2]) + " -> ... -> " + _trail(history[-5:])

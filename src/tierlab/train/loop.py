@@ -129,7 +129,7 @@ class Trainer:
         self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed,
                                                      dist.rank, dist.world_size), device)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
-                           has_scaler=policy.scaler is not None)
+                           scales_loss=policy.scales_loss)
         self._rebuild_schedule()  # self.schedule and its device table, reversed: self.lr_reversed
         self.params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         # Steps whose update was dropped (non-finite gradients) so far: a float, like the found_inf flag it adds up.
@@ -140,7 +140,7 @@ class Trainer:
         self.buffer = torch.zeros(cfg.log_every, NORMS + len(self.params), dtype=torch.float32, device=device)
         self._rows = [_Row.of(row) for row in self.buffer]
         self.buffered = self._untimed_rows = 0
-        self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scaler is not None else None)
+        self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scales_loss else None)
         # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
         self.tokens_per_step = self.global_batch * cfg.seq_len
@@ -225,7 +225,7 @@ class Trainer:
         policy.step(self.optimizer, row.grad_norm, norm_decides=self.dist.sharded, skipped_out=row.skipped)
         self.optimizer.zero_grad(set_to_none=True)
         self.skips.add_(row.skipped)
-        if policy.scaler is not None:
+        if policy.scales_loss:
             row.scale.copy_(policy.loss_scale)
         self.buffered += 1
         self.state.step += 1  # skips <= step always holds: the lookup above stays inside the table
@@ -280,7 +280,7 @@ class Trainer:
         losses, bad_steps, first_skip = [], [], True
         for offset, (loss, _norm, _lr, scale, skipped) in enumerate(rows):
             step = first_step + offset
-            scale = scale if self.policy.scaler is not None else None
+            scale = scale if self.policy.scales_loss else None
             if self.guard.observe(step, loss, bool(skipped), scale, self.state.loss_scale):
                 bad_steps.append(step)
             if not math.isfinite(loss):

@@ -16,15 +16,14 @@ import torch
 from torch import nn
 
 from ..errors import ModelError, PrecisionError
+from ..precisions import PRECISIONS
 from ._torch_internals import fused_step_unless, scaler_found_inf, scaler_scale
 from .device import cpu_native_bf16
 
 log = logging.getLogger(__name__)
 
-# Autocast dtype per precision; fp32 and tf32 run without autocast (tf32 changes how fp32 matmuls run).
-DTYPES = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# torch.set_float32_matmul_precision value per precision: strict fp32 really is strict.
-_MATMUL_PRECISION = {"fp32": "highest", "tf32": "high"}
+# Autocast dtype per precision (None: no autocast; tf32 changes how fp32 matmuls run instead).
+DTYPES = {name: getattr(torch, p.autocast) if p.autocast else None for name, p in PRECISIONS.items()}
 
 
 @dataclass(frozen=True)
@@ -51,8 +50,7 @@ def decide_precision(requested: str, device: torch.device, strict: bool = False,
     """
     if requested == "auto":
         return _auto(device, measure)
-    if requested == "fp32":
-        return PrecisionDecision(requested, "fp32", "fp32 was requested")
+    spec = PRECISIONS[requested]
     problem = _cannot_run(requested, device)
     if problem:
         if strict:
@@ -62,15 +60,11 @@ def decide_precision(requested: str, device: torch.device, strict: bool = False,
                                  warning=f"{requested} cannot run here ({problem}); training in fp32 instead",
                                  fallback=True)
     warning = None
-    if device.type == "cpu" and not (requested == "bf16" and cpu_native_bf16()):
+    if device.type == "cpu" and spec.autocast and not (spec.autocast == "bfloat16" and cpu_native_bf16()):
+        kind = _dtype_name(DTYPES[requested]).replace("bfloat16", "bf16").replace("float16", "fp16")
         warning = (f"{requested} autocast on this CPU is a correctness path, not a speed path: it runs "
-                   f"several times slower than fp32 (no native {'bf16' if requested == 'bf16' else 'fp16'} "
-                   "matrix units); use --precision fp32 for speed")
-    if requested == "tf32":
-        return PrecisionDecision(requested, requested, "tf32 was requested: fp32 weights and activations, "
-                                 "matrix multiplies on the TF32 tensor cores")
-    scaler_note = " with a GradScaler" if requested == "fp16" else ""
-    return PrecisionDecision(requested, requested, f"{requested}{scaler_note} was requested", warning=warning)
+                   f"several times slower than fp32 (no native {kind} matrix units); use --precision fp32 for speed")
+    return PrecisionDecision(requested, requested, spec.requested, warning=warning)
 
 
 def _auto(device: torch.device, measure: Callable[[str], PrecisionDecision] | None) -> PrecisionDecision:
@@ -93,21 +87,23 @@ def _auto(device: torch.device, measure: Callable[[str], PrecisionDecision] | No
 
 def _cannot_run(precision: str, device: torch.device) -> str | None:
     """Why torch cannot run ``precision`` on ``device``, or None when it can (probed for real)."""
-    if precision == "tf32":
+    spec = PRECISIONS[precision]
+    if spec.cuda_compute is not None:
         if device.type != "cuda":
-            return "TF32 is a mode of NVIDIA tensor cores (Ampere or newer); it does not exist on a CPU"
+            return f"{spec.not_on_cpu}; it does not exist on a CPU"
         major, minor = torch.cuda.get_device_capability(device)
-        if major < 8:
-            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no TF32 "
-                    "tensor cores (Ampere or newer needed)")
+        if (major, minor) < spec.cuda_compute:
+            return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no "
+                    f"{spec.cuda_feature}")
+    if spec.autocast is None:
         return None
-    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and spec.autocast == "bfloat16" and not torch.cuda.is_bf16_supported():
         return f"{torch.cuda.get_device_name(device)} has no bf16 support"
     try:
         layer = nn.Linear(8, 8).to(device)
         with torch.autocast(device.type, dtype=DTYPES[precision]):
             layer(torch.ones(2, 8, device=device)).sum().backward()
-        if precision == "fp16":
+        if spec.loss_scaling:
             torch.amp.GradScaler(device.type)
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot run", reported as such
         return f"{type(exc).__name__}: {exc}"
@@ -121,9 +117,15 @@ class PrecisionPolicy:
                  init_scale: float = 2.0**16, growth_interval: int = 2000):
         self.decision = decision
         self.device = device
+        self.spec = PRECISIONS[decision.used]
         self.dtype = DTYPES[decision.used]
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
-                       if decision.used == "fp16" else None)
+                       if self.spec.loss_scaling else None)
+
+    @property
+    def scales_loss(self) -> bool:
+        """Whether a GradScaler runs: the loss scale is logged and an overflow skip is calibration, not a fault."""
+        return self.scaler is not None
 
     @property
     def name(self) -> str:
@@ -149,7 +151,7 @@ class PrecisionPolicy:
         cores ("high"); the previous setting comes back on exit, so runs in one process (or
         interleaved benchmark rounds) do not leak their choice into each other.
         """
-        wanted = _MATMUL_PRECISION.get(self.name)
+        wanted = self.spec.matmul
         previous = torch.get_float32_matmul_precision()
         if wanted:
             torch.set_float32_matmul_precision(wanted)

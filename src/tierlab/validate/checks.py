@@ -22,7 +22,7 @@ from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, extract_logits, future_leak
                       repeatable_logits)
 from ..train.device import synchronize
 from ..train.memory import SavedForBackward
-from ..train.precision import low_precision_weights
+from ..train.precision import DTYPES, low_precision_weights
 from .report import CheckResult
 
 
@@ -38,7 +38,7 @@ class Probe:
     precision: str = "fp32"  # the speed check's autocast precision: fp32, bf16 or fp16
 
     def autocast(self):
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        dtype = DTYPES[self.precision]
         return torch.autocast(self.device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
     def tokens(self, batch: int, length: int, seed: int | None = None) -> torch.Tensor:

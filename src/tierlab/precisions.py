@@ -1,0 +1,52 @@
+"""Every precision tierlab knows, in one table that the config, CLI, bench, FLOPS table, validate and doctor read.
+
+Adding a precision is one :class:`Precision` entry here (and its tests); the policy in
+:mod:`tierlab.train.precision` runs any entry from its fields.  This module imports
+nothing heavy (no torch), so ``tierlab --help`` and config validation can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str  # the --precision value
+    summary: str  # what it is, for --help and the README
+    requested: str  # the reason recorded when it was asked for by name
+    autocast: str | None = None  # torch dtype that autocast runs the maths in (None: no autocast)
+    matmul: str | None = None  # torch.set_float32_matmul_precision while it runs (None: left as it is)
+    loss_scaling: bool = False  # a GradScaler scales the loss (and skips steps whose gradients overflow)
+    cuda_compute: tuple[int, int] | None = None  # needs an NVIDIA GPU of at least this compute capability
+    cuda_feature: str = ""  # the hardware behind ``cuda_compute``: "GPU X has no <cuda_feature>"
+    not_on_cpu: str = ""  # why a CPU cannot run it: "<not_on_cpu>; it does not exist on a CPU"
+    peak_as: str | None = None  # whose column of the peak-FLOPS table its matmuls run at (default: its own)
+
+    @property
+    def peak_column(self) -> str:
+        return self.peak_as or self.name
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", "strict IEEE fp32: no autocast, matmuls at the highest precision", "fp32 was requested",
+              matmul="highest"),
+    Precision("tf32", "fp32 weights and activations, matrix multiplies on the TF32 tensor cores (CUDA)",
+              "tf32 was requested: fp32 weights and activations, matrix multiplies on the TF32 tensor cores",
+              matmul="high", cuda_compute=(8, 0), cuda_feature="TF32 tensor cores (Ampere or newer needed)",
+              not_on_cpu="TF32 is a mode of NVIDIA tensor cores (Ampere or newer)"),
+    Precision("bf16", "bf16 autocast over fp32 weights: fp32's range, no loss scaling", "bf16 was requested",
+              autocast="bfloat16"),
+    Precision("fp16", "fp16 autocast over fp32 weights, with a GradScaler", "fp16 with a GradScaler was requested",
+              autocast="float16", loss_scaling=True),
+)}
+
+NAMES = tuple(PRECISIONS)  # most accurate first
+CHOICES = ("auto", *NAMES)  # what --precision accepts
+# What validate's speed check and the doctor can run on any device: fp32 and the autocast ones.
+AUTOCAST_NAMES = tuple(n for n, p in PRECISIONS.items() if p.autocast)
+PORTABLE_NAMES = tuple(n for n, p in PRECISIONS.items() if p.cuda_compute is None)
+
+
+def get(name: str) -> Precision:
+    return PRECISIONS[name]
