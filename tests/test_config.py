@@ -100,3 +100,21 @@ def test_a_zero_validation_fraction_points_to_eval_every_0(tmp_path):
     summary = json.loads((tmp_path / "runs" / "noval" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["final_val_loss"] is None
     assert_user_error(run_cli("train", "--val-fraction", "1.5", cwd=tmp_path), "pass e.g. 0.1")
+
+
+def test_every_option_declares_one_role_and_one_help_group():
+    import dataclasses
+
+    from tierlab.config import IDENTITY, OPTION_GROUPS, PLACE, SESSION, TRAINING, options_with
+
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    by_role = [options_with(r) for r in (IDENTITY, PLACE, SESSION, TRAINING)]
+    assert sorted(n for group in by_role for n in group) == sorted(names)  # a partition: one role each
+    grouped = [n for group in OPTION_GROUPS.values() for n in group]
+    assert sorted(grouped) == sorted(names) and len(grouped) == len(set(grouped))
+    assert "seed" in options_with(TRAINING) and "data" in options_with(IDENTITY)
+
+
+def test_fsdp_with_compile_is_refused_by_the_config_itself():
+    with pytest.raises(ConfigError, match="--fsdp and --compile"):
+        TrainConfig(fsdp=True, compile=True)

@@ -15,6 +15,7 @@ from typing import Any, Iterator, NoReturn, Sequence
 
 from . import __version__
 from .config import (
+    OPTION_GROUPS,
     WANDB_MODES,
     TrainConfig,
     _type_hints,
@@ -219,27 +220,11 @@ _BENCH_TRAIN_OPTIONS = ("model", "data", "text_field", "tokenizer", "batch_size"
                         "compile", "compile_mode")
 _BENCH_DEFAULTS = {"batch_size": 8, "seq_len": 256, "lr": 3e-4}
 
-# Option groups of `tierlab train --help`, in the README's order.
-_GROUPS = {
-    "model": ("model", "model_args"),
-    "data": ("data", "text_field", "tokenizer", "val_fraction"),
-    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
-                             "loss_scale_growth_interval"),
-    "several processes (torchrun)": ("fsdp", "dist_timeout"),
-    "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
-    "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
-    "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",
-                               "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
-    "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "no_plots"),
-    "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
-}
-
-
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
     helps, hints = field_help(), _type_hints()
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    assert set(fields) == {n for names in _GROUPS.values() for n in names}, "every option needs a help group"
-    for title, names in _GROUPS.items():
+    assert set(fields) == {n for names in OPTION_GROUPS.values() for n in names}, "every option needs a help group"
+    for title, names in OPTION_GROUPS.items():
         group = parser.add_argument_group(title)
         for name in names:
             f, flag = fields[name], "--" + name.replace("_", "-")
@@ -264,17 +249,13 @@ def config_from_args(ns: argparse.Namespace) -> TrainConfig:
     """The checkpoint's config when resuming, then the file's values, then the command line's."""
     given: dict[str, Any] = {k: v for k, v in vars(ns).items() if k not in ("command", "config")}
     file_values = load_config_file(ns.config) if ns.config else {}
-    resume = given.get("resume", file_values.get("resume"))
-    values: dict[str, Any] = {}
-    if resume:
-        from .train.resume import base_config
-
-        values = base_config(resume, given.get("out", file_values.get("out", "runs")),
-                             given.get("name", file_values.get("name"))) or {}
-        values.pop("quiet", None)  # how the first session's terminal looked is not part of the run
-    values.update(file_values)
     items = given.pop("model_args", [])
-    values.update(given)
+    if given.get("resume", file_values.get("resume")):
+        from .train.resume import layered
+
+        values = layered(file_values, given)
+    else:
+        values = {**file_values, **given}
     return TrainConfig.from_mapping(_with_model_args(values, items), ns.config or "the command line")
 
 

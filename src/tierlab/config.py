@@ -14,6 +14,7 @@ import difflib
 import json
 import math
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,10 +31,13 @@ PRECISIONS = CHOICES  # "auto" and every entry of tierlab.precisions
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
-# Options that say how to run, not what the run is: never part of a run's identity.
 WANDB_MODES = ("online", "offline", "disabled")
-SESSION_OPTIONS = ("resume", "allow_config_change", "quiet", "tensorboard", "wandb", "wandb_entity", "wandb_mode",
-                   "no_plots", "compile", "compile_mode", "dist_timeout", "fsdp")
+
+# Each option's role, declared on its field (``role=``) and read by resume, search and the CLI:
+IDENTITY = "identity"  # what the run is: changing one trains something else, so no flag allows it on resume
+PLACE = "place"  # where the run lives: a resume takes it from the resume path, never compares it
+SESSION = "session"  # how this process runs (trackers, compile, the terminal): free to differ on resume
+TRAINING = "training"  # how it trains (the default): a resume that changes one needs --allow-config-change
 
 
 def _precision_help() -> str:
@@ -44,33 +48,34 @@ def _precision_help() -> str:
     return text + "".join(f" ({n} uses a GradScaler)" for n in scaled)
 
 
-def _opt(default: Any, help: str, **extra: Any) -> Any:
-    return field(default=default, metadata={"help": help, **extra})
+def _opt(default: Any, help: str, role: str = TRAINING, path: bool = False) -> Any:
+    """A field with its --help text, its role (see IDENTITY ...) and whether its value may name a file."""
+    return field(default=default, metadata={"help": help, "role": role, "path": path})
 
 
 @dataclass
 class TrainConfig:
     # --- what to train on -------------------------------------------------------------
-    model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]")
-    model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory"})
+    model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]", role=IDENTITY, path=True)
+    model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory", "role": IDENTITY})
     data: str = _opt("demo", "demo (built in); a UTF-8 .txt, .jsonl, .csv, .tsv or .parquet file, plain or "
                      ".gz/.bz2/.xz (the text in each record's \"text\" field or column, or --text-field's); "
-                     "or a directory of such files")
-    text_field: str = _opt("text", "with .jsonl/.csv/.tsv/.parquet data: the field or column that holds the text")
-    tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json")
-    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation")
+                     "or a directory of such files", role=IDENTITY, path=True)
+    text_field: str = _opt("text", "with .jsonl/.csv/.tsv/.parquet data: the field or column that holds the text", role=IDENTITY)
+    tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json", role=IDENTITY, path=True)
+    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation", role=IDENTITY)
     # --- precision and device ---------------------------------------------------------
     precision: str = _opt("auto", _precision_help())
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
-    compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)")
+    compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)", role=SESSION)
     compile_mode: str = _opt("default", "torch.compile mode with --compile: default, max-autotune-no-cudagraphs "
                              "(benchmarks the matrix kernels: minutes more compile, faster GPU steps), max-autotune "
-                             "or reduce-overhead (both add CUDA graphs)")
+                             "or reduce-overhead (both add CUDA graphs)", role=SESSION)
     fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the ranks with "
-                             "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)")
+                             "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)", role=SESSION)
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
-                               "job ends with an error (a hung or lost rank)")
+                               "job ends with an error (a hung or lost rank)", role=SESSION)
     # --- how long ---------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to run (default 400 unless --epochs is given)")
     epochs: float | None = _opt(None, "passes over the training tokens (alternative to --max-steps)")
@@ -91,10 +96,10 @@ class TrainConfig:
     # --- checkpoints and faults --------------------------------------------------------
     ckpt_every: int = _opt(250, "optimizer steps between checkpoints (0: only at the end and on interrupt)")
     keep_ckpts: int = _opt(3, "checkpoints kept (the newest ones)")
-    resume: str | None = _opt(None, "a run directory or checkpoint file to continue, or auto (the run --name)")
-    allow_config_change: bool = _opt(False, "on resume, accept changed options such as --max-steps or --lr")
+    resume: str | None = _opt(None, "a run directory or checkpoint file to continue, or auto (the run --name)", role=SESSION)
+    allow_config_change: bool = _opt(False, "on resume, accept changed options such as --max-steps or --lr", role=SESSION)
     init_from: str | None = _opt(None, "start a new run from trained weights: a run directory, a checkpoint .pt or a "
-                                       ".safetensors file (optimizer, schedule and data start afresh)")
+                                       ".safetensors file (optimizer, schedule and data start afresh)", path=True)
     on_nonfinite: str = _opt("skip", "skip, raise or rollback when the loss (or, without fp16, a gradient) is "
                              "not finite")
     rollback_lr_factor: float = _opt(0.5, "rollback: multiply the learning rate by this after each rollback")
@@ -102,20 +107,20 @@ class TrainConfig:
     max_consecutive_skips: int = _opt(25, "stop with a diagnosis after this many skipped steps in a row")
     min_loss_scale: float = _opt(1.0, "stop with a diagnosis when the fp16 loss scale falls below this")
     # --- trackers and plots -----------------------------------------------------------
-    tensorboard: bool = _opt(False, "also write TensorBoard event files to <run>/tensorboard")
-    wandb: str | None = _opt(None, "also log to this Weights & Biases project")
-    wandb_entity: str | None = _opt(None, "W&B entity (team or user)")
-    wandb_mode: str | None = _opt(None, "online, offline or disabled (default: $WANDB_MODE, else online)")
-    no_plots: bool = _opt(False, "do not write dashboard.png at the end of the run")
+    tensorboard: bool = _opt(False, "also write TensorBoard event files to <run>/tensorboard", role=SESSION)
+    wandb: str | None = _opt(None, "also log to this Weights & Biases project", role=SESSION)
+    wandb_entity: str | None = _opt(None, "W&B entity (team or user)", role=SESSION)
+    wandb_mode: str | None = _opt(None, "online, offline or disabled (default: $WANDB_MODE, else online)", role=SESSION)
+    no_plots: bool = _opt(False, "do not write dashboard.png at the end of the run", role=SESSION)
     # --- observation ------------------------------------------------------------------
     log_every: int = _opt(10, "optimizer steps between metric records (the only host syncs)")
     eval_every: int = _opt(100, "optimizer steps between evaluations (0 disables evaluation)")
     eval_batches: int = _opt(20, "batches of the validation split per evaluation")
     # --- where ------------------------------------------------------------------------
-    out: str = _opt("runs", "parent directory of run directories")
-    name: str | None = _opt(None, "run name (default: run-<date>-<time>)")
+    out: str = _opt("runs", "parent directory of run directories", role=PLACE)
+    name: str | None = _opt(None, "run name (default: run-<date>-<time>)", role=PLACE)
     seed: int = _opt(1337, "seed for model init and batch sampling")
-    quiet: bool = _opt(False, "print nothing but errors")
+    quiet: bool = _opt(False, "print nothing but errors", role=SESSION)
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -149,6 +154,8 @@ class TrainConfig:
              f"use one of {', '.join(PRECISIONS)}.")
         need(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is not a torch.compile mode.",
              f"use one of {', '.join(COMPILE_MODES)}.")
+        need(not (self.fsdp and self.compile), "--fsdp and --compile were both given.",
+             "drop --compile (tierlab does not compile sharded models yet) or --fsdp.")
         need(self.compile or self.compile_mode == "default", f"--compile-mode {self.compile_mode} was given "
              "without --compile.", "add --compile, or drop --compile-mode.")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
@@ -311,18 +318,43 @@ _HINTS: dict[str, tuple[tuple[type, ...], bool]] = {}
 
 
 def _type_hints() -> dict[str, tuple[tuple[type, ...], bool]]:
-    """Field name -> (accepted runtime types, accepts None), read from the annotations."""
+    """Field name -> (accepted runtime types, accepts None), from the evaluated annotations."""
     if not _HINTS:
-        table = {"int": (int,), "float": (float, int), "str": (str,), "bool": (bool,), "dict": (dict,)}
-        for f in dataclasses.fields(TrainConfig):
-            parts = [p.strip() for p in str(f.type).split("|")]
-            optional = "None" in parts
-            types: tuple[type, ...] = ()
-            for p in parts:
-                types += table.get(p, ())
-            _HINTS[f.name] = (types, optional)
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            args = typing.get_args(hint) or (hint,)  # `int | None` -> (int, NoneType); `int` -> (int,)
+            types = tuple(t for t in args if t is not type(None))
+            if float in types:
+                types += (int,)  # an int is a valid float (2 for 2.0)
+            _HINTS[name] = (types, type(None) in args)
     return _HINTS
 
 
 def field_help() -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+
+
+def options_with(role: str) -> tuple[str, ...]:
+    """The options whose field declares ``role`` (IDENTITY, PLACE, SESSION or TRAINING), in field order."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["role"] == role)
+
+
+IDENTITY_OPTIONS = options_with(IDENTITY)
+PLACE_OPTIONS = options_with(PLACE)
+SESSION_OPTIONS = options_with(SESSION)
+# Options that may name a file (made absolute when a run starts, see train.resume.absolute_paths).
+PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata.get("path"))
+
+# Option groups of `tierlab train --help`, in the README's order; every option is in one.
+OPTION_GROUPS = {
+    "model": ("model", "model_args"),
+    "data": ("data", "text_field", "tokenizer", "val_fraction"),
+    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
+                             "loss_scale_growth_interval"),
+    "several processes (torchrun)": ("fsdp", "dist_timeout"),
+    "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
+    "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
+    "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",
+                               "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
+    "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "no_plots"),
+    "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
+}

@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_path, atomic_write
-from ..config import SESSION_OPTIONS
+from ..config import PLACE_OPTIONS, SESSION_OPTIONS
 from .space import apply_params, fmt_param
 from .study import reason
 
 log = logging.getLogger(__name__)
 
-# Options that say where a run goes, not what it is: left out of best.toml.
-_PLACE = ("out", "name", "resume", "allow_config_change", "quiet")
 
 
 def write_outputs(cfg, study: Any, out: Path):
@@ -40,7 +38,7 @@ def write_outputs(cfg, study: Any, out: Path):
         header = (f"# tierlab search: best of {len(completed)} completed trial(s) of study {cfg.study!r}\n"
                   f"# trial {best.number}: val_loss {best.value:.6g} after {cfg.steps_per_trial} steps\n"
                   f"# train it: tierlab train --config {best_path}\n")
-        values = {k: v for k, v in best_cfg.to_dict().items() if k not in _PLACE and k not in SESSION_OPTIONS}
+        values = {k: v for k, v in best_cfg.to_dict().items() if k not in PLACE_OPTIONS and k not in SESSION_OPTIONS}
         atomic_write(best_path, header + to_toml(values))
     write_plots(study, out)
     steps = sum(int(t.user_attrs.get("steps", 0)) for t in trials)

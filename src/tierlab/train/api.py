@@ -34,7 +34,7 @@ from .guards import Diverged
 from .loop import Trainer
 from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy
-from .resume import absolute_paths, base_config, check_same_run, find_checkpoint, model_fingerprint, set_aside
+from .resume import absolute_paths, check_same_run, find_checkpoint, layered, model_fingerprint, set_aside
 from .run import Run, close_run, default_run_name, make_sinks, open_run_dir, refuse_existing, write_dashboard
 from .setup import Prepared, decide_for_run, prepare
 
@@ -72,9 +72,6 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
                          "pass a torch.nn.Module, 'tiny-gpt' or the path of a model file.")
     if data is not None:
         cfg = cfg.replace(data=str(data))
-    if cfg.fsdp and cfg.compile:
-        raise ConfigError("--fsdp and --compile were both given.", "drop --compile (tierlab does not compile sharded "
-                                                                   "models yet) or --fsdp.")
     dist, device = setup(cfg.device, cfg.dist_timeout, cfg.fsdp)  # torchrun: join the job (a no-op otherwise)
     run = _train(model_or_path, cfg, dist, device, progress if dist.is_main else None, cache_dir)
     dist.close()  # only after a clean finish: on an error the process exits and torchrun ends the job
@@ -263,8 +260,7 @@ def resume(run_or_checkpoint: str | Path, changes: Mapping[str, Any] | None = No
     everything else comes from the checkpoint. Pass ``model`` for a run trained on an
     in-memory module.
     """
-    values = base_config(str(run_or_checkpoint), "runs", None)
-    values = {**values, **dict(changes or {}), "resume": str(run_or_checkpoint)}
+    values = layered({}, {**dict(changes or {}), "resume": str(run_or_checkpoint)})
     return train(model, None, TrainConfig.from_mapping(values, "resume"), progress=progress, cache_dir=cache_dir)
 
 

@@ -6,23 +6,19 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from torch import nn
 
-from ..config import SESSION_OPTIONS, TrainConfig
+from ..config import IDENTITY_OPTIONS, PATH_OPTIONS, PLACE_OPTIONS, SESSION_OPTIONS, TrainConfig
 from ..errors import ConfigError
 from .checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
 
-# What a run *is*: changing one of these would train something else, so no flag allows it.
-IDENTITY_OPTIONS = ("model", "model_args", "data", "text_field", "tokenizer", "val_fraction")
-# Where a run lives is decided by the resume path, not compared.
-PLACE_OPTIONS = ("out", "name")
-# Options that may name a file. Their content is checked on resume (the corpus by sha256, the
-# tokenizer by its hash, the model by its parameter shapes), so the path itself may differ.
-PATH_OPTIONS = ("model", "data", "tokenizer")
+# Identity options that name a file: their content is checked on resume (the corpus by sha256,
+# the tokenizer by its hash, the model by its parameter shapes), so the path itself may differ.
+SOURCE_OPTIONS = tuple(k for k in PATH_OPTIONS if k in IDENTITY_OPTIONS)
 
 
 def absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -39,7 +35,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
     model = absolute_spec(cfg.model)
     changes = {"model": model} if model != cfg.model else {}
-    for key in ("data", "tokenizer", "init_from"):
+    for key in (k for k in PATH_OPTIONS if k != "model"):  # the model spec may carry a :factory
         value = getattr(cfg, key)
         if value is not None and value != "demo" and (Path(value).exists() or (key == "data" and is_pattern(value))):
             changes[key] = os.path.abspath(value)  # ".." folded, symlinks kept as named (a pattern: its folder)
@@ -47,7 +43,7 @@ def absolute_paths(cfg: TrainConfig) -> TrainConfig:
 
 
 def _same_source(key: str, recorded: Any, now: Any) -> bool:
-    """Whether a path-valued option names the same source (see PATH_OPTIONS): the same file name, and factory."""
+    """Whether a path-valued option names the same source (see SOURCE_OPTIONS): the same file name, and factory."""
     if recorded == now or not isinstance(recorded, str) or not isinstance(now, str):
         return recorded == now
     if key == "model":
@@ -96,12 +92,28 @@ def base_config(resume: str, out: str, name: str | None) -> dict[str, Any] | Non
     return None if ckpt is None else dict(load_checkpoint(ckpt, mmap=True)["config"])
 
 
+def layered(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's option values: the checkpoint's (when resuming), then a config file's, then the overrides'.
+
+    The one layering the CLI (``--config FILE`` and the command line) and :func:`tierlab.resume`
+    use. How the first session's terminal looked (``quiet``) is not carried over.
+    """
+    def given(key: str, default: Any = None) -> Any:
+        return overrides.get(key, file_values.get(key, default))
+
+    values: dict[str, Any] = {}
+    if given("resume"):
+        values = base_config(given("resume"), given("out", "runs"), given("name")) or {}
+        values.pop("quiet", None)
+    return {**values, **file_values, **overrides}
+
+
 def check_same_run(cfg: TrainConfig, recorded: dict[str, Any], ckpt: Path) -> None:
     """Refuse a resume whose options differ from the checkpoint's, naming every difference."""
     def differs(key: str) -> bool:
         if key not in recorded:
             return False
-        if key in PATH_OPTIONS:
+        if key in SOURCE_OPTIONS:
             return not _same_source(key, recorded[key], getattr(cfg, key))
         return recorded[key] != getattr(cfg, key)
 
