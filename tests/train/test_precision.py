@@ -4,7 +4,7 @@ from torch import nn
 
 from tierlab.errors import ModelError, PrecisionError
 from tierlab.train import precision as precision_mod
-from tierlab.train.loop import build_optimizer
+from tierlab.train.optim import build_optimizer
 from tierlab.train.precision import PrecisionPolicy, decide_precision, low_precision_weights
 from helpers import fast_config
 

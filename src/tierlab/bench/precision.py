@@ -33,13 +33,14 @@ from ..progress import quieted
 from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
 from ..train.setup import first_block, prepare
+from ..train.step_buffer import read
 from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
 from ..train.auto_precision import MARGIN as AUTO_MARGIN
 from ..train.auto_precision import Measurement, cache_key, choose, write_cached
 from ..train.compile import compile_model
 from ..train.device import cpu_native_bf16, resolve_device, synchronize
 from ..train.flops import flops_per_token, peak_flops
-from ..train.loop import LOSS, SKIPPED, Trainer
+from ..train.loop import Trainer
 from ..train.memory import SavedForBackward, optimizer_state_tensors, tensor_bytes
 from ..train.precision import PrecisionPolicy, decide_precision
 
@@ -249,14 +250,14 @@ def _run_chunk(c: _Contender, count: int, device: torch.device, timed: bool) -> 
         _fail(c.row, f"out of memory at batch {trainer.cfg.batch_size} x {trainer.cfg.seq_len}")
         c.trainer = None
         return
-    rows = trainer.take_rows().cpu()
+    steps = read(trainer.take_rows())
     if cuda:
         c.transient_peak = max(c.transient_peak, torch.cuda.max_memory_allocated(device) - start_bytes)
         seconds = [a.elapsed_time(b) / 1000 for a, b in pairwise(marks)]
     else:
         seconds = [b - a for a, b in pairwise(marks)]
-    c.losses += rows[:, LOSS].tolist()
-    c.skipped += int(rows[:, SKIPPED].sum().item())
+    c.losses += [s.loss for s in steps]
+    c.skipped += sum(int(s.skipped) for s in steps)
     if timed:
         c.step_s += seconds
 

@@ -16,7 +16,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ import torch
 from ..atomic import atomic_path, atomic_write
 from ..errors import UserError
 from ..run_files import CKPT_DIR, LATEST
+
+if TYPE_CHECKING:
+    from .distributed import Dist
 
 log = logging.getLogger(__name__)
 
@@ -139,3 +142,23 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def newest_checkpoint_before(run_dir: Path, step: int | None) -> Path | None:
+    """The newest checkpoint of ``run_dir`` taken before ``step`` (any step when None), or None."""
+    found = list_checkpoints(run_dir)
+    if step is not None:
+        found = [p for p in found if int(p.stem.split("-")[1]) < step]
+    return found[-1] if found else None
+
+
+def own_part(state: dict[str, Any], dist: Dist) -> dict[str, Any]:
+    """This rank's share of a checkpoint (random streams, sampler, unread rows).
+
+    Resuming with another number of processes takes the parts round-robin: the run goes on,
+    but (as the warning at start-up says) no longer draws the batches it would have drawn.
+    """
+    if "ranks" not in state:  # checkpoints of tierlab before multi-process support
+        return {"rng": state["rng"], "sampler": state["sampler"], "window": state["window"]}
+    parts = state["ranks"]
+    return parts[dist.rank % len(parts)]

@@ -18,7 +18,6 @@ read gathers every rank's rows, and only rank 0 writes anything.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -26,61 +25,43 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
-from ..data import BlockSampler, DevicePrefetcher, TokenData, blocks_at, eval_starts
-from ..models import extract_logits
+from ..data import BlockSampler, DevicePrefetcher, TokenData, eval_starts
 from ..track import EventLog, JsonlWriter
 from .checkpoint import (
     CKPT_DIR,
     checkpoint_name,
     latest_checkpoint,
-    list_checkpoints,
+    newest_checkpoint_before,
     load_checkpoint,
+    own_part,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from .distributed import SINGLE, Dist, full_model_state, full_optimizer_state, load_full_state, local
+from .distributed import SINGLE, Dist, full_model_state, full_optimizer_state, load_full_state
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
-from ._torch_internals import foreach_mul_, foreach_norm
+from .evaluate import validation_figures
+from .gradients import clip_gradients, sync_gradients_if
+from .optim import build_optimizer
 from .precision import PrecisionPolicy
 from .schedule import WarmupCosine
+from .step_buffer import Step, StepBuffer, read_all_ranks
 
 if TYPE_CHECKING:
     from ..progress import Progress
 
 log = logging.getLogger(__name__)
 metrics_log = logging.getLogger("tierlab.metrics")
-
-# Columns of the per-step device buffer; each parameter's gradient norm follows them, from NORMS on.
-LOSS, GRAD_NORM, LR, SCALE, SKIPPED = range(5)
-NORMS = 5
-
-
-class _Row(NamedTuple):
-    """Views of one buffer row's cells, made once (indexing a tensor costs host time at every use)."""
-
-    loss: torch.Tensor
-    grad_norm: torch.Tensor
-    lr: torch.Tensor
-    scale: torch.Tensor
-    skipped: torch.Tensor
-    norms: torch.Tensor
-
-    @classmethod
-    def of(cls, row: torch.Tensor) -> _Row:
-        return cls(row[LOSS], row[GRAD_NORM], row[LR], row[SCALE], row[SKIPPED], row[NORMS:])
-
 
 @dataclass
 class LoopState:
@@ -93,21 +74,6 @@ class LoopState:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     tokens_per_s: list = field(default_factory=list)
-
-
-def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> tuple[torch.optim.AdamW, torch.Tensor]:
-    """Fused AdamW with a device-tensor learning rate; decay on matrices only."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    lr = torch.tensor(cfg.lr, dtype=torch.float32, device=device)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # Fused AdamW skips a step inside the kernel when told gradients overflowed, which is
-    # what keeps GradScaler (and our non-finite guard) free of host syncs.
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(cfg.beta1, cfg.beta2),
-                                  fused=True)
-    return optimizer, lr
 
 
 class Trainer:
@@ -137,9 +103,7 @@ class Trainer:
         # One row per step since the last log step: LOSS..SKIPPED, then the per-parameter gradient
         # norms (they name the layers that overflowed when a step is skipped). The scale column
         # stays 0 without a GradScaler.
-        self.buffer = torch.zeros(cfg.log_every, NORMS + len(self.params), dtype=torch.float32, device=device)
-        self._rows = [_Row.of(row) for row in self.buffer]
-        self.buffered = self._untimed_rows = 0
+        self.buffer = StepBuffer(cfg.log_every, len(self.params), device)
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scales_loss else None)
         # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size
@@ -176,7 +140,7 @@ class Trainer:
             step = self.state.step
             ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
             if step % cfg.log_every == 0 or step == self.max_steps:
-                if self.flush() == "rollback":
+                if self.flush():  # the non-finite policy asks for a rollback
                     self.rollback()
                     continue
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == self.max_steps):
@@ -198,7 +162,7 @@ class Trainer:
         the step is bound by how fast Python launches kernels, and every one counts.
         """
         cfg, policy = self.cfg, self.policy
-        row = self._rows[self.buffered]  # views into the buffer: written in place below
+        row = self.buffer.next_row()  # views into the buffer: written in place below
         # The schedule follows the steps that really happened, step - skips. The reversed
         # table from index (last - step) on reads table[step], table[step - 1], ...: its entry
         # number `skips` is the learning rate, found by one gather without reading `skips`
@@ -208,7 +172,7 @@ class Trainer:
         row.lr.copy_(self.lr)
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
-            with self._no_sync(last=micro == cfg.grad_accum - 1):
+            with sync_gradients_if(self.net, self.dist, last=micro == cfg.grad_accum - 1):
                 loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
                 # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss (and
                 # DDP averages the ranks' gradients: the mean over the global batch).
@@ -220,65 +184,73 @@ class Trainer:
         if cfg.grad_accum > 1:
             row.loss.div_(cfg.grad_accum)
         policy.unscale_(self.optimizer)
-        self._clip(row.grad_norm, row.norms)  # pre-clip norms of the true gradient
+        clip_gradients(self.params, row.grad_norm, row.norms, self.cfg.clip_grad, self.dist)  # pre-clip norms
         # Sharded, each rank sees only its shards' overflow: the (global) norm decides for all.
         policy.step(self.optimizer, row.grad_norm, norm_decides=self.dist.sharded, skipped_out=row.skipped)
         self.optimizer.zero_grad(set_to_none=True)
         self.skips.add_(row.skipped)
         if policy.scales_loss:
             row.scale.copy_(policy.loss_scale)
-        self.buffered += 1
         self.state.step += 1  # skips <= step always holds: the lookup above stays inside the table
-
-    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """Gradients are reduced across ranks once per optimizer step, in the last micro-batch's backward."""
-        if self.dist.sharded:  # FSDP2: a flag on the module, not a context
-            self.net.set_requires_gradient_sync(last)
-            return contextlib.nullcontext()
-        if last or not isinstance(self.net, DistributedDataParallel):
-            return contextlib.nullcontext()
-        return self.net.no_sync()
-
-    def _clip(self, total: torch.Tensor, per_param: torch.Tensor) -> None:
-        """Write the norms before clipping into ``total`` (0-dim) and ``per_param`` [P]; clip when --clip-grad > 0.
-
-        The same arithmetic as clip_grad_norm_, kept in the open because the per-parameter
-        norms name the layers that went non-finite, at no extra cost.
-        """
-        grads = [p.grad for _, p in self.params]
-        present = [g for g in grads if g is not None]
-        if self.dist.sharded:
-            present = [local(g) for g in present]  # this rank's shards
-        norms = [n.float() for n in foreach_norm(present)] if present else []
-        if len(present) < len(grads):  # parameters without a gradient this step count as 0
-            it, zero = iter(norms), torch.zeros((), device=self.device)
-            norms = [next(it) if g is not None else zero for g in grads]
-        if self.dist.sharded:  # the shards' squared norms add up to each parameter's (one small all-reduce)
-            per_param.copy_(self.dist.sum_(torch.stack(norms).square()).sqrt())
-        else:
-            torch.stack(norms, out=per_param)
-        torch.linalg.vector_norm(per_param, out=total)
-        if self.cfg.clip_grad > 0 and present:
-            coef = torch.clamp(self.cfg.clip_grad / (total + 1e-6), max=1.0)
-            foreach_mul_(present, coef)
 
     # ----------------------------------------------------------------------- logging
     def _start_window(self) -> None:
         """Timing of the steps up to the next log record starts now (evaluation time is excluded)."""
         self._window_start, self._window_excluded = time.perf_counter(), 0.0
 
-    def flush(self) -> str | None:
+    @property
+    def buffered(self) -> int:
+        """Steps run since the last log step, not yet read."""
+        return self.buffer.filled
+
+    def take_rows(self) -> torch.Tensor:
+        """The buffered steps' rows [n, 5] (loss, grad_norm, lr, scale, skipped), still on the device."""
+        return self.buffer.take()
+
+    def flush(self) -> bool:
         """Read the buffered steps (the one host sync), write records and events, apply the guard.
 
-        Returns "rollback" when the non-finite policy asks for one.
+        Returns True when the non-finite policy asks for a rollback.
         """
-        rows = self._all_rows(self.take_rows())  # host sync: once per log step
+        steps = read_all_ranks(self.buffer.take(), self.dist, self.state.step)  # host sync: once per log step
         elapsed = time.perf_counter() - self._window_start - self._window_excluded
-        first_step = self.state.step - len(rows) + 1
-        first_bad = next((i for i, r in enumerate(rows) if r[SKIPPED]), None)
-        bad_params = self._bad_params(first_bad) if first_bad is not None else []
+        losses, bad_steps = self._account(steps)
+        timed = len(steps) - self.buffer.restored  # rows restored from a checkpoint ran in another process
+        self.buffer.restored = 0
+        tokens_per_s = self.tokens_per_step * timed / elapsed if elapsed > 0 else 0.0
+        self.state.tokens_per_s.append(tokens_per_s)
+        self.state.last_loss = statistics.fmean(losses) if losses else float("nan")
+        last = steps[-1]
+        record = {
+            "kind": "train", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
+            "loss": self.state.last_loss, "lr": last.lr, "grad_norm": last.grad_norm,
+            "loss_scale": self.state.loss_scale, "skipped_steps": self.state.skipped_steps,
+            "tokens_per_s": tokens_per_s, "step_ms": 1000.0 * elapsed / max(timed, 1),
+            "mem_peak_mb": peak_memory_mb(self.device),
+            "mfu": (tokens_per_s * self.flops_per_token / self.peak) if self.peak else None,
+        }
+        self.metrics.write(record)
+        metrics_log.info("step %d/%d | loss %.4f | lr %.3g | grad_norm %.3g | scale %s | skipped %d | %.0f tok/s",
+                         record["step"], self.max_steps, record["loss"], last.lr, last.grad_norm,
+                         "-" if record["loss_scale"] is None else f"{record['loss_scale']:g}",
+                         record["skipped_steps"], tokens_per_s)
+        if self.progress:
+            self.progress.update(record)
+        if self.dist.active:  # a stop asked of any rank is a stop of all, at the same step
+            self._stop_agreed = self.dist.any(self.stop_requested, self.device)
+        self._start_window()
+        return self._apply_guard(bad_steps)
+
+    def _account(self, steps: list[Step]) -> tuple[list[float], list[int]]:
+        """Events for each step read (non-finite loss, skip, loss-scale change) and the guard's count.
+
+        Returns the finite losses and the steps the non-finite policy counts as bad.
+        """
+        first_step = self.state.step - len(steps) + 1
+        first_bad = next((i for i, r in enumerate(steps) if r.skipped), None)
+        bad_params = self.buffer.bad_params(first_bad, [n for n, _ in self.params]) if first_bad is not None else []
         losses, bad_steps, first_skip = [], [], True
-        for offset, (loss, _norm, _lr, scale, skipped) in enumerate(rows):
+        for offset, (loss, _norm, _lr, scale, skipped) in enumerate(steps):
             step = first_step + offset
             scale = scale if self.policy.scales_loss else None
             if self.guard.observe(step, loss, bool(skipped), scale, self.state.loss_scale):
@@ -298,72 +270,18 @@ class Trainer:
             if scale is not None and scale != self.state.loss_scale:
                 self.events.emit("loss_scale_change", step=step, **{"from": self.state.loss_scale, "to": scale})
                 self.state.loss_scale = scale
-        _, norm, lr, _, _ = rows[-1]
-        timed = len(rows) - self._untimed_rows  # rows restored from a checkpoint ran in another process
-        self._untimed_rows = 0
-        tokens_per_s = self.tokens_per_step * timed / elapsed if elapsed > 0 else 0.0
-        self.state.tokens_per_s.append(tokens_per_s)
-        self.state.last_loss = statistics.fmean(losses) if losses else float("nan")
-        record = {
-            "kind": "train", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
-            "loss": self.state.last_loss, "lr": lr, "grad_norm": norm, "loss_scale": self.state.loss_scale,
-            "skipped_steps": self.state.skipped_steps, "tokens_per_s": tokens_per_s,
-            "step_ms": 1000.0 * elapsed / max(timed, 1), "mem_peak_mb": peak_memory_mb(self.device),
-            "mfu": (tokens_per_s * self.flops_per_token / self.peak) if self.peak else None,
-        }
-        self.metrics.write(record)
-        metrics_log.info("step %d/%d | loss %.4f | lr %.3g | grad_norm %.3g | scale %s | skipped %d | %.0f tok/s",
-                         record["step"], self.max_steps, record["loss"], lr, norm,
-                         "-" if record["loss_scale"] is None else f"{record['loss_scale']:g}",
-                         record["skipped_steps"], tokens_per_s)
-        if self.progress:
-            self.progress.update(record)
-        if self.dist.active:  # a stop asked of any rank is a stop of all, at the same step
-            self._stop_agreed = self.dist.any(self.stop_requested, self.device)
-        self._start_window()
-        return self._apply_guard(bad_steps)
+        return losses, bad_steps
 
-    def _all_rows(self, rows: torch.Tensor) -> list[list[float]]:
-        """The rows as host lists; with several ranks, the loss averaged over them.
-
-        Gradients are all-reduced, so the gradient norm, the skip decision and the loss
-        scale are the same on every rank by construction; they are checked anyway, because
-        replicas that drifted apart would otherwise train on silently.
-        """
-        if not self.dist.active:
-            return rows.tolist()
-        every = self.dist.gather(rows).tolist()  # [world, n, 5]
-        merged = []
-        for i, row in enumerate(every[0]):
-            column = [rank_rows[i] for rank_rows in every]
-            if any(r[SKIPPED] != row[SKIPPED] or r[SCALE] != row[SCALE] for r in column):
-                raise RuntimeError(f"The ranks disagree at step {self.state.step - len(every[0]) + i + 1}: skipped "
-                                   f"{[r[SKIPPED] for r in column]}, loss scale {[r[SCALE] for r in column]}. The "
-                                   "model replicas are no longer identical (a non-deterministic gradient hook?).")
-            merged.append([statistics.fmean(r[LOSS] for r in column), *row[1:]])
-        return merged
-
-    def take_rows(self) -> torch.Tensor:
-        """The buffered steps' rows [n, 5] (loss, grad_norm, lr, scale, skipped), still on the device; empties the buffer."""
-        rows = self.buffer[: self.buffered, :NORMS].clone()
-        self.buffered = 0
-        return rows
-
-    def _bad_params(self, row: int) -> list[str]:
-        """The parameters whose gradient norm was not finite in buffer row ``row`` (a skipped step)."""
-        norms = self.buffer[row, NORMS:].tolist()  # host sync, only in a window that had a skipped step
-        return [name for (name, _), n in zip(self.params, norms) if not math.isfinite(n)]
-
-    def _apply_guard(self, bad_steps: list[int]) -> str | None:
+    def _apply_guard(self, bad_steps: list[int]) -> bool:
         stop = self.guard.stop_reason(self.state.step, self.state.loss_scale)
         if stop:
             self._diverge(f"Training stopped at step {self.state.step}: {stop}.")
         if not bad_steps or self.cfg.on_nonfinite == "skip":
-            return None
+            return False
         if self.cfg.on_nonfinite == "raise":
             self._diverge(f"Training stopped at step {self.state.step} (--on-nonfinite raise): the loss or the "
                           f"gradients were not finite at step {bad_steps[0]}.")
-        return "rollback"
+        return True
 
     def _diverge(self, headline: str) -> None:
         text = self.guard.diagnosis(headline, self.device, self.policy.name, float(self.lr), len(self.params))
@@ -376,35 +294,16 @@ class Trainer:
     def _last_good_checkpoint(self) -> Path | None:
         """The newest checkpoint from before the current streak of skipped steps began."""
         streak = self.guard.state.streak_start if self.guard.state.consecutive_skips else None
-        found = list_checkpoints(self.run_dir)
-        if streak is not None:
-            found = [p for p in found if int(p.stem.split("-")[1]) < streak]
-        return found[-1] if found else None
+        return newest_checkpoint_before(self.run_dir, streak)
 
-    @torch.no_grad()
     def evaluate(self) -> dict[str, Any]:
         """Loss, perplexity and next-token accuracy on fixed blocks of the validation split."""
         started = time.perf_counter()
-        self.model.eval()
-        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        correct = torch.zeros((), dtype=torch.int64, device=self.device)
-        count = 0  # this rank's share of the blocks; the sums below add up all ranks'
-        for starts in self._eval_starts:
-            x, y = blocks_at(self.data.val, starts, self.cfg.seq_len)
-            x, y = x.to(self.device), y.to(self.device)
-            with self.policy.autocast():
-                logits = extract_logits(self.model(x)).float()
-            loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-            correct += (logits.argmax(-1) == y).sum()
-            count += y.numel()
-        self.model.train()
-        totals = torch.stack([loss_sum, correct.to(torch.float64),
-                              torch.tensor(float(count), dtype=torch.float64, device=self.device)])
-        loss_total, correct_total, count_total = self.dist.sum_(totals).tolist()  # host sync: evaluations only
-        val_loss = loss_total / count_total
+        val_loss, val_acc = validation_figures(self.model, self.data.val, self._eval_starts, self.cfg.seq_len,
+                                               self.policy, self.dist)
         record = {"kind": "eval", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
                   "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
-                  "val_acc": correct_total / count_total}
+                  "val_acc": val_acc}
         self.metrics.write(record)
         metrics_log.info("step %d/%d | val_loss %.4f | val_ppl %.2f | val_acc %.3f", record["step"], self.max_steps,
                          val_loss, record["val_ppl"], record["val_acc"])
@@ -422,8 +321,7 @@ class Trainer:
         return {
             "rng": rng_state(self.device),
             "sampler": self.batches.state_dict(),
-            # Steps since the last log step, not yet read: their record is written after a resume.
-            "window": {"rows": self.buffer[: self.buffered].detach().cpu()},
+            "window": self.buffer.state_dict(),
         }
 
     def weights_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -472,12 +370,7 @@ class Trainer:
         self.batches.load_state_dict(part["sampler"])
         set_rng_state(part["rng"])
         self.state = LoopState(**state["loop"])
-        window = part["window"]
-        rows = window["rows"]
-        self.buffered = self._untimed_rows = len(rows)
-        self.buffer[: self.buffered, : rows.shape[1]] = rows.to(self.device)
-        if "first_bad_norms" in window:  # older checkpoints kept the skipped step's norms apart from the rows
-            self.buffer[: self.buffered, NORMS:] = window["first_bad_norms"].to(self.device)
+        self.buffer.load_state_dict(part["window"])
         self.guard.state = GuardState(**state["guard"])
         self._rebuild_schedule()
         self.last_checkpoint_step = self.state.step
@@ -519,15 +412,3 @@ class Trainer:
                          lr_scale=lr_scale, rollbacks=rollbacks)
         log.warning("non-finite values at step %d: rolled back to step %d, learning rate x%g", failed_at,
                     self.state.step, lr_scale)
-
-
-def own_part(state: dict[str, Any], dist: Dist) -> dict[str, Any]:
-    """This rank's share of a checkpoint (random streams, sampler, unread rows).
-
-    Resuming with another number of processes takes the parts round-robin: the run goes on,
-    but (as the warning at start-up says) no longer draws the batches it would have drawn.
-    """
-    if "ranks" not in state:  # checkpoints of tierlab before multi-process support
-        return {"rng": state["rng"], "sampler": state["sampler"], "window": state["window"]}
-    parts = state["ranks"]
-    return parts[dist.rank % len(parts)]

@@ -1,0 +1,42 @@
+"""Validation: loss and next-token accuracy over fixed blocks of the held-out split."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import blocks_at
+from ..models import extract_logits
+from .distributed import Dist
+from .precision import PrecisionPolicy
+
+
+@torch.no_grad()
+def validation_figures(model: nn.Module, val: np.ndarray, starts_per_batch: list, seq_len: int,
+                       policy: PrecisionPolicy, dist: Dist) -> tuple[float, float]:
+    """(mean loss per token, next-token accuracy) over the blocks at ``starts_per_batch``, summed over all ranks.
+
+    Each rank scores its own slice of each global batch; the sums are added up (one small
+    all-reduce and one host read per evaluation), so the figures are those one process with
+    the global batch computes.  The model is back in training mode on return.
+    """
+    device = policy.device
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0  # this rank's share of the blocks; the sums below add up all ranks'
+    for starts in starts_per_batch:
+        x, y = blocks_at(val, starts, seq_len)
+        x, y = x.to(device), y.to(device)
+        with policy.autocast():
+            logits = extract_logits(model(x)).float()
+        loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
+        correct += (logits.argmax(-1) == y).sum()
+        count += y.numel()
+    model.train()
+    totals = torch.stack([loss_sum, correct.to(torch.float64),
+                          torch.tensor(float(count), dtype=torch.float64, device=device)])
+    loss_total, correct_total, count_total = dist.sum_(totals).tolist()  # host sync: evaluations only
+    return loss_total / count_total, correct_total / count_total
