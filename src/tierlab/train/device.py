@@ -24,6 +24,8 @@ def resolve_device(spec: str) -> torch.device:
             raise ConfigError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) exist.",
                               f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}.")
         return device
+    if spec != "cpu":
+        raise ConfigError(f"--device {spec!r} is not a device tierlab runs on.", "use auto, cpu, cuda or cuda:N.")
     return torch.device("cpu")
 
 

@@ -1,0 +1,100 @@
+"""The ``tierlab`` command line: parses arguments, sets up what a person sees, maps errors to exit codes.
+
+Exit codes: 0 success, 2 a user error (one plain line, no traceback), 3 training diverged,
+130 interrupted.  Each subcommand is one module here with ``add_parser(sub)`` and
+``run(ns) -> exit code``; what several share (options, defaults, path checks) is in
+:mod:`.common`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import NoReturn, Sequence
+
+from .. import __version__
+from ..errors import UserError
+from . import analyze, bench, export, report, sample, search, sync, train, validate
+from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
+from .train import config_from_args
+
+__all__ = ["EXIT_INTERRUPTED", "EXIT_USER_ERROR", "build_parser", "config_from_args", "main"]
+
+log = logging.getLogger("tierlab")
+
+# In the order `tierlab --help` lists them.
+COMMANDS = {"train": train, "sample": sample, "validate": validate, "report": report, "bench": bench,
+            "search": search, "analyze": analyze, "export": export, "sync": sync}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="tierlab", description="Check a hand-built PyTorch transformer and train it fast "
+                                                "and safely in mixed precision.")
+    parser.add_argument("--version", action="version", version=f"tierlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for command in COMMANDS.values():
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if "TORCHELASTIC_ERROR_FILE" in os.environ:
+        # Under torchrun: an unexpected exception is also written where torchrun reads it,
+        # so its failure report shows this rank's error, not "To enable traceback see ...".
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        code = record(_main)(argv)
+        if code:
+            _leave_job(code)
+        return code
+    return _main(argv)
+
+
+def _leave_job(code: int) -> NoReturn:
+    """End a torchrun worker that stops with an error (exit 2, 3 or 130) without the interpreter's teardown.
+
+    After an error the ranks leave at different moments, and the process group's
+    background threads, torn down by a normal exit, can abort the process ("terminate
+    called without an active exception", SIGABRT): torchrun then reports a crash instead
+    of tierlab's exit code (4 in 36 runs of a two-rank user error on a busy machine).
+    Everything tierlab writes is closed by now (the run's ``finally``); the streams and
+    log handlers are flushed here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    from ..launch import torchrun_rank
+
+    rank = torchrun_rank()
+    who = f"tierlab (rank {rank})" if rank else "tierlab"
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return EXIT_USER_ERROR
+    from ..train.guards import Diverged
+
+    if ns.command in ("bench", "search") and rank is not None:
+        sys.stderr.write(f"{who}: error: tierlab {ns.command} runs in one process, not under torchrun. Fix: run "
+                         f"`tierlab {ns.command} ...` directly (on a GPU machine it uses one GPU).\n")
+        return EXIT_USER_ERROR
+    try:
+        return COMMANDS[ns.command].run(ns)
+    except UserError as err:
+        sys.stderr.write(f"{who}: error: {err}\n")
+        return EXIT_USER_ERROR
+    except Diverged as err:
+        sys.stderr.write(f"{who}: {err}\n")
+        return Diverged.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{who}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

@@ -1,0 +1,33 @@
+"""``tierlab report``: dashboard.png for one or several runs and a summary table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..run_files import DASHBOARD
+from .common import image_path, run_dirs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    report = sub.add_parser("report", help="write dashboard.png for one or several runs and print a summary table",
+                            description="Plot loss, learning rate, gradient norm, loss scale (with skipped steps), "
+                                        "throughput and validation accuracy; several runs are overlaid.")
+    report.add_argument("runs", nargs="+", help="run directories")
+    report.add_argument("--out", default=None, metavar="PNG",
+                        help="where to write the image (default: RUN/dashboard.png for one run, ./dashboard.png "
+                             "for several)")
+
+
+def run(ns: argparse.Namespace) -> int:
+    from ..track.plots import save_dashboard, summary_table
+
+    dirs = run_dirs(ns.runs)
+    if ns.out:
+        out = image_path(ns.out, DASHBOARD, "--out")
+    else:
+        out = dirs[0] / DASHBOARD if len(dirs) == 1 else Path(DASHBOARD)
+    save_dashboard(dirs, out)
+    print(summary_table(dirs))
+    print(f"dashboard: {out}")
+    return 0

@@ -1,0 +1,47 @@
+"""``tierlab validate``: Tier 1 checks and the precision doctor (exit 1 when a check fails).
+
+Its --batch-size 4 and --seq-len 64 are an inspection's shape, not a training run's: the
+checks walk every position and run the model a few dozen times, so they stay small.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..precisions import PORTABLE_NAMES
+from .common import add_device_option, model_args_of, positive
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    val = sub.add_parser("validate", help="check that a model is wired correctly and which precision is safe",
+                         description="Tier 1 checks (shapes, causality, gradient flow, numerics, initialisation, "
+                                     "memory, speed, determinism) and the precision doctor. Exit code 1 when a "
+                                     "check fails.")
+    val.add_argument("--model", default="tiny-gpt", help="tiny-gpt or PATH.py[:factory]")
+    val.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--vocab-size", type=int, default=256, metavar="N",
+                     help="passed to a factory with a vocab_size argument (default 256)")
+    val.add_argument("--batch-size", type=int, default=4, metavar="N")
+    val.add_argument("--seq-len", type=int, default=64, metavar="N")
+    val.add_argument("--max-len", type=int, default=None, metavar="N",
+                     help="the model's maximum length, when it does not publish one")
+    add_device_option(val)
+    val.add_argument("--precision", default="fp32", choices=list(PORTABLE_NAMES),
+                     help="autocast precision of the speed check (default fp32)")
+    val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor")
+    val.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
+
+
+def run(ns: argparse.Namespace) -> int:
+    from ..train.device import resolve_device
+    from ..validate import validate
+
+    positive(ns, "batch_size", "seq_len", "vocab_size")
+    report = validate(ns.model, model_args=model_args_of(ns), vocab_size=ns.vocab_size, batch_size=ns.batch_size,
+                      seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
+                      doctor=not ns.no_doctor, precision=ns.precision)
+    print(report.text())
+    if ns.json:
+        Path(ns.json).write_text(report.to_json() + "\n")
+    return 0 if report.ok else 1
