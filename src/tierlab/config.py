@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .data.formats import field_suffixes, suffix_list
 from .errors import ConfigError
 from .precisions import CHOICES, PRECISIONS as _TABLE
 
@@ -58,10 +59,10 @@ class TrainConfig:
     # --- what to train on -------------------------------------------------------------
     model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]", role=IDENTITY, path=True)
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory", "role": IDENTITY})
-    data: str = _opt("demo", "demo (built in); a UTF-8 .txt, .jsonl, .csv, .tsv or .parquet file, plain or "
+    data: str = _opt("demo", f"demo (built in); a UTF-8 {suffix_list()} file, plain or "
                      ".gz/.bz2/.xz (the text in each record's \"text\" field or column, or --text-field's); "
                      "or a directory of such files", role=IDENTITY, path=True)
-    text_field: str = _opt("text", "with .jsonl/.csv/.tsv/.parquet data: the field or column that holds the text", role=IDENTITY)
+    text_field: str = _opt("text", f"with {field_suffixes()} data: the field or column that holds the text", role=IDENTITY)
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json", role=IDENTITY, path=True)
     val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation", role=IDENTITY)
     # --- precision and device ---------------------------------------------------------

@@ -125,7 +125,7 @@ def test_another_jsonl_field_is_read_with_text_field(tmp_path):
                                         "Fix: name the field that holds the text: --text-field text"):
         _text(open_corpus(str(path), tmp_path, text_field="body"))
     (tmp_path / "plain.txt").write_text("hello\n")
-    with pytest.raises(DataError, match="is plain text, not JSON lines, CSV/TSV or Parquet"):
+    with pytest.raises(DataError, match="is plain text, not JSON lines, Parquet, CSV or TSV"):
         open_corpus(str(tmp_path / "plain.txt"), tmp_path, text_field="content")
 
 

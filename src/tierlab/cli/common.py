@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..config import TrainConfig, load_config_file, parse_model_arg
+from ..data.formats import field_suffixes, suffix_list
 from ..errors import UserError
 from ..run_files import METRICS
 
@@ -19,7 +20,7 @@ EXIT_INTERRUPTED = 130  # also after SIGTERM: the run was checkpointed and can b
 # One default for every subcommand's --device: the same choice `tierlab train` makes (a CUDA GPU when
 # there is one, else the CPU), so sample, validate and analyze run where training ran.
 DEVICE_HELP = "auto (default: a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N"
-TEXT_FIELD_HELP = "with .jsonl/.csv/.tsv/.parquet --data: the field or column holding the text (default text)"
+TEXT_FIELD_HELP = f"with {field_suffixes()} --data: the field or column holding the text (default text)"
 RUN_MODEL_HELP = ("the model file to load the run's weights into, built with the run's --model-arg values "
                   "(default: the one the run recorded; for when that file moved)")
 
@@ -44,7 +45,7 @@ def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for the model factory (repeatable)")
-    parser.add_argument("--data", help="demo (default); a .txt, .jsonl, .csv, .tsv or .parquet file (also .gz/.bz2/.xz), "
+    parser.add_argument("--data", help=f"demo (default); a {suffix_list()} file (also .gz/.bz2/.xz), "
                                        "or a directory of them")
     parser.add_argument("--text-field", dest="text_field", metavar="FIELD", help=TEXT_FIELD_HELP)
     parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
