@@ -52,7 +52,7 @@ class FailsFromCall(Recording):
 
 def test_failing_sinks_never_stop_training(tmp_path, monkeypatch, caplog):
     healthy, flaky = Recording(), FailsFromCall(5)
-    monkeypatch.setattr(api, "make_sinks", lambda cfg, run_dir: [FailsAtStart(), flaky, healthy])
+    monkeypatch.setattr(api.tracker_sinks, "make_sinks", lambda options, run_dir: [FailsAtStart(), flaky, healthy])
     run = tierlab.train(config=fast_config(tmp_path, max_steps=40, log_every=2, eval_every=0))
     assert run.summary["status"] == "completed"
     assert [r["step"] for r in run.metrics("train")] == list(range(2, 41, 2))  # metrics.jsonl is complete

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..config import WANDB_MODES
+from ..track.sinks import SINKS
 from .common import run_dirs
 
 
@@ -12,7 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     sync = sub.add_parser("sync", help="replay a run's local records into a tracker (e.g. after an outage)",
                           description="Send every record of metrics.jsonl and events.jsonl to W&B or TensorBoard.")
     sync.add_argument("run", help="run directory")
-    sync.add_argument("--to", required=True, choices=["wandb", "tensorboard"])
+    sync.add_argument("--to", required=True, choices=list(SINKS))
     sync.add_argument("--wandb", dest="project", default=None, metavar="PROJECT",
                       help="W&B project (default: the run's --wandb, else tierlab)")
     sync.add_argument("--wandb-entity", default=None)

@@ -14,7 +14,7 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..errors import ConfigError
 
@@ -37,6 +37,12 @@ class TensorBoardSink:
     """Event files in ``<run>/tensorboard``: scalars ``train/<name>`` and ``eval/<name>``, events as text."""
 
     name = "tensorboard"
+    option = "tensorboard"  # the TrainConfig field that turns it on
+    package = "tensorboard"  # the optional dependency it needs (and the tierlab extra that installs it)
+
+    @classmethod
+    def from_options(cls, run_dir: Path, options: Mapping[str, Any]) -> TensorBoardSink:
+        return cls(run_dir / "tensorboard")
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -64,6 +70,13 @@ class WandbSink:
     """A W&B run with the same metric names, the resolved config, and events as a table (and alerts)."""
 
     name = "wandb"
+    option = "wandb"  # --wandb PROJECT
+    package = "wandb"
+
+    @classmethod
+    def from_options(cls, run_dir: Path, options: Mapping[str, Any]) -> WandbSink:
+        return cls(options.get("wandb") or "tierlab", options.get("wandb_entity"), options.get("wandb_mode"), run_dir,
+                   options.get("name") or run_dir.name)
 
     def __init__(self, project: str, entity: str | None, mode: str | None, run_dir: Path, run_name: str):
         self.project, self.entity, self.run_dir, self.run_name = project, entity, run_dir, run_name
@@ -110,15 +123,22 @@ def _wandb_id(run_dir: Path) -> str:
     return run_id
 
 
-def make_sink(kind: str, run_dir: Path, project: str | None = None, entity: str | None = None,
-              mode: str | None = None, run_name: str | None = None):
-    """A sink of ``kind`` ("tensorboard" or "wandb") for ``run_dir``; a missing package is a user error.
+# Every tracker tierlab can feed, by name (`tierlab sync --to NAME`); adding one is a class above
+# and an entry here, plus the TrainConfig option that turns it on.
+SINKS = {sink.name: sink for sink in (TensorBoardSink, WandbSink)}
+
+
+def make_sink(kind: str, run_dir: Path, options: Mapping[str, Any]):
+    """A sink of ``kind`` for ``run_dir``, set up from a run's ``options``; a missing package is a user error.
 
     Constructing a sink touches nothing on disk or the network (that happens in ``start``), so
     it can run before the run directory exists.
     """
-    if kind == "tensorboard":
-        require("tensorboard", "tensorboard")
-        return TensorBoardSink(run_dir / "tensorboard")
-    require("wandb", "wandb")
-    return WandbSink(project or "tierlab", entity, mode, run_dir, run_name or run_dir.name)
+    sink = SINKS[kind]
+    require(sink.package, sink.package)
+    return sink.from_options(run_dir, options)
+
+
+def make_sinks(options: Mapping[str, Any], run_dir: Path) -> list:
+    """The sinks a run's options turn on (``--tensorboard``, ``--wandb PROJECT``), in SINKS' order."""
+    return [make_sink(name, run_dir, options) for name, sink in SINKS.items() if options.get(sink.option)]

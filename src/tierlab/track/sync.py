@@ -13,8 +13,8 @@ from .sinks import make_sink
 def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | None = None,
              mode: str | None = None) -> dict[str, int]:
     config = json.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else {}
-    sink = make_sink(to, run_dir, project or config.get("wandb"), entity or config.get("wandb_entity"),
-                     mode or config.get("wandb_mode"))
+    given = {"wandb": project, "wandb_entity": entity, "wandb_mode": mode}
+    sink = make_sink(to, run_dir, {**config, **{k: v for k, v in given.items() if v}})
     metrics, events = read_jsonl(run_dir / METRICS), read_jsonl(run_dir / EVENTS)
     sink.start(config)
     try:

@@ -26,6 +26,7 @@ from torch import nn
 from ..config import TrainConfig, normalize_keys
 from ..errors import ConfigError, ModelError
 from ..track import Discard
+from ..track import sinks as tracker_sinks
 from ..track.trackers import Trackers
 from .checkpoint import load_checkpoint
 from .compile import compile_model
@@ -35,7 +36,7 @@ from .loop import Trainer
 from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy
 from .resume import absolute_paths, check_same_run, find_checkpoint, layered, model_fingerprint, set_aside
-from .run import Run, close_run, default_run_name, make_sinks, open_run_dir, refuse_existing, write_dashboard
+from .run import Run, close_run, default_run_name, open_run_dir, refuse_existing, write_dashboard
 from .setup import Prepared, decide_for_run, prepare
 
 if TYPE_CHECKING:
@@ -84,7 +85,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     cfg, ckpt_path, resume_state = _what_to_resume(absolute_paths(cfg), dist)
     run_dir = Path(cfg.out) / cfg.name
     # Trackers only on rank 0; before anything runs: a missing tracker package is a user error.
-    sinks = make_sinks(cfg, run_dir) if dist.is_main else []
+    sinks = tracker_sinks.make_sinks(cfg.to_dict(), run_dir) if dist.is_main else []
     prepared = prepare(model_or_path, cfg, device, dist=dist, cache_dir=cache, resume_state=resume_state,
                        ckpt_path=ckpt_path)
     cfg, model = prepared.cfg, prepared.model

@@ -24,7 +24,6 @@ from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..run_files import CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
-from ..track.sinks import make_sink
 from .distributed import Dist, full_model_state
 from .guards import Diverged
 
@@ -187,13 +186,6 @@ def finite_or_none(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def make_sinks(cfg: TrainConfig, run_dir: Path) -> list:
-    sinks = [make_sink("tensorboard", run_dir)] if cfg.tensorboard else []
-    if cfg.wandb:
-        sinks.append(make_sink("wandb", run_dir, cfg.wandb, cfg.wandb_entity, cfg.wandb_mode, cfg.name))
-    return sinks
 
 
 def write_dashboard(run_dir: Path) -> None:
