@@ -147,10 +147,13 @@ class TrainConfig:
                 raise wrong
 
     def _check_values(self) -> None:
-        def need(cond: bool, problem: str, fix: str) -> None:
-            if not cond:
-                raise ConfigError(problem, fix)
+        """Each group of options in turn; the first bad value raises a ConfigError naming it and the fix."""
+        self._check_how_it_runs()
+        self._check_length_and_schedule()
+        self._check_faults_and_trackers()
+        self._check_data_and_names()
 
+    def _check_how_it_runs(self) -> None:
         need(self.precision in PRECISIONS, f"--precision {self.precision!r} is not a precision.",
              f"use one of {', '.join(PRECISIONS)}.")
         need(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is not a torch.compile mode.",
@@ -164,6 +167,8 @@ class TrainConfig:
              f"--device {self.device!r} is not a device tierlab trains on"
              + (" (Apple's Metal backend is not supported yet)" if self.device.startswith("mps") else "") + ".",
              "use auto, cpu, cuda or cuda:N.")
+
+    def _check_length_and_schedule(self) -> None:
         need(self.max_steps is None or self.epochs is None,
              "--max-steps and --epochs were both given.", "give one of them.")
         need(self.max_steps is None or self.max_steps >= 1,
@@ -201,6 +206,8 @@ class TrainConfig:
              "use e.g. 0.9 and 0.95.")
         need(math.isfinite(self.clip_grad) and self.clip_grad >= 0,
              f"--clip-grad must be 0 (off) or positive, got {self.clip_grad}.", "pass e.g. --clip-grad 1.0.")
+
+    def _check_faults_and_trackers(self) -> None:
         need(self.ckpt_every >= 0, f"--ckpt-every must be 0 or positive, got {self.ckpt_every}.",
              "pass e.g. --ckpt-every 500.")
         need(self.keep_ckpts >= 1, f"--keep-ckpts must be at least 1, got {self.keep_ckpts}.", "pass e.g. 3.")
@@ -218,6 +225,8 @@ class TrainConfig:
              "write e.g. --wandb my-project.")
         need(self.loss_scale_init > 0 and math.isfinite(self.loss_scale_init),
              f"--loss-scale-init must be positive, got {self.loss_scale_init}.", "use e.g. 65536.")
+
+    def _check_data_and_names(self) -> None:
         need(isinstance(self.text_field, str) and bool(self.text_field.strip()), "--text-field needs a field name.",
              "pass the JSONL field that holds the text, e.g. --text-field content.")
         tok = self.tokenizer
@@ -287,6 +296,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"Config file {str(p)!r} must hold a table/object of options.", "write key = value lines.")
     return normalize_keys(data, str(p))
+
+
+def need(cond: bool, problem: str, fix: str) -> None:
+    """A ConfigError(problem, fix) unless ``cond`` holds."""
+    if not cond:
+        raise ConfigError(problem, fix)
 
 
 def parse_model_arg(text: str) -> tuple[str, Any]:
