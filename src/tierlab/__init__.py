@@ -4,7 +4,8 @@ from .analyze import AnalysisReport, analyze
 from .config import TrainConfig
 from .errors import UserError
 from .export import ExportResult, export_run
-from .sample import generate, load
+from .run_reader import load
+from .sample import generate
 from .train import Diverged, Run, resume, train
 from .validate import Report, validate
 

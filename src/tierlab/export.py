@@ -98,7 +98,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     """
     from .data import eval_starts, prepare_data
     from .data.sampler import blocks_at
-    from .sample import run_model
+    from .run_reader import run_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not an export format.", f"use one of {', '.join(FORMATS)}.")

@@ -1,126 +1,16 @@
-"""Using what was trained: load a run's model and tokenizer, and sample a continuation."""
+"""Using what was trained: sample a continuation of a prompt (the run is loaded by :mod:`tierlab.run_reader`)."""
 
 from __future__ import annotations
-
-import json
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from .data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
-from .errors import ModelError, UserError
-from .models import extract_logits, load_model, max_positions
-from .models.loader import PRESETS, split_spec
-from .run_files import CONFIG, TOKENIZER, WEIGHTS
-from .train.checkpoint import load_checkpoint
+from .data.tokenizer import Tokenizer
+from .errors import UserError
+from .models import extract_logits, max_positions
+from .run_reader import RecordedModelMissing, load
 
-
-class RecordedModelMissing(ModelError):
-    """The model file a run recorded in its config.json is gone (moved, renamed, or the run was copied here)."""
-
-    def __init__(self, run_dir: Path, spec: str, how: str | None = None):
-        path, factory = split_spec(spec)
-        self.run_dir, self.spec = run_dir, spec
-        self.new_spec = f"NEW/PLACE/{path.name}" + (f":{factory}" if factory else "")
-        super().__init__(f"Run {str(run_dir)!r} was trained with the model file {str(path)!r}, which no longer "
-                         "exists.", f"if it moved, {how or f'pass its new place: model={self.new_spec!r}'} (the "
-                         "run's weights are loaded into the model it builds, with the run's model arguments).")
-
-    def for_command(self, command: str) -> "RecordedModelMissing":
-        """The same error, its fix naming ``command``'s --model option."""
-        return RecordedModelMissing(self.run_dir, self.spec, f"pass its new place to `{command}`: --model "
-                                    f"{self.new_spec}")
-
-
-def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "cpu", *,
-         model: nn.Module | str | None = None) -> tuple[nn.Module, Tokenizer]:
-    """The model (final weights, or ``checkpoint``'s) and tokenizer of a run directory.
-
-    The model is rebuilt from the run's config, or is ``model`` with the weights loaded into
-    it: a freshly built module of the same architecture (e.g. for a run trained on an
-    in-memory module), or a model file ``path.py[:factory]`` (e.g. the run's, moved since),
-    built with the run's model arguments.
-    """
-    run_dir = Path(run)
-    config = run_config(run_dir)
-    tokenizer = run_tokenizer(run_dir)
-    if model is None and str(config["model"]).startswith("<in-memory"):
-        raise UserError(f"Run {str(run_dir)!r} trained an in-memory model, which tierlab cannot rebuild.",
-                        "build the model yourself and pass it: tierlab.load(run, model=my_model) (or load "
-                        f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
-    if model is None:
-        recorded_model_file(run_dir, config)
-        model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
-    elif isinstance(model, str):
-        model = load_model(model, config.get("model_args", {}), tokenizer.vocab_size)
-    if checkpoint is not None:
-        model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
-    else:
-        load_run_weights(model, run_dir)
-    return model.to(device).eval(), tokenizer
-
-
-def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
-    """Raise :class:`RecordedModelMissing` when the model file a run recorded no longer exists."""
-    spec = str(config["model"])
-    if spec in PRESETS or spec.startswith("<in-memory"):
-        return
-    path, _ = split_spec(spec)
-    if path.suffix == ".py" and not path.is_file():
-        raise RecordedModelMissing(run_dir, spec)
-
-
-def run_config(run_dir: Path) -> dict[str, Any]:
-    """A run's config.json, with a plain error when the directory is not a run."""
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise UserError(f"{str(run_dir)!r} is not a tierlab run directory (no {CONFIG}).",
-                        "pass a directory made by tierlab train, e.g. runs/NAME.")
-    return json.loads(path.read_text())
-
-
-def run_model(run_dir: Path, model: nn.Module | str | None = None,
-              model_args: dict[str, Any] | None = None) -> tuple[nn.Module, Tokenizer, dict[str, Any]]:
-    """(trained model, tokenizer, config) of a run.
-
-    The model is rebuilt from the run's config, or is ``model`` with the run's weights
-    loaded into it: a module (e.g. for a run trained on an in-memory module), or a model
-    file built with ``model_args`` (default: the run's).
-    """
-    config = run_config(run_dir)
-    if model is None:
-        built, tokenizer = load(run_dir)
-        return built, tokenizer, config
-    tokenizer = run_tokenizer(run_dir)
-    if isinstance(model, str):
-        model = load_model(model, dict(model_args or config.get("model_args", {})), tokenizer.vocab_size)
-    return load_run_weights(model, run_dir), tokenizer, config
-
-
-def run_tokenizer(run_dir: Path) -> Tokenizer:
-    """The tokenizer a run trained with (its tokenizer.json, or the byte tokenizer, which has no file)."""
-    path = run_dir / TOKENIZER
-    return load_tokenizer_file(str(path)) if path.is_file() else ByteTokenizer()
-
-
-def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
-    """Load a run's final weights (model.safetensors) into ``model``, with a plain error when they are missing."""
-    from safetensors.torch import load_model as load_safetensors
-
-    weights = run_dir / WEIGHTS
-    if not weights.is_file():
-        raise UserError(f"Run {str(run_dir)!r} has no {WEIGHTS} (it may still be running or was killed).",
-                        f"use a finished run, or a checkpoint: {run_dir}/checkpoints/step-....pt")
-    try:
-        load_safetensors(model, str(weights))
-    except RuntimeError as exc:
-        from .train.init_from import describe_load_error
-
-        raise UserError(f"The weights in {weights} do not fit this model: {describe_load_error(exc)}.",
-                        "build the same model (file, factory and --model-arg values) the run trained.") from None
-    return model
+__all__ = ["RecordedModelMissing", "generate", "load"]  # tierlab.sample.load, as before
 
 
 @torch.no_grad()

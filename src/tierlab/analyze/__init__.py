@@ -124,7 +124,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     torch.manual_seed(seed)
     val_fraction, name = 0.1, None
     if run is not None:
-        from ..sample import run_model
+        from ..run_reader import run_model
 
         model, _, config = run_model(Path(run), model_or_path, model_args)
         data, tokenizer, val_fraction = config["data"], config["tokenizer"], config["val_fraction"]

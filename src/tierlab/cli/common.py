@@ -84,7 +84,7 @@ def run_dirs(paths: Sequence[str]) -> list[Path]:
 @contextlib.contextmanager
 def recorded_model_for(command: str) -> Iterator[None]:
     """A run's recorded model file that moved: the error's fix names ``command``'s --model option."""
-    from ..sample import RecordedModelMissing
+    from ..run_reader import RecordedModelMissing
 
     try:
         yield

@@ -23,7 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from ..sample import generate, load
+    from ..run_reader import load
+    from ..sample import generate
     from ..train.device import resolve_device
 
     with recorded_model_for("tierlab sample"):
