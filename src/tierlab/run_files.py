@@ -13,3 +13,4 @@ TOKENIZER = "tokenizer.json"  # the run's tokenizer
 DASHBOARD = "dashboard.png"  # the run at a glance
 CKPT_DIR = "checkpoints"  # step-NNNNNNNN.pt and the `latest` pointer
 LATEST = "latest"
+LOCK = ".lock"  # held by the one process writing the run (see train/run_lock.py)

@@ -37,6 +37,7 @@ from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy
 from .resume import absolute_paths, check_same_run, find_checkpoint, layered, model_fingerprint, set_aside
 from .run import Run, close_run, default_run_name, open_run_dir, refuse_existing, write_dashboard
+from .run_lock import NoLock, RunLock
 from .setup import Prepared, decide_for_run, prepare
 
 if TYPE_CHECKING:
@@ -81,8 +82,15 @@ def train(model_or_path: nn.Module | str | None = None, data: str | None = None,
 
 def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, device: torch.device,
            progress: Progress | None, cache_dir: str | Path | None) -> Run:
-    cache = Path(cache_dir) if cache_dir else None
-    cfg, ckpt_path, resume_state = _what_to_resume(absolute_paths(cfg), dist)
+    cfg, ckpt_path, resume_state, lock = _what_to_resume(absolute_paths(cfg), dist)
+    with lock:  # held from here (a resume) or from the directory's creation (a new run) to the end
+        return _train_owned(model_or_path, cfg, dist, device, progress, Path(cache_dir) if cache_dir else None,
+                            ckpt_path, resume_state, lock)
+
+
+def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, device: torch.device,
+                 progress: Progress | None, cache: Path | None, ckpt_path: Path | None,
+                 resume_state: dict[str, Any] | None, lock: RunLock) -> Run:
     run_dir = Path(cfg.out) / cfg.name
     # Trackers only on rank 0; before anything runs: a missing tracker package is a user error.
     sinks = tracker_sinks.make_sinks(cfg.to_dict(), run_dir) if dist.is_main else []
@@ -101,7 +109,7 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
-        metrics, events = open_run_dir(run_dir, cfg, prepared.tokens, resume_state)
+        metrics, events = open_run_dir(run_dir, cfg, prepared.tokens, resume_state, lock)
     else:
         metrics, events = Discard(), Discard()
     identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
@@ -133,26 +141,37 @@ def _train(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: Dist, 
     return Run(run_dir, model)
 
 
-def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | None, dict[str, Any] | None]:
-    """(config, checkpoint, its state) for ``--resume``, or (config, None, None) for a new run.
+def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | None, dict[str, Any] | None,
+                                                           RunLock]:
+    """(config, checkpoint, its state, the run's lock) for ``--resume``, or (config, None, None, lock) for a new run.
+
+    A resume takes the run's lock before it reads anything, so a run another process is
+    still writing is refused (exit 2) instead of written twice; a new run's lock is taken
+    when its directory is created.
 
     The config gains the run's place (``out``, ``name``): a resume names it by its path, a
     new run without ``--name`` gets one name on all ranks.  Every rank checks (the same file
     system, before any rank writes) so that a mistake is one plain error on each, not one
     error and broken collectives elsewhere.
     """
-    ckpt_path, resume_state = None, None
+    ckpt_path, resume_state, lock = None, None, NoLock()
     if cfg.resume:
         run_dir, ckpt_path = find_checkpoint(cfg.resume, cfg.out, cfg.name)
+        if dist.is_main and run_dir.is_dir():
+            lock = RunLock(run_dir)
+            lock.acquire()  # RunInUse (exit 2) while another process writes it
         if ckpt_path is not None:
             resume_state = load_checkpoint(ckpt_path)
             cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
             check_same_run(cfg, resume_state["config"], ckpt_path)
         elif run_dir.exists():
             if dist.is_main:
-                set_aside(run_dir)
+                set_aside(run_dir)  # not live: its lock is held here (it moves with the folder)
+            lock.release()
     if cfg.name is None:
         cfg = cfg.replace(name=dist.broadcast(default_run_name()))  # one name for all ranks
+    if resume_state is None and dist.is_main:
+        lock = RunLock(Path(cfg.out) / cfg.name)  # taken by open_run_dir
     if resume_state is None and (dist.is_main or not cfg.resume):
         refuse_existing(Path(cfg.out) / cfg.name)
     if resume_state is not None and resume_state.get("sharding") != ("fsdp" if dist.sharded else None):
@@ -163,7 +182,7 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
     if saved_world != dist.world_size:
         log.warning("%s was written by %d process(es) and is resumed by %d: the global batch and the order of the "
                     "batches change from here on", ckpt_path, saved_world, dist.world_size)
-    return cfg, ckpt_path, resume_state
+    return cfg, ckpt_path, resume_state, lock
 
 
 def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy,

@@ -29,6 +29,7 @@ from .guards import Diverged
 
 if TYPE_CHECKING:
     from ..data import TokenData
+    from .run_lock import RunLock
     from .loop import Trainer
     from .precision import PrecisionDecision
 
@@ -106,13 +107,14 @@ def refuse_existing(run_dir: Path) -> None:
                           "choose another --name, or delete that directory if you no longer need it.")
 
 
-def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData,
-                  resume_state: dict[str, Any] | None) -> tuple[JsonlWriter, EventLog]:
+def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_state: dict[str, Any] | None,
+                 lock: RunLock) -> tuple[JsonlWriter, EventLog]:
     """Create (or, on resume, cut back) the run directory's files; unwritable places are user errors."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder made beforehand (a job script's) is fine
         if resume_state is None:
             claim(run_dir)
+        lock.acquire()  # (a resume holds it already)
         write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
         tokens.tokenizer.save(run_dir)
         metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
