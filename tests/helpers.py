@@ -103,6 +103,17 @@ NARROW_MODEL = """
 TIMING = ("tokens_per_s", "step_ms", "mem_peak_mb", "mfu")
 
 
+def as_written_by_earlier_tierlab(run_dir: Path) -> None:
+    """Make a run look like one of a tierlab before run ids and checksums (no run.json, no step-N.pt.json).
+
+    For tests that edit a checkpoint to imitate an older format: such a checkpoint never had
+    a checksum, and an edited one would (rightly) be refused as damaged.
+    """
+    (run_dir / "run.json").unlink(missing_ok=True)
+    for meta in (run_dir / "checkpoints").glob("*.pt.json"):
+        meta.unlink()
+
+
 def wait_for(condition, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -13,4 +13,5 @@ TOKENIZER = "tokenizer.json"  # the run's tokenizer
 DASHBOARD = "dashboard.png"  # the run at a glance
 CKPT_DIR = "checkpoints"  # step-NNNNNNNN.pt and the `latest` pointer
 LATEST = "latest"
+RUN_INFO = "run.json"  # the run id and the model file's sha256 (see train/identity.py)
 LOCK = ".lock"  # held by the one process writing the run (see train/run_lock.py)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tierlab
-from helpers import fast_config
+from helpers import as_written_by_earlier_tierlab, fast_config
 from tierlab.train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint,
                                       rng_state, save_checkpoint, set_rng_state)
 
@@ -150,6 +150,7 @@ def test_a_checkpoint_of_an_earlier_tierlab_still_resumes_exactly(tmp_path):
     state["ranks"][0]["window"] = {"rows": window["rows"][:, :5], "have_bad": torch.tensor(False),
                                    "first_bad_norms": torch.zeros(params)}
     torch.save(state, path)
+    as_written_by_earlier_tierlab(tmp_path / "runs" / "old")
     resumed = tierlab.train(config=cfg.replace(name="old", resume=str(path)))
     assert resumed.summary["status"] == "completed"
     assert train_records(whole.dir) == train_records(resumed.dir)

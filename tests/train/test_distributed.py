@@ -63,8 +63,8 @@ def test_only_rank_0_writes(full, tmp_path):
     cwd = full.parent.parent
     assert sorted(p.name for p in cwd.iterdir()) == ["runs"]
     assert sorted(p.name for p in full.parent.iterdir()) == ["full"]
-    expected = {"checkpoints", "config.json", "dashboard.png", "events.jsonl", "metrics.jsonl",
-                "model.safetensors", "summary.json", "tensorboard"}
+    expected = {".lock", "checkpoints", "config.json", "dashboard.png", "events.jsonl", "metrics.jsonl",
+                "model.safetensors", "run.json", "summary.json", "tensorboard"}
     assert {p.name for p in full.iterdir()} == expected
     assert len(list((full / "tensorboard").glob("events.out.tfevents.*"))) == 1  # one writer, not two
     steps = [(r["kind"], r["step"]) for r in train_records(full)]

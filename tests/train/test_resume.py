@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import (
+    as_written_by_earlier_tierlab,
     assert_same_run,
     TINY_MODEL,
     assert_user_error,
@@ -134,6 +135,7 @@ def test_a_run_started_with_relative_paths_resumes_from_another_directory(tmp_pa
     state = load_checkpoint(ckpt)
     state["config"]["data"] = "data/c.txt"
     torch.save(state, ckpt)
+    as_written_by_earlier_tierlab(run_dir)
     monkeypatch.chdir(elsewhere)
     older = tierlab.resume(run_dir, {"data": str(project / "data" / "c.txt"), "max_steps": 20,
                                      "allow_config_change": True})

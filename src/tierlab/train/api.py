@@ -28,6 +28,7 @@ from ..errors import ConfigError, ModelError
 from ..track import Discard
 from ..track import sinks as tracker_sinks
 from ..track.trackers import Trackers
+from . import identity
 from .checkpoint import load_checkpoint
 from .compile import compile_model
 from .distributed import Dist, setup
@@ -112,14 +113,15 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
         metrics, events = open_run_dir(run_dir, cfg, prepared.tokens, resume_state, lock)
     else:
         metrics, events = Discard(), Discard()
-    identity = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
+    run_info = identity.read(run_dir) if dist.is_main else None
+    recorded = {"config": cfg.replace(resume=None, allow_config_change=False).to_dict(),
                 "tokenizer": prepared.tokens.tokenizer.identity, "corpus_sha256": prepared.tokens.corpus_hash,
-                "model_fingerprint": model_fingerprint(model)}
+                "model_fingerprint": model_fingerprint(model), "run_id": run_info["run_id"] if run_info else None}
     trackers = Trackers(sinks, events.emit_local)
-    trackers.start(identity["config"])
+    trackers.start(recorded["config"])
     metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(net, prepared.tokens, cfg, policy, device, run_dir, metrics, events, prepared.max_steps,
-                      identity, progress, loss_fn, dist)
+                      recorded, progress, loss_fn, dist)
     _announce(trainer, prepared, resume_state, ckpt_path, compile_seconds)
     started, status = time.perf_counter(), "failed"
     try:
@@ -164,6 +166,7 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
             resume_state = load_checkpoint(ckpt_path)
             cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
             check_same_run(cfg, resume_state["config"], ckpt_path)
+            identity.check_model_source(run_dir, cfg.model, str(resume_state["config"].get("model")))
         elif run_dir.exists():
             if dist.is_main:
                 set_aside(run_dir)  # not live: its lock is held here (it moves with the folder)

@@ -10,6 +10,8 @@ leaves the previous checkpoint loadable.
 from __future__ import annotations
 
 import errno
+import hashlib
+import json
 import logging
 import pickle
 import random
@@ -21,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write
+from ..atomic import atomic_path, atomic_write, write_json_atomic
 from ..errors import UserError
 from ..run_files import CKPT_DIR, LATEST
+from . import identity
 
 if TYPE_CHECKING:
     from .distributed import Dist
@@ -55,25 +58,115 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The checkpoint the `latest` pointer names (or the newest file if the pointer is missing)."""
-    pointer = checkpoint_dir(run_dir) / LATEST
-    if pointer.is_file():
-        target = checkpoint_dir(run_dir) / pointer.read_text().strip()
-        if target.is_file():
-            return target
+    """The checkpoint the `latest` pointer names (or the newest file if the pointer is missing).
+
+    The pointer may only name a checkpoint file of this run's own folder: anything else
+    (a path, binary bytes, a directory in its place) is refused plainly.
+    """
+    directory = checkpoint_dir(run_dir)
+    pointer = directory / LATEST
+    if pointer.exists() or pointer.is_symlink():
+        raw = pointer.read_bytes()[:200] if pointer.is_file() and not pointer.is_symlink() else None
+        name = _decoded(raw)
+        if name is None or not _NAME.match(name):
+            shown = "not a file" if raw is None else repr(name) if name is not None else "binary bytes"
+            raise CheckpointError(f"{pointer} must hold the name of a checkpoint in {directory} (like "
+                                  f"step-00000040.pt), but holds {shown}.",
+                                  "delete it (the newest checkpoint is then used), or "
+                                  + _newest_good(run_dir))
+        if (directory / name).is_file():
+            return directory / name
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` atomically, move `latest`, prune old ones."""
+def _decoded(raw: bytes | None) -> str | None:
+    try:
+        return raw.decode("utf-8").strip() if raw is not None else None
+    except UnicodeDecodeError:
+        return None
+
+
+def sidecar(path: Path) -> Path:
+    """The checksum file written with a checkpoint: step-N.pt.json (run id, step, sha256, bytes)."""
+    return path.with_name(path.name + ".json")
+
+
+class _HashingWriter:
+    """A file that hashes what is written through it: the checksum costs no second read."""
+
+    def __init__(self, fh):
+        self._fh, self.sha256, self.size = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        written = self._fh.write(data)
+        self.sha256.update(memoryview(data)[:written] if written is not None else data)
+        self.size += written if written is not None else len(data)
+        return written
+
+    def __getattr__(self, name):
+        return getattr(self._fh, name)
+
+
+def verify_checkpoint(path: Path, run_dir: Path) -> None:
+    """Refuse a checkpoint that is not this run's or whose bytes changed since it was written.
+
+    A run made before tierlab wrote run ids (no run.json) has nothing to check against: its
+    checkpoints are taken as they are. Verified files are remembered for the process (by
+    path, size and modification time), so a resume hashes its checkpoint once.
+    """
+    own = identity.run_id(run_dir)
+    if own is None:
+        return
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, own)
+    if key in _VERIFIED:
+        return
+    try:
+        meta = json.loads(sidecar(path).read_bytes())
+    except (OSError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or not {"run_id", "sha256"} <= set(meta):
+        raise CheckpointError(f"Checkpoint {path} has no readable checksum file ({sidecar(path).name}): it was not "
+                              "written by this run, or its checksum was lost.", _newest_good(run_dir, path))
+    if meta["run_id"] != own:
+        raise CheckpointError(f"Checkpoint {path} belongs to another run (run id {str(meta['run_id'])[:12]}..., this "
+                              f"run is {own[:12]}...): resuming it would mix two runs.",
+                              "resume that run from its own directory; here, " + _newest_good(run_dir, path))
+    if stat.st_size != meta.get("bytes", stat.st_size) or identity.file_sha256(path) != meta["sha256"]:
+        raise CheckpointError(f"Checkpoint {path} is damaged: its content no longer matches the checksum written "
+                              "with it.", _newest_good(run_dir, path))
+    _VERIFIED.add(key)
+
+
+_VERIFIED: set[tuple] = set()
+
+
+def _newest_good(run_dir: Path, but: Path | None = None) -> str:
+    """The fix naming the newest checkpoint of the run that verifies, or saying there is none."""
+    for candidate in reversed(list_checkpoints(run_dir)):
+        if but is not None and candidate.resolve() == but.resolve():
+            continue
+        try:
+            verify_checkpoint(candidate, run_dir)
+        except CheckpointError:
+            continue
+        return f"resume from the newest intact checkpoint: --resume {candidate}"
+    return "no intact checkpoint of this run remains: start a new run (--init-from can take trained weights)."
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int, run_id: str | None = None) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` atomically with its checksum file, move `latest`, prune."""
     directory = checkpoint_dir(run_dir)
     directory.mkdir(exist_ok=True)
     path = directory / checkpoint_name(step)
     started = time.perf_counter()
     try:
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
-            torch.save({"format": FORMAT, **state}, fh)
+            writer = _HashingWriter(fh)
+            torch.save({"format": FORMAT, **state}, writer)
+        write_json_atomic(sidecar(path), {"run_id": run_id, "step": step, "sha256": writer.sha256.hexdigest(),
+                                          "bytes": writer.size})
         atomic_write(directory / LATEST, path.name)
     except OSError as exc:
         previous = latest_checkpoint(run_dir)
@@ -84,6 +177,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int) 
                               f"`tierlab train --resume {run_dir}`.") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        sidecar(old).unlink(missing_ok=True)
     log.info("checkpoint %s (%.2f s)", path, time.perf_counter() - started)
     return path
 

@@ -44,6 +44,7 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    verify_checkpoint,
 )
 from .distributed import SINGLE, Dist, full_model_state, full_optimizer_state, load_full_state
 from .flops import flops_per_token, peak_flops
@@ -391,7 +392,8 @@ class Trainer:
             # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
             self.events.emit("checkpoint", step=self.state.step,
                              path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
-            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks, weights), self.cfg.keep_ckpts)
+            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks, weights), self.cfg.keep_ckpts,
+                            self.identity.get("run_id"))
         self.last_checkpoint_step = self.state.step
 
     def rollback(self) -> None:
@@ -402,6 +404,7 @@ class Trainer:
             self._diverge(f"Training stopped at step {failed_at}: the loss or gradients were not finite again "
                           f"after {guard.rollbacks} rollback(s) (limit --max-rollbacks {self.cfg.max_rollbacks}).")
         path = latest_checkpoint(self.run_dir)
+        verify_checkpoint(path, self.run_dir)
         state = load_checkpoint(path)
         rollbacks, lr_scale = guard.rollbacks + 1, guard.lr_scale * self.cfg.rollback_lr_factor
         self.load_state_dict(state)

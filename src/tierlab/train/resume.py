@@ -12,7 +12,7 @@ from torch import nn
 
 from ..config import IDENTITY_OPTIONS, PATH_OPTIONS, PLACE_OPTIONS, SESSION_OPTIONS, TrainConfig
 from ..errors import ConfigError
-from .checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_checkpoint
+from .checkpoint import CKPT_DIR, CheckpointError, latest_checkpoint, load_checkpoint, verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +67,21 @@ def find_checkpoint(resume: str, out: str, name: str | None) -> tuple[Path, Path
             raise ConfigError("--resume auto needs --name to know which run to continue.",
                               "add --name NAME (the same name on every restart).")
         run_dir = Path(out) / name
-        return run_dir, latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        ckpt = latest_checkpoint(run_dir) if run_dir.is_dir() else None
+        if ckpt is not None:
+            verify_checkpoint(ckpt, run_dir)
+        return run_dir, ckpt
     path = Path(resume)
     if path.is_dir():
         ckpt = latest_checkpoint(path)
         if ckpt is None:
             raise CheckpointError(f"Run {str(path)!r} has no checkpoint to resume from.",
                                   "start a new run, or check --ckpt-every for future runs.")
+        verify_checkpoint(ckpt, path)
         return path, ckpt
     if path.is_file():
         run_dir = path.parent.parent if path.parent.name == CKPT_DIR else path.parent
+        verify_checkpoint(path, run_dir)
         return run_dir, path
     raise CheckpointError(f"There is no run or checkpoint at {str(path)!r} to resume.",
                           "pass a run directory (e.g. runs/NAME) or a checkpoint file, or --resume auto --name NAME.")

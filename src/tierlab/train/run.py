@@ -24,6 +24,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..run_files import CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
+from . import identity
 from .distributed import Dist, full_model_state
 from .guards import Diverged
 
@@ -115,6 +116,8 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_stat
         if resume_state is None:
             claim(run_dir)
         lock.acquire()  # (a resume holds it already)
+        if identity.read(run_dir) is None:  # a new run (or one from before run ids): its id from now on
+            identity.create(run_dir, cfg.model)
         write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
         tokens.tokenizer.save(run_dir)
         metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)

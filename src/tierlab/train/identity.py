@@ -1,0 +1,90 @@
+"""What a run is, beyond its options: an id its checkpoints carry, and the model file it was started with.
+
+``<run>/run.json`` is written once, when the run directory is created: a random run id and
+the sha256 of the model file (for ``--model PATH.py``).  A resume only takes checkpoints
+that carry the run's id (see :func:`tierlab.train.checkpoint.verify_checkpoint`) and only
+imports a model file whose content is the one recorded -- nothing read from a checkpoint
+chooses which code runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ..atomic import write_json_atomic
+from ..errors import ConfigError
+from ..run_files import RUN_INFO
+
+log = logging.getLogger(__name__)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_file(spec: str) -> Path | None:
+    """The Python file a --model spec imports (PATH.py[:factory]), or None for a built-in or in-memory model."""
+    from ..models.loader import split_spec
+
+    if spec.startswith("<in-memory"):
+        return None
+    path, _ = split_spec(spec)
+    return path if path.suffix == ".py" and path.is_file() else None
+
+
+def create(run_dir: Path, model_spec: str) -> dict[str, Any]:
+    """Write a new run's run.json and return it."""
+    source = model_file(model_spec)
+    info = {"run_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": model_spec,
+            "model_sha256": file_sha256(source) if source else None}
+    write_json_atomic(run_dir / RUN_INFO, info)
+    return info
+
+
+def read(run_dir: Path) -> dict[str, Any] | None:
+    """A run's run.json, or None for a run made before tierlab wrote one (or one whose file was removed)."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and isinstance(info.get("run_id"), str) else None
+
+
+def run_id(run_dir: Path) -> str | None:
+    info = read(run_dir)
+    return info["run_id"] if info else None
+
+
+def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) -> None:
+    """Refuse to import a model file that is not the one the run was started with, unless the user named it.
+
+    Accepted: the recorded content (wherever the file now is); the recorded path with edited
+    content (the user's own file, changed in place: warned); a file the user named this time
+    (``model_spec`` differs from what the checkpoint recorded: warned). Refused: a file the
+    checkpoint names that is neither -- a checkpoint must not choose which code runs.
+    """
+    info = read(run_dir)
+    source = model_file(model_spec)
+    if not info or not info.get("model_sha256") or source is None:
+        return
+    if file_sha256(source) == info["model_sha256"]:
+        return
+    recorded = model_file(str(info.get("model", ""))) or Path(str(info.get("model", "")).split(":")[0])
+    if source.resolve() == Path(recorded).resolve() or model_spec != checkpoint_model:
+        log.warning("the model file %s differs from the one run %s was started with (sha256 %s...): the "
+                    "checkpoint's weights must still fit it", source, run_dir, info["model_sha256"][:12])
+        return
+    raise ConfigError(f"The checkpoint names the model file {str(source)!r}, which is not the file run "
+                      f"{str(run_dir)!r} was started with ({info.get('model')!r}, sha256 "
+                      f"{info['model_sha256'][:12]}...); tierlab does not import code a checkpoint chooses.",
+                      "resume with the run's own model file, or name the file to use: --model PATH.py.")
