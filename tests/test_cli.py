@@ -238,3 +238,27 @@ def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_
     assert "vocab_size=" not in result.stderr
     sized = run_cli("train", *TINY, *SHAPE, "--max-steps", "2", "--model-arg", "vocab_size=40", cwd=tmp_path)
     assert_user_error(sized, "only 40 outputs", "(e.g. --model-arg vocab_size=256)")
+
+
+def test_ctrl_c_while_torch_loads_is_a_plain_interrupt(tmp_path):
+    """The first second of a command is torch's import: a Ctrl-C there exits 130 without a traceback (issue 19.16)."""
+    for delay in (0.2, 0.6):
+        proc = subprocess.Popen([sys.executable, "-m", "tierlab", "train", "--max-steps", "3", "--quiet"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "tierlab: interrupted"
+
+
+def test_help_and_the_parser_do_not_import_torch():
+    code = ("import sys, tierlab, tierlab.cli; tierlab.cli.build_parser().parse_args(['train', '--lr', '1e-3']); "
+            "print('torch' in sys.modules, 'numpy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "False"], result.stderr
+    # The public names still resolve (lazily), and the functions keep their subpackage names.
+    code = ("import tierlab, tierlab.train.api, tierlab.validate.checks; "
+            "print(callable(tierlab.train), callable(tierlab.validate), tierlab.TrainConfig.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["True", "True", "TrainConfig"], result.stderr

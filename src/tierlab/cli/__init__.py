@@ -78,12 +78,24 @@ def _main(argv: Sequence[str] | None) -> int:
     if ns.command is None:
         parser.print_help()
         return EXIT_USER_ERROR
-    from ..train.guards import Diverged
-
     if ns.command in ("bench", "search") and rank is not None:
         sys.stderr.write(f"{who}: error: tierlab {ns.command} runs in one process, not under torchrun. Fix: run "
                          f"`tierlab {ns.command} ...` directly (on a GPU machine it uses one GPU).\n")
         return EXIT_USER_ERROR
+    try:
+        return _run(ns, who)
+    except KeyboardInterrupt:  # also while torch is still being imported: no traceback either way
+        sys.stderr.write(f"{who}: interrupted\n")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _run(ns: argparse.Namespace, who: str) -> int:
+    """The command, with its user errors and divergence turned into their exit codes."""
+    from ..train.guards import Diverged  # (imports torch: the first seconds of most commands)
+
     try:
         return COMMANDS[ns.command].run(ns)
     except UserError as err:
@@ -92,9 +104,3 @@ def _main(argv: Sequence[str] | None) -> int:
     except Diverged as err:
         sys.stderr.write(f"{who}: {err}\n")
         return Diverged.exit_code
-    except KeyboardInterrupt:
-        sys.stderr.write(f"{who}: interrupted\n")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
