@@ -243,8 +243,10 @@ def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_
 def test_ctrl_c_while_torch_loads_is_a_plain_interrupt(tmp_path):
     """The first second of a command is torch's import: a Ctrl-C there exits 130 without a traceback (issue 19.16)."""
     for delay in (0.2, 0.6):
+        # (A test worker may run with SIGINT ignored, which a child inherits: give it the terminal's default.)
         proc = subprocess.Popen([sys.executable, "-m", "tierlab", "train", "--max-steps", "3", "--quiet"], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
