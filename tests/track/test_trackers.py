@@ -100,3 +100,20 @@ def test_interrupts_pass_through_the_isolation(exc):
     trackers = Trackers([Interrupting()], lambda *a, **k: None)
     with pytest.raises(exc):
         trackers.log({"kind": "train", "step": 1})
+
+
+def test_a_tracker_failing_at_close_leaves_a_completed_run_completed(tmp_path, monkeypatch):
+    """Issue 19.7: the failure is one more tracker_failed event, written while events.jsonl is still open."""
+
+    class FailsAtClose(Recording):
+        name = "fails-at-close"
+
+        def close(self):
+            raise ConnectionError("server went away")
+
+    monkeypatch.setattr(api.tracker_sinks, "make_sinks", lambda options, run_dir: [FailsAtClose()])
+    run = tierlab.train(config=fast_config(tmp_path, no_plots=True))
+    assert run.summary["status"] == "completed"
+    events = run.events()
+    assert events[-1]["event"] == "tracker_failed" and events[-1]["call"] == "close"
+    assert [e["event"] for e in events].count("run_end") == 1

@@ -159,3 +159,14 @@ def test_a_checkpoint_of_an_earlier_tierlab_still_resumes_exactly(tmp_path):
     def events(run):  # (event, step) pairs, without the resume's own
         return [(e["event"], e.get("step")) for e in run.events() if e["event"] not in ("resume", "precision")]
     assert events(whole) == events(resumed)
+
+
+def test_a_file_of_random_bytes_is_called_not_a_checkpoint(tmp_path):
+    """Issue 19.15: not a security risk, not 'damaged': not a checkpoint at all."""
+    path = tmp_path / "step-00000010.pt"
+    path.write_bytes(bytes(range(256)) * 20)
+    with pytest.raises(CheckpointError, match="is not a checkpoint: a PyTorch checkpoint is a zip archive"):
+        load_checkpoint(path)
+    path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="it is empty"):
+        load_checkpoint(path)

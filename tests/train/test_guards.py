@@ -153,3 +153,21 @@ def test_cli_exit_code_3_with_the_diagnosis(tmp_path):
     assert "tierlab: Training stopped at step 6 (--on-nonfinite raise)" in result.stderr
     assert "last good checkpoint: runs/div/checkpoints/step-00000004.pt" in result.stderr
     assert json.loads((tmp_path / "runs" / "div" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_a_short_run_whose_every_step_was_skipped_is_not_completed(tmp_path):
+    """Issue 19.9: under the 25-skip limit, a run that never updated its weights still ends diverged (exit 3)."""
+    model = write_model(tmp_path, """
+        import torch
+        from tierlab.models.tiny_gpt import TinyGPT
+        class AlwaysNaN(TinyGPT):
+            def forward(self, ids):
+                return super().forward(ids) * float("nan")
+        def build(vocab_size=256):
+            return AlwaysNaN(vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+    """)
+    with pytest.raises(Diverged, match="without a single real optimizer step"):
+        tierlab.train(config=fast_config(tmp_path, model=f"{model}:build", model_args={}, max_steps=10,
+                                         no_plots=True))
+    summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["skipped_steps"] == 10

@@ -135,7 +135,9 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
     finally:
         close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
                   compile_seconds, dist)
-        trackers.close()
+        trackers.close()  # before the records close: a tracker failing now is one more tracker_failed event
+        metrics.close()
+        events.close()
         if not cfg.no_plots and dist.is_main:
             write_dashboard(run_dir)
     dist.barrier()  # every rank returns once rank 0 has written the summary

@@ -190,6 +190,9 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """
     if not path.is_file():
         raise CheckpointError(f"Checkpoint {path} does not exist.", "pass a run directory or a .pt checkpoint file.")
+    if not _starts_like_a_zip(path):  # what torch.save writes (a truncated one still starts like one)
+        raise CheckpointError(f"{path} is not a checkpoint: a PyTorch checkpoint is a zip archive, and this file is "
+                              f"not one ({_first_bytes(path)}).", _offer_previous(path))
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -204,6 +207,16 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a tierlab checkpoint (format {FORMAT}).", _offer_previous(path))
     return state
+
+
+def _starts_like_a_zip(path: Path) -> bool:
+    with path.open("rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _first_bytes(path: Path) -> str:
+    head = path.read_bytes()[:8] if path.stat().st_size else b""
+    return f"it starts with {head!r}" if head else "it is empty"
 
 
 def _offer_previous(path: Path) -> str:

@@ -153,7 +153,18 @@ class Trainer:
                 raise KeyboardInterrupt
         if self.last_checkpoint_step != self.state.step:
             self.checkpoint()
+        self._refuse_a_run_that_did_not_train()
         return self.state
+
+    def _refuse_a_run_that_did_not_train(self) -> None:
+        """However short the run: no real optimizer step, or a non-finite final loss, is not a completed run."""
+        s = self.state
+        if s.step and s.skipped_steps >= s.step:
+            self._diverge(f"Training ended at step {s.step} without a single real optimizer step: all {s.step} "
+                          "step(s) were skipped for non-finite gradients.")
+        if s.last_loss is not None and not math.isfinite(s.last_loss):
+            self._diverge(f"Training ended at step {s.step} with a non-finite loss ({s.last_loss}): the weights "
+                          "it leaves are not a trained model.")
 
     def train_step(self) -> None:
         """One optimizer step, counted in ``state.step``. No host syncs: every result stays on the device.

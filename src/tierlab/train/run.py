@@ -183,8 +183,6 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
         log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
     write_json_atomic(run_dir / SUMMARY, {k: finite_or_none(v) for k, v in summary.items()})
     events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
-    metrics.close()
-    events.close()
 
 
 def finite_or_none(value: Any) -> Any:
