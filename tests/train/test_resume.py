@@ -210,3 +210,14 @@ def test_a_resume_redoes_the_same_steps_with_dropout(tmp_path):
     assert train_records(run.dir) == before
     again = load_file(str(run.dir / "model.safetensors"))
     assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_tokens_are_carried_across_a_resume_that_changes_the_batch(tmp_path):
+    """Issue 19.13: the count goes on from where it was, at the new batch's rate (it used to be step x new rate)."""
+    cfg = fast_config(tmp_path, max_steps=20, ckpt_every=10, batch_size=8, no_plots=True)
+    first = tierlab.train(config=cfg)
+    assert first.summary["tokens"] == 20 * 8 * 32
+    again = tierlab.resume(first.dir, {"max_steps": 30, "batch_size": 4, "allow_config_change": True})
+    assert again.summary["tokens"] == 20 * 8 * 32 + 10 * 4 * 32
+    tokens = [r["tokens"] for r in train_records(first.dir)]
+    assert tokens == sorted(tokens) and tokens[-1] == again.summary["tokens"]  # the chart never doubles back

@@ -69,6 +69,7 @@ class LoopState:
     """What the host knows, updated only at log steps."""
 
     step: int = 0
+    tokens: int = 0  # trained on so far: carried, since a resume may change the batch shape
     skipped_steps: int = 0
     loss_scale: float | None = None
     last_loss: float | None = None
@@ -204,6 +205,7 @@ class Trainer:
         if policy.scales_loss:
             row.scale.copy_(policy.loss_scale)
         self.state.step += 1  # skips <= step always holds: the lookup above stays inside the table
+        self.state.tokens += self.tokens_per_step
 
     # ----------------------------------------------------------------------- logging
     def _start_window(self) -> None:
@@ -234,7 +236,7 @@ class Trainer:
         self.state.last_loss = statistics.fmean(losses) if losses else float("nan")
         last = steps[-1]
         record = {
-            "kind": "train", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
+            "kind": "train", "step": self.state.step, "tokens": self.state.tokens,
             "loss": self.state.last_loss, "lr": last.lr, "grad_norm": last.grad_norm,
             "loss_scale": self.state.loss_scale, "skipped_steps": self.state.skipped_steps,
             "tokens_per_s": tokens_per_s, "step_ms": 1000.0 * elapsed / max(timed, 1),
@@ -313,7 +315,7 @@ class Trainer:
         started = time.perf_counter()
         val_loss, val_acc = validation_figures(self.model, self.data.val, self._eval_starts, self.cfg.seq_len,
                                                self.policy, self.dist)
-        record = {"kind": "eval", "step": self.state.step, "tokens": self.state.step * self.tokens_per_step,
+        record = {"kind": "eval", "step": self.state.step, "tokens": self.state.tokens,
                   "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
                   "val_acc": val_acc}
         self.metrics.write(record)
@@ -352,7 +354,7 @@ class Trainer:
         model_state, optimizer_state = weights if weights is not None else self.weights_state()
         return {
             "step": self.state.step,
-            "tokens": self.state.step * self.tokens_per_step,
+            "tokens": self.state.tokens,
             "real_steps": (self.state.step - self.skips.to(torch.int64)).cpu(),  # steps that updated weights
             "model": model_state,
             "optimizer": optimizer_state,
@@ -381,7 +383,8 @@ class Trainer:
         part = own_part(state, self.dist)
         self.batches.load_state_dict(part["sampler"])
         set_rng_state(part["rng"])
-        self.state = LoopState(**state["loop"])
+        # (checkpoints from before tokens were carried: the step count times that run's tokens per step)
+        self.state = LoopState(**{"tokens": state.get("tokens", 0), **state["loop"]})
         self.buffer.load_state_dict(part["window"])
         self.guard.state = GuardState(**state["guard"])
         self._rebuild_schedule()

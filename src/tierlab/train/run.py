@@ -156,7 +156,7 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
             pass  # already diverging or interrupted: the record is written, the verdict stands
     state = trainer.state
     summary = {
-        "status": status, "steps": state.step, "tokens": state.step * trainer.tokens_per_step,
+        "status": status, "steps": state.step, "tokens": state.tokens,
         "final_loss": state.last_loss, "final_val_loss": state.last_val_loss,
         "best_val_loss": state.best_val_loss, "precision": decision.used,
         "precision_requested": decision.requested, "precision_reason": decision.reason,
