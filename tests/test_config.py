@@ -1,6 +1,10 @@
 import json
+import math
+import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import TINY_MODEL, assert_user_error, run_cli
 from tierlab.config import TrainConfig, load_config_file, parse_model_arg
@@ -118,3 +122,55 @@ def test_every_option_declares_one_role_and_one_help_group():
 def test_fsdp_with_compile_is_refused_by_the_config_itself():
     with pytest.raises(ConfigError, match="--fsdp and --compile"):
         TrainConfig(fsdp=True, compile=True)
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"weight_decay": float("inf")}, "--weight-decay must be a finite number"),
+    ({"min_loss_scale": float("inf")}, "--min-loss-scale must be a finite number"),
+    ({"max_steps": 10_000_000_000}, "--max-steps must be at most 10,000,000"),
+    ({"log_every": 1_000_000_000}, "--log-every must be at most"),
+    ({"eval_batches": 100_000_000}, "--eval-batches must be at most"),
+    ({"epochs": 1e300}, "--epochs must be a positive number of passes"),
+    ({"seed": 10**23}, "--seed must be between 0 and 2**63 - 1"),
+    ({"loss_scale_growth_interval": 10**23}, "--loss-scale-growth-interval must be at most"),
+    ({"name": "x" * 300}, "is not a usable run name"),
+    ({"name": "a\x00b"}, "is not a usable run name"),
+])
+def test_harmful_or_absurd_values_are_refused_up_front(changes, fragment):
+    """Issue 19.10: values that trained wrong, allocated tens of GB or crashed deep inside are one plain error."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        TrainConfig(**changes)
+
+
+def test_bad_config_files_and_epochs_are_plain_errors_that_leave_nothing(tmp_path):
+    (tmp_path / "latin1.toml").write_bytes(b'name = "caf\xe9"\n')
+    (tmp_path / "resume7.toml").write_text("resume = 7\n")
+    for args, fragment in ((("--config", "latin1.toml"), "is not UTF-8 text"),
+                           (("--config", "resume7.toml"), "Option --resume must be a string, got 7"),
+                           (("--epochs", "100000"), "more than tierlab's 10,000,000")):
+        assert_user_error(run_cli("train", *args, cwd=tmp_path), fragment)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+_NUMBER = st.one_of(st.integers(min_value=-(2**70), max_value=2**70),
+                    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0, 1, -1, 2**31, 2**63]))
+_NUMERIC = [f.name for f in __import__("dataclasses").fields(TrainConfig)
+            if f.type in ("int", "float", "int | None", "float | None")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_NUMERIC), _NUMBER, max_size=4))
+def test_any_numeric_values_build_a_bounded_config_or_one_plain_error(values):
+    """Property (issue 19.10): never another exception, and whatever is accepted stays within allocatable sizes."""
+    try:
+        cfg = TrainConfig(**values)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    from tierlab.config import LIMITS, MAX_STEPS
+
+    assert cfg.max_steps is None or cfg.max_steps <= MAX_STEPS
+    assert all(getattr(cfg, name) <= limit for name, limit in LIMITS.items())
+    for name in _NUMERIC:
+        value = getattr(cfg, name)
+        assert value is None or math.isfinite(value), (name, value)

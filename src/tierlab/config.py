@@ -33,6 +33,11 @@ NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 WANDB_MODES = ("online", "offline", "disabled")
+# Upper bounds: beyond them a value is a typo (or a unit mistake), and some sizes scale with it
+# (the learning-rate table holds one float per step, the log buffer one row per step).
+MAX_STEPS = 10_000_000
+LIMITS = {"batch_size": 1 << 20, "grad_accum": 1 << 20, "seq_len": 1 << 24, "log_every": MAX_STEPS,
+          "eval_batches": 100_000, "loss_scale_growth_interval": 2**31 - 1}
 
 # Each option's role, declared on its field (``role=``) and read by resume, search and the CLI:
 IDENTITY = "identity"  # what the run is: changing one trains something else, so no flag allows it on resume
@@ -173,12 +178,17 @@ class TrainConfig:
              "--max-steps and --epochs were both given.", "give one of them.")
         need(self.max_steps is None or self.max_steps >= 1,
              f"--max-steps must be at least 1, got {self.max_steps}.", "pass a positive number of steps.")
-        need(self.epochs is None or (math.isfinite(self.epochs) and self.epochs > 0),
-             f"--epochs must be positive, got {self.epochs}.", "pass e.g. --epochs 1.")
+        need(self.max_steps is None or self.max_steps <= MAX_STEPS,
+             f"--max-steps must be at most {MAX_STEPS:,}, got {self.max_steps}.", "pass fewer steps.")
+        need(self.epochs is None or (math.isfinite(self.epochs) and 0 < self.epochs <= 1e6),
+             f"--epochs must be a positive number of passes (at most a million), got {self.epochs}.",
+             "pass e.g. --epochs 1.")
         for name in ("batch_size", "grad_accum", "seq_len", "log_every", "eval_batches",
                      "loss_scale_growth_interval"):
             value = getattr(self, name)
             need(value >= 1, f"{_flag(name)} must be at least 1, got {value}.", f"pass a positive {_flag(name)}.")
+            need(value <= LIMITS[name], f"{_flag(name)} must be at most {LIMITS[name]:,}, got {value}.",
+                 f"pass a smaller {_flag(name)}.")
         need(math.isfinite(self.dist_timeout) and self.dist_timeout > 0,
              f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}.",
              "pass e.g. --dist-timeout 600.")
@@ -200,7 +210,8 @@ class TrainConfig:
             need(self.warmup_steps <= self.max_steps,  # warm-up only (==) is a legitimate schedule
                  f"--warmup-steps ({self.warmup_steps}) is longer than the run (--max-steps {self.max_steps}).",
                  "shorten the warm-up or train longer.")
-        need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}.",
+        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+             f"--weight-decay must be a finite number, 0 or more, got {self.weight_decay}.",
              "pass e.g. --weight-decay 0.1.")
         need(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "--beta1 and --beta2 must lie in [0, 1).",
              "use e.g. 0.9 and 0.95.")
@@ -217,7 +228,8 @@ class TrainConfig:
              f"{self.rollback_lr_factor}.", "use e.g. 0.5.")
         need(self.max_rollbacks >= 0 and self.max_consecutive_skips >= 1,
              "--max-rollbacks must be 0 or more and --max-consecutive-skips at least 1.", "use e.g. 3 and 25.")
-        need(self.min_loss_scale >= 0, f"--min-loss-scale must be 0 or more, got {self.min_loss_scale}.",
+        need(math.isfinite(self.min_loss_scale) and self.min_loss_scale >= 0,
+             f"--min-loss-scale must be a finite number, 0 or more, got {self.min_loss_scale}.",
              "use e.g. 1.0.")
         need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
              f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
@@ -239,8 +251,12 @@ class TrainConfig:
             need(tok == "byte" or tok.endswith(".json"), f"--tokenizer {tok!r} is not a tokenizer.",
                  "use byte, bpe:VOCAB or the path of a tokenizer.json.")
         if self.name is not None:
-            need(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", ".."),
-                 f"--name {self.name!r} is not a usable run name.", "use a plain name without slashes.")
+            need(bool(self.name) and "/" not in self.name and "\\" not in self.name and self.name not in (".", "..")
+                 and len(self.name) <= 200 and self.name.isprintable(),
+                 f"--name {self.name[:60]!r}{'...' if len(self.name) > 60 else ''} is not a usable run name.",
+                 "use a plain name without slashes or control characters, at most 200 characters.")
+        need(0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63 - 1, got {self.seed}.",
+             "pass e.g. --seed 1.")
         for key in self.model_args:
             need(isinstance(key, str) and key.isidentifier(), f"--model-arg key {key!r} is not a Python name.",
                  "write --model-arg NAME=VALUE with NAME a keyword argument of the model factory.")
@@ -284,7 +300,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Config file {str(p)!r} does not exist.", "check the path given to --config.")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"Config file {str(p)!r} is not UTF-8 text (byte {exc.start}).",
+                          "save it as UTF-8 (TOML and JSON files are UTF-8).") from None
     try:
         if p.suffix.lower() == ".json":
             data = json.loads(text)

@@ -105,7 +105,7 @@ class Trainer:
         # One row per step since the last log step: LOSS..SKIPPED, then the per-parameter gradient
         # norms (they name the layers that overflowed when a step is skipped). The scale column
         # stays 0 without a GradScaler.
-        self.buffer = StepBuffer(cfg.log_every, len(self.params), device)
+        self.buffer = StepBuffer(min(cfg.log_every, max_steps), len(self.params), device)  # rows until a log step
         self.state = LoopState(loss_scale=cfg.loss_scale_init if policy.scales_loss else None)
         # Global figures: sequences and tokens of all ranks per step, and the peak of all their devices.
         self.global_batch = cfg.batch_size * cfg.grad_accum * dist.world_size

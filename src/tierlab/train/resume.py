@@ -106,6 +106,11 @@ def layered(file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
     def given(key: str, default: Any = None) -> Any:
         return overrides.get(key, file_values.get(key, default))
 
+    for key in ("resume", "out", "name"):  # they find the checkpoint, before the config is checked
+        if given(key) is not None and not isinstance(given(key), str):
+            example = {"resume": "runs/NAME", "out": "runs"}.get(key, "NAME")
+            raise ConfigError(f"Option --{key} must be a string, got {given(key)!r}.",
+                              f'write it in quotes, e.g. {key} = "{example}".')
     values: dict[str, Any] = {}
     if given("resume"):
         values = base_config(given("resume"), given("out", "runs"), given("name")) or {}

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import TrainConfig
+from ..config import MAX_STEPS, TrainConfig
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
@@ -69,6 +69,9 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or steps_for_epochs(cfg, tokens)
+    if max_steps > MAX_STEPS:
+        raise ConfigError(f"--epochs {cfg.epochs:g} is {max_steps:,} steps of {cfg.batch_size} x {cfg.seq_len} tokens "
+                          f"here, more than tierlab's {MAX_STEPS:,}.", "pass fewer --epochs or a larger batch.")
     if cfg.warmup_steps is None:
         cfg = cfg.replace(warmup_steps=default_warmup(max_steps))
     if cfg.warmup_steps > max_steps:  # warm-up only (==) is a legitimate schedule
