@@ -79,3 +79,17 @@ def test_a_run_whose_model_file_moved_is_loaded_with_model(tmp_path):
     wrong = run_cli(*args, "--model", "moved/other.py:build", cwd=tmp_path)
     assert_user_error(wrong, "do not fit this model: ", " size mismatches: ", "(64x32 in the weights, 64x16 in the "
                       "model)", " more.")
+
+
+def test_a_damaged_final_weights_file_is_a_plain_error(tmp_path):
+    """Issue 19.12: sample, export and --init-from name the damaged model.safetensors instead of a SafetensorError."""
+    import shutil
+
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=10, no_plots=True))
+    broken = tmp_path / "broken"
+    shutil.copytree(run.dir, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 100)
+    assert_user_error(run_cli("sample", broken, "--prompt", "the", cwd=tmp_path), "is damaged")
+    assert_user_error(run_cli("export", broken, "--format", "safetensors", cwd=tmp_path), "is damaged")
+    assert_user_error(run_cli("train", "--init-from", broken / "model.safetensors", "--max-steps", "2",
+                              "--name", "again", cwd=tmp_path), "is damaged")

@@ -110,6 +110,7 @@ def run_tokenizer(run_dir: Path) -> Tokenizer:
 
 def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
     """Load a run's final weights (model.safetensors) into ``model``, with a plain error when they are missing."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
     weights = run_dir / WEIGHTS
@@ -118,6 +119,10 @@ def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
                         f"use a finished run, or a checkpoint: {run_dir}/checkpoints/step-....pt")
     try:
         load_safetensors(model, str(weights))
+    except SafetensorError as exc:
+        raise UserError(f"{weights} is damaged: it is not a readable safetensors file ({exc}).",
+                        f"use a checkpoint of the run instead (--checkpoint {run_dir}/checkpoints/step-....pt), or "
+                        "train again.") from None
     except RuntimeError as exc:
         from .train.init_from import describe_load_error
 

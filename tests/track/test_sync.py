@@ -56,3 +56,37 @@ def test_sync_to_offline_wandb_round_trips_every_record(plain_run, monkeypatch):
 
     rows = json.loads(tables[0].read_text())["data"]
     assert [r[1] for r in rows] == [e["event"] for e in plain_run.events()]
+
+
+def test_a_second_sync_to_tensorboard_replaces_the_first(plain_run, tmp_path):
+    """Issue 19.12: syncing twice used to double every point."""
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    shutil.copytree(plain_run.dir, run)
+    for _ in range(2):
+        assert run_cli("sync", run, "--to", "tensorboard", cwd=tmp_path).returncode == 0
+    acc = EventAccumulator(str(run / "tensorboard"))
+    acc.Reload()
+    train = [r for r in plain_run.metrics() if r["kind"] == "train"]
+    assert [e.step for e in acc.Scalars("train/loss")] == [r["step"] for r in train]
+
+
+def test_report_and_sync_skip_a_line_that_is_not_utf8(plain_run, tmp_path):
+    """Issue 19.12: a stray byte in metrics.jsonl (an editor, a bad disk) loses that line, not the command."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(plain_run.dir, run)
+    lines = (run / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    lines[1] = lines[1][:10] + b"\xff" + lines[1][10:]
+    (run / "metrics.jsonl").write_bytes(b"".join(lines))
+    report = run_cli("report", run, "--out", tmp_path / "d.png", cwd=tmp_path)
+    assert report.returncode == 0 and "Traceback" not in report.stderr, report.stderr
+    assert "1 unreadable line(s) skipped" in report.stderr
+    synced = run_cli("sync", run, "--to", "tensorboard", cwd=tmp_path)
+    assert synced.returncode == 0, synced.stderr
+    assert f"synced {len(plain_run.metrics()) - 1} metric records" in synced.stdout

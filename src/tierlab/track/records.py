@@ -7,10 +7,13 @@ at once, so a crash loses at most the line being written.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 def _clean(value: Any) -> Any:
@@ -63,15 +66,20 @@ class EventLog(JsonlWriter):
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """All complete records of a JSONL file (a torn last line from a crash is ignored)."""
+    """All complete records of a JSONL file: a torn last line from a crash is ignored, other unreadable lines
+    (not UTF-8, not JSON: an edited or damaged file) are skipped with one warning naming how many."""
     records = []
     if not path.is_file():
         return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_bytes().splitlines()
+    bad = 0
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            records.append(json.loads(line))  # bytes: decoded as UTF-8 here, so a bad byte is a ValueError too
+        except ValueError:
+            bad += number < len(lines)  # (the last line may be one a crash tore)
+    if bad:
+        log.warning("%s: %d unreadable line(s) skipped (not UTF-8 JSON)", path, bad)
     return records
 
 

@@ -48,6 +48,11 @@ class TensorBoardSink:
         self.log_dir = log_dir
         self.writer = None
 
+    def clear(self) -> None:
+        """Remove the event files written before (``tierlab sync``: the records are the source, written once)."""
+        for old in self.log_dir.glob("events.out.tfevents.*"):
+            old.unlink()
+
     def start(self, config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 

@@ -16,6 +16,8 @@ def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | N
     given = {"wandb": project, "wandb_entity": entity, "wandb_mode": mode}
     sink = make_sink(to, run_dir, {**config, **{k: v for k, v in given.items() if v}})
     metrics, events = read_jsonl(run_dir / METRICS), read_jsonl(run_dir / EVENTS)
+    if hasattr(sink, "clear"):  # files of its own (TensorBoard): a second sync replaces the first, never doubles it
+        sink.clear()
     sink.start(config)
     try:
         for record in metrics:

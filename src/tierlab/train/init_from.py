@@ -69,6 +69,8 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
         raise ConfigError(f"--init-from {spec}: those weights were trained with tokenizer {source.tokenizer}, this "
                           f"run's is {tokenizer_identity}; the same token ids would mean other things.",
                           f"train with theirs: {fix}.")
+    from safetensors import SafetensorError
+
     try:
         if source.path.suffix == ".safetensors":
             from safetensors.torch import load_model as load_safetensors
@@ -76,6 +78,10 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
             load_safetensors(model, str(source.path))  # strict; knows tied weights
         else:
             model.load_state_dict(source.weights)
+    except SafetensorError as exc:
+        raise ConfigError(f"--init-from {spec}: {source.path} is damaged: not a readable safetensors file ({exc}).",
+                          "start from one of its run's checkpoints instead: --init-from RUN/checkpoints/step-....pt."
+                          ) from None
     except RuntimeError as exc:
         raise ConfigError(f"The weights in {source.path} do not fit this model: {describe_load_error(exc)}.",
                           "build the model they were trained with (the same model file, factory and --model-arg "
