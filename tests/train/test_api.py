@@ -227,3 +227,44 @@ def test_the_final_weights_follow_the_umask(tmp_path):
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in run.dir.iterdir() if p.is_file()}
     assert modes["model.safetensors"] == 0o640, modes  # not safetensors' 0600
     assert set(modes.values()) == {0o640}, modes  # like every other file of the run
+
+
+DETACHED = """
+    from tierlab.models.tiny_gpt import TinyGPT
+    class Detached(TinyGPT):
+        def forward(self, ids):
+            return super().forward(ids).detach()
+    def build(vocab_size=256):
+        return Detached(vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+"""
+
+FAILS_LATER = """
+    from tierlab.models.tiny_gpt import TinyGPT
+    class FailsLater(TinyGPT):
+        calls = 0
+        def forward(self, ids):
+            if self.training:
+                FailsLater.calls += 1
+                if FailsLater.calls == 3:
+                    raise ValueError("a shape the author did not expect")
+            return super().forward(ids)
+    def build(vocab_size=256):
+        return FailsLater(vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
+"""
+
+
+def test_an_error_in_the_model_during_training_is_one_plain_line(tmp_path):
+    """Issue 19.14: the step, the model's file and line, what the run kept; a run that never stepped leaves nothing."""
+    from helpers import assert_user_error, run_cli, write_model
+
+    detached = write_model(tmp_path, DETACHED, "detached.py")
+    result = run_cli("train", "--model", f"{detached}:build", "--max-steps", "5", "--seq-len", "32",
+                     "--batch-size", "4", "--name", "d", cwd=tmp_path)
+    assert_user_error(result, "cannot be trained at step 1", "the run directory was removed")
+    assert not (tmp_path / "runs" / "d").exists()  # so the same --name works after the fix
+    later = write_model(tmp_path, FAILS_LATER, "later.py")
+    result = run_cli("train", "--model", f"{later}:build", "--max-steps", "5", "--seq-len", "32", "--batch-size", "4",
+                     "--ckpt-every", "2", "--log-every", "1", "--name", "l", cwd=tmp_path)
+    assert_user_error(result, "ValueError: a shape the author did not expect at step 3", f"{later}:",
+                      "step-00000002.pt", "--resume")
+    assert (tmp_path / "runs" / "l" / "summary.json").is_file()

@@ -50,6 +50,10 @@ class JsonlWriter:
     def close(self) -> None:
         self._fh.close()
 
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
 
 class EventLog(JsonlWriter):
     """events.jsonl: things that happened, each with its type, a UTC timestamp and details."""
@@ -99,6 +103,8 @@ class Discard:
 
     def tell(self) -> int:
         return 0
+
+    closed = False
 
     def truncate(self, size: int) -> None:
         pass

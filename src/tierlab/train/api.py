@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, normalize_keys
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError, UserError
 from ..track import Discard
 from ..track import sinks as tracker_sinks
 from ..track.trackers import Trackers
@@ -32,6 +33,7 @@ from . import identity
 from .checkpoint import load_checkpoint
 from .compile import compile_model
 from .distributed import Dist, setup
+from .failures import model_failure
 from .guards import Diverged
 from .loop import Trainer
 from .memory import is_out_of_memory, out_of_memory
@@ -132,17 +134,37 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
     except (Interrupted, Diverged) as exc:
         status = "interrupted" if isinstance(exc, Interrupted) else "diverged"
         raise
+    except Exception as exc:
+        if isinstance(exc, UserError) or not dist.is_main:
+            raise
+        # Failed before its first step, a new run leaves nothing behind (its --name stays free).
+        removed = resume_state is None and trainer.state.step == 0
+        plain = model_failure(exc, model, trainer.state.step + 1, run_dir, removed)
+        if plain is None:
+            raise  # not the model's code: a traceback to report
+        _close(run_dir, model, trainer, decision, status, started, metrics, events, compile_seconds, dist, trackers,
+               plots=False)
+        if removed:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise plain from None
     finally:
-        close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
-                  compile_seconds, dist)
-        trackers.close()  # before the records close: a tracker failing now is one more tracker_failed event
-        metrics.close()
-        events.close()
-        if not cfg.no_plots and dist.is_main:
-            write_dashboard(run_dir)
+        if not metrics.closed:
+            _close(run_dir, model, trainer, decision, status, started, metrics, events, compile_seconds, dist,
+                   trackers, plots=not cfg.no_plots)
     dist.barrier()  # every rank returns once rank 0 has written the summary
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
+
+
+def _close(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, started: float, metrics, events,
+           compile_seconds: float | None, dist: Dist, trackers: Trackers, plots: bool) -> None:
+    close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
+              compile_seconds, dist)
+    trackers.close()  # before the records close: a tracker failing now is one more tracker_failed event
+    metrics.close()
+    events.close()
+    if plots and dist.is_main:
+        write_dashboard(run_dir)
 
 
 def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | None, dict[str, Any] | None,
