@@ -240,13 +240,17 @@ def test_too_few_outputs_suggest_vocab_size_only_to_a_factory_that_takes_it(tmp_
     assert_user_error(sized, "only 40 outputs", "(e.g. --model-arg vocab_size=256)")
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_while_torch_loads_is_a_plain_interrupt(tmp_path):
     """The first second of a command is torch's import: a Ctrl-C there exits 130 without a traceback (issue 19.16)."""
     for delay in (0.2, 0.6):
-        # (A test worker may run with SIGINT ignored, which a child inherits: give it the terminal's default.)
+        # (A test worker may run with SIGINT ignored or blocked, which a child inherits: give it a terminal's.)
         proc = subprocess.Popen([sys.executable, "-m", "tierlab", "train", "--max-steps", "3", "--quiet"], cwd=tmp_path,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
