@@ -171,3 +171,15 @@ def test_a_short_run_whose_every_step_was_skipped_is_not_completed(tmp_path):
                                          no_plots=True))
     summary = json.loads((tmp_path / "runs" / "run" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["skipped_steps"] == 10
+
+
+def test_rollback_never_returns_to_a_checkpoint_holding_the_bad_steps(tmp_path):
+    """Issue 19.8: NaN at steps 22-23, checkpoint every 25, records every 10: the step-25 checkpoint used to carry
+    the unread NaN rows, so every rollback replayed them (three rollbacks 'to step 25', exit 3)."""
+    cfg = fast_config(tmp_path, on_nonfinite="rollback", max_steps=40, log_every=10, ckpt_every=25, eval_every=0)
+    run = tierlab.train(SpikeAt(_model(), at={22, 23}, factor=NAN), config=cfg)
+    (rollback,) = run.events("rollback")
+    assert rollback["step"] == 25 and rollback["to_step"] < 22  # a checkpoint from before the first bad step
+    assert run.summary["status"] == "completed" and run.summary["rollbacks"] == 1
+    steps = [r["step"] for r in run.metrics("train")]
+    assert steps == sorted(set(steps)) and steps[-1] == 40

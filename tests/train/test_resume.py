@@ -221,3 +221,22 @@ def test_tokens_are_carried_across_a_resume_that_changes_the_batch(tmp_path):
     assert again.summary["tokens"] == 20 * 8 * 32 + 10 * 4 * 32
     tokens = [r["tokens"] for r in train_records(first.dir)]
     assert tokens == sorted(tokens) and tokens[-1] == again.summary["tokens"]  # the chart never doubles back
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda p: p.write_bytes(p.read_bytes()[:500]), "is shorter than when the checkpoint was written"),
+    (lambda p: p.unlink(), "was deleted"),
+    (lambda p: p.write_bytes(b"#" + p.read_bytes()), "that byte is not the end of a record"),  # edited before
+])
+def test_records_that_lost_history_are_refused_not_glued_onto(tmp_path, damage, fragment):
+    """Issue 19.5: a torn, deleted or edited metrics.jsonl / events.jsonl is refused; nothing is appended to it."""
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=40, ckpt_every=40, no_plots=True))
+    for name in ("metrics.jsonl", "events.jsonl"):
+        path = run.dir / name
+        backup = path.read_bytes()
+        damage(path)
+        before = path.read_bytes() if path.exists() else None
+        with pytest.raises(tierlab.UserError, match=fragment):
+            tierlab.resume(run.dir, {"max_steps": 50, "allow_config_change": True})
+        assert (path.read_bytes() if path.exists() else None) == before  # refused before anything was written
+        path.write_bytes(backup)

@@ -148,6 +148,12 @@ class Trainer:
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == self.max_steps):
                 self.evaluate()
             stopping = self._stop_agreed if self.dist.active else self.stop_requested
+            if (ckpt_due or stopping) and cfg.on_nonfinite == "rollback" and self.buffered:
+                # A rollback returns here: the steps since the last record are read first (one more record),
+                # so a checkpoint never carries unread non-finite steps that every rollback would replay.
+                if self.flush():
+                    self.rollback()
+                    continue
             if ckpt_due or stopping:
                 self.checkpoint()
             if stopping:

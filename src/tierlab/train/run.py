@@ -111,6 +111,9 @@ def refuse_existing(run_dir: Path) -> None:
 def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_state: dict[str, Any] | None,
                  lock: RunLock) -> tuple[JsonlWriter, EventLog]:
     """Create (or, on resume, cut back) the run directory's files; unwritable places are user errors."""
+    if resume_state is not None:  # before anything is written: records that lost part of their history are refused
+        for name, key in ((METRICS, "metrics"), (EVENTS, "events")):
+            check_history(run_dir / name, resume_state["records"][key])
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder made beforehand (a job script's) is fine
         if resume_state is None:
@@ -129,6 +132,32 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_stat
         metrics.truncate(resume_state["records"]["metrics"])
         events.truncate(resume_state["records"]["events"])
     return metrics, events
+
+
+def check_history(path: Path, offset: int) -> None:
+    """Refuse a resume whose records file no longer holds what it held at the checkpoint (``offset`` bytes).
+
+    Cutting it back to the offset is how a resume drops records written after the
+    checkpoint; a file shorter than that, or one whose byte before the offset is not the end
+    of a record, lost history (deleted, truncated, edited), and appending to it would hide
+    that -- or glue the next record onto a torn line.
+    """
+    what = f"{path.name} of {str(path.parent)!r}"
+    fix = ("restore the file (from a backup or a copy of the run), or start a new run from the trained weights: "
+           f"tierlab train --init-from {path.parent} --name NEW")
+    if offset and not path.is_file():
+        raise UserError(f"The {what} was deleted: the checkpoint being resumed recorded {offset:,} bytes of it.", fix)
+    if not offset:
+        return
+    size = path.stat().st_size
+    if size < offset:
+        raise UserError(f"The {what} is shorter than when the checkpoint was written ({size:,} of {offset:,} bytes): "
+                        "part of its history was cut off.", fix)
+    with path.open("rb") as fh:
+        fh.seek(offset - 1)
+        if fh.read(1) != b"\n":
+            raise UserError(f"The {what} was changed before the checkpoint's position ({offset:,} bytes): that byte is "
+                            "not the end of a record.", fix)
 
 
 def claim(run_dir: Path) -> None:
