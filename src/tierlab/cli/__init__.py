@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import NoReturn, Sequence
 
 from .. import __version__
@@ -50,6 +52,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             _leave_job(code)
         return code
     return _main(argv)
+
+
+def _import_deferring_ctrl_c():
+    """Import torch (through tierlab.train) with a Ctrl-C held until the import is done, then honoured.
+
+    A KeyboardInterrupt raised inside a C extension's import is not always a KeyboardInterrupt
+    by the time it leaves it: numpy turns it into an ImportError with a traceback, other
+    libraries swallow it. Held for the second or two the import takes, it is an ordinary
+    interrupted command (exit 130) every time.
+    """
+    held: list[int] = []
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        from ..train.guards import Diverged
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt
+    return Diverged
 
 
 def _leave_job(code: int) -> NoReturn:
@@ -94,7 +118,7 @@ def _main(argv: Sequence[str] | None) -> int:
 
 def _run(ns: argparse.Namespace, who: str) -> int:
     """The command, with its user errors and divergence turned into their exit codes."""
-    from ..train.guards import Diverged  # (imports torch: the first seconds of most commands)
+    Diverged = _import_deferring_ctrl_c()
 
     try:
         return COMMANDS[ns.command].run(ns)
