@@ -1,6 +1,7 @@
 """atomic_path / atomic_write: the old file or the new one, never half of one, and no leftovers."""
 
 import json
+import os
 
 import pytest
 
@@ -31,3 +32,22 @@ def test_the_temporary_is_hidden_unique_and_keeps_the_extension(tmp_path):
         assert tmp.parent == tmp_path and tmp.name.startswith(".plot.tmp") and tmp.suffix == ".png"
         tmp.write_bytes(b"png")  # matplotlib picks the format from this suffix
     assert (tmp_path / "plot.png").read_bytes() == b"png"
+
+
+def test_leftovers_of_dead_writers_are_removed_and_a_live_writers_file_is_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from tierlab.atomic import remove_leftovers, temporary_name
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    mine = temporary_name(tmp_path / "tokens.bin", os.getpid())
+    theirs = temporary_name(tmp_path / "tokens.bin", dead)
+    keep = [tmp_path / "tokens.bin", tmp_path / ".lock", tmp_path / ".notes.tmpfile"]
+    for path in (mine, theirs, *keep):
+        path.write_text("x")
+    assert remove_leftovers(tmp_path, dead_writers_only=True) == [theirs]
+    assert mine.exists() and all(p.exists() for p in keep)
+    assert remove_leftovers(tmp_path) == [mine]  # a folder this process owns: every leftover goes
+    assert all(p.exists() for p in keep)

@@ -15,15 +15,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterator
+
+
+_TEMPORARY = re.compile(r"^\..+\.tmp(\d+)(\.[^.]*)?$")
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new content to; on success it replaces ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = temporary_name(path, os.getpid())
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
@@ -35,6 +39,42 @@ def atomic_path(path: Path) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temporary_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.stem}.tmp{pid}{path.suffix}")
+
+
+def remove_leftovers(folder: Path, dead_writers_only: bool = False) -> list[Path]:
+    """Remove the temporary files that writes killed half-way (SIGKILL, power loss) left in ``folder``.
+
+    A folder one process owns (a run directory, under its lock) is cleaned whole; in a
+    shared one (the token cache) ``dead_writers_only`` spares the files of processes on this
+    machine that are still alive.
+    """
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TEMPORARY.match(entry.name)
+        if not match or not entry.is_file() or (dead_writers_only and _alive(int(match.group(1)))):
+            continue
+        with contextlib.suppress(OSError):
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's process (or a number that is no pid): leave its file alone
+    return True
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:

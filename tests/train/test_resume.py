@@ -71,10 +71,13 @@ def test_sigkill_and_resume_is_exact(tmp_path, precision):
     proc.wait()
     assert not (ckpt_dir / "step-00000030.pt").exists()
     assert (ckpt_dir / "latest").read_text() == "step-00000020.pt"  # the previous one is still the latest
+    stale = [p for p in ckpt_dir.iterdir() if ".tmp" in p.name]
+    assert stale  # the half-written file the kill left...
 
     # 3) Resume again, stop with SIGTERM (graceful: checkpoint, exit 130), and resume to the end.
     proc = start(tmp_path, "--resume", "runs/part")
     wait_for(lambda: last_step(part_dir) >= 35)
+    assert not any(p.exists() for p in stale)  # ...is removed by the next start
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err

@@ -14,9 +14,11 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import NoReturn, Sequence
 
 from .. import __version__
+from ..disk import STORAGE_ERRNOS, describe, free_space, os_error_in
 from ..errors import UserError
 from . import analyze, bench, export, report, sample, search, sync, train, validate
 from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
@@ -128,3 +130,14 @@ def _run(ns: argparse.Namespace, who: str) -> int:
     except Diverged as err:
         sys.stderr.write(f"{who}: {err}\n")
         return Diverged.exit_code
+    except Exception as exc:
+        # The last net for a write a full (or failing) disk refused where no plainer message was made:
+        # an output file of report, analyze, bench, export.  A bug still gets its traceback.
+        found = os_error_in(exc)
+        if found is None or found.errno not in STORAGE_ERRNOS:
+            raise
+        place = Path(found.filename) if found.filename else Path.cwd()
+        sys.stderr.write(f"{who}: error: A write failed: {describe(found)}"
+                         f"{f' ({found.filename})' if found.filename else ''}; {free_space(place)}. "
+                         "Fix: free space (or write to another disk) and run the command again.\n")
+        return EXIT_USER_ERROR

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write
+from ..atomic import atomic_path, atomic_write, remove_leftovers
+from ..disk import write_failed
 from ..errors import DataError
 from .corpus import Corpus, open_corpus
 from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file, train_bpe
@@ -56,6 +57,8 @@ class TokenData:
 def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None,
                  text_field: str = "text") -> TokenData:
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
+    for shared in ("tokens", "tokenizers"):  # what killed writers left (never a live writer's file)
+        remove_leftovers(cache_dir / shared, dead_writers_only=True)
     try:
         corpus = open_corpus(data, cache_dir, text_field)
         corpus_hash = corpus.content_hash()
@@ -125,13 +128,19 @@ def _write_cache(corpus: Corpus, tokenizer: Tokenizer, bin_path: Path, meta_path
     count, max_id = 0, -1
     # The size on disk: total_bytes would decompress a compressed corpus once more just for this line.
     log.info("tokenizing %s (%.1f MB) with %s", corpus.spec, corpus.size_on_disk / 1e6, tokenizer.identity)
-    with atomic_path(bin_path) as tmp, tmp.open("wb") as fh:
-        for text in corpus.chunks():
-            ids = tokenizer.encode(text)
-            if ids.size:
-                max_id = max(max_id, int(ids.max()))
-                fh.write(ids.astype(dtype).tobytes())
-                count += ids.size
-    atomic_write(meta_path, json.dumps({"count": count, "dtype": np.dtype(dtype).name, "max_id": max_id,
-                                        "tokenizer": tokenizer.identity, "corpus": corpus.spec}))
+    try:
+        with atomic_path(bin_path) as tmp, tmp.open("wb") as fh:
+            for text in corpus.chunks():
+                ids = tokenizer.encode(text)
+                if ids.size:
+                    max_id = max(max_id, int(ids.max()))
+                    fh.write(ids.astype(dtype).tobytes())
+                    count += ids.size
+        atomic_write(meta_path, json.dumps({"count": count, "dtype": np.dtype(dtype).name, "max_id": max_id,
+                                            "tokenizer": tokenizer.identity, "corpus": corpus.spec}))
+    except OSError as exc:  # a full disk while writing: the corpus itself is the user's and untouched
+        bin_path.unlink(missing_ok=True)  # without its meta file it would be written again anyway
+        raise write_failed(bin_path, exc, "no run was started",
+                           f"free space in {bin_path.parent.parent}, or set TIERLAB_CACHE to a folder on a disk "
+                           "with room.", DataError) from None
     log.info("cached %d tokens in %s", count, bin_path)

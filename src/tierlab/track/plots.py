@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_path
 from ..run_files import CONFIG, EVENTS, METRICS, SUMMARY
 from .records import read_jsonl
 
@@ -120,7 +121,8 @@ def _dress(ax, title: str, xlabel: str, ylabel: str) -> None:
 
 def save_dashboard(run_dirs: list[Path], path: Path) -> Path:
     fig = dashboard(run_dirs)
-    fig.savefig(path, dpi=DPI)
+    with atomic_path(Path(path)) as tmp:  # a full disk leaves the previous picture, not an empty file
+        fig.savefig(tmp, dpi=DPI)
     return path
 
 

@@ -6,12 +6,15 @@ at once, so a crash loses at most the line being written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+from ..disk import write_failed
 
 log = logging.getLogger(__name__)
 
@@ -24,28 +27,48 @@ def _clean(value: Any) -> Any:
 
 
 class JsonlWriter:
+    """An append-only JSONL file: each record is written whole with one system call, or not at all.
+
+    Unbuffered on purpose: a record that a full disk cut short is cut off again at once (a
+    shrinking truncate needs no space), so the file never holds a torn line that the next
+    record would be glued onto, and no buffer keeps the failed bytes to write them later.
+    """
+
     def __init__(self, path: Path):
         self.path = path
-        self._fh = path.open("a", encoding="utf-8")
+        self._fh = path.open("ab", buffering=0)
+        self._size = self._fh.seek(0, 2)
         # Called with each record after it is safely on disk (the trackers' fan-out).
         self.listener: Callable[[dict[str, Any]], None] | None = None
 
     def write(self, record: dict[str, Any], forward: bool = True) -> None:
         clean = {k: _clean(v) for k, v in record.items()}
-        self._fh.write(json.dumps(clean) + "\n")
-        self._fh.flush()
+        self._append((json.dumps(clean) + "\n").encode("utf-8"))
         if forward and self.listener is not None:
             self.listener(clean)
 
+    def _append(self, data: bytes) -> None:
+        view, start = memoryview(data), self._size
+        try:
+            while view:
+                written = self._fh.write(view)  # a full disk may take part of it, then refuse the rest
+                view = view[written:]
+        except OSError as exc:
+            with contextlib.suppress(OSError):  # (a failing disk may refuse this too: the resume check then tells)
+                self._fh.truncate(start)
+            raise write_failed(self.path, exc, "the records before this one are intact",
+                               "free space and continue the run with `tierlab train --resume "
+                               f"{self.path.parent}`.") from None
+        self._size += len(data)
+
     def tell(self) -> int:
         """Bytes written so far: a checkpoint records it so a resume can cut the file back."""
-        return self._fh.tell()
+        return self._size
 
     def truncate(self, size: int) -> None:
         """Cut the file back to ``size`` bytes (records written after a checkpoint)."""
-        self._fh.flush()
-        self._fh.truncate(min(size, self._fh.seek(0, 2)))
-        self._fh.seek(0, 2)
+        self._size = min(size, self._size)
+        self._fh.truncate(self._size)
 
     def close(self) -> None:
         self._fh.close()
@@ -59,14 +82,34 @@ class EventLog(JsonlWriter):
     """events.jsonl: things that happened, each with its type, a UTC timestamp and details."""
 
     def emit(self, event: str, **fields: Any) -> dict[str, Any]:
-        record = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
+        record = _event(event, fields)
         self.write(record)
         return record
 
     def emit_local(self, event: str, **fields: Any) -> None:
         """Write an event to the file only (the trackers' own failures must not loop back into them)."""
-        self.write({"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields},
-                   forward=False)
+        self.write(_event(event, fields), forward=False)
+
+    @contextlib.contextmanager
+    def provisional(self, event: str, **fields: Any) -> Iterator[dict[str, Any]]:
+        """An event about what the block does (a checkpoint written): it stands only if the block succeeds.
+
+        It is written first, so that what the block records (a checkpoint's record offsets)
+        includes it; on any error it is cut off again, and the trackers hear of it only after.
+        """
+        start, record = self._size, _event(event, fields)
+        self.write(record, forward=False)
+        try:
+            yield record
+        except BaseException:
+            self.truncate(start)
+            raise
+        if self.listener is not None:
+            self.listener({k: _clean(v) for k, v in record.items()})
+
+
+def _event(event: str, fields: dict[str, Any]) -> dict[str, Any]:
+    return {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -125,17 +125,12 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
     trainer = Trainer(net, prepared.tokens, cfg, policy, device, run_dir, metrics, events, prepared.max_steps,
                       recorded, progress, loss_fn, dist)
     _announce(trainer, prepared, resume_state, ckpt_path, compile_seconds)
-    started, status = time.perf_counter(), "failed"
+    started, status, failure = time.perf_counter(), "failed", None
     try:
         status = _fit(trainer, run_dir)
-    except StopTraining as stop:
-        status = stop.status
-        raise
-    except (Interrupted, Diverged) as exc:
-        status = "interrupted" if isinstance(exc, Interrupted) else "diverged"
-        raise
-    except Exception as exc:
-        if isinstance(exc, UserError) or not dist.is_main:
+    except BaseException as exc:
+        failure, status = exc, _ending(exc)
+        if status != "failed" or not isinstance(exc, Exception) or isinstance(exc, UserError) or not dist.is_main:
             raise
         # Failed before its first step, a new run leaves nothing behind (its --name stays free).
         removed = resume_state is None and trainer.state.step == 0
@@ -143,28 +138,41 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
         if plain is None:
             raise  # not the model's code: a traceback to report
         _close(run_dir, model, trainer, decision, status, started, metrics, events, compile_seconds, dist, trackers,
-               plots=False)
+               plots=False, failure=exc)
         if removed:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise plain from None
     finally:
         if not metrics.closed:
             _close(run_dir, model, trainer, decision, status, started, metrics, events, compile_seconds, dist,
-                   trackers, plots=not cfg.no_plots)
+                   trackers, plots=not cfg.no_plots, failure=failure)
     dist.barrier()  # every rank returns once rank 0 has written the summary
     log.info("run finished: %s (%d steps)", run_dir, trainer.state.step)
     return Run(run_dir, model)
 
 
 def _close(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: str, started: float, metrics, events,
-           compile_seconds: float | None, dist: Dist, trackers: Trackers, plots: bool) -> None:
-    close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
-              compile_seconds, dist)
-    trackers.close()  # before the records close: a tracker failing now is one more tracker_failed event
-    metrics.close()
-    events.close()
+           compile_seconds: float | None, dist: Dist, trackers: Trackers, plots: bool,
+           failure: BaseException | None) -> None:
+    """Close the run; the records and trackers are closed whatever happens (a failed write included)."""
+    try:
+        close_run(run_dir, model, trainer, decision, status, time.perf_counter() - started, metrics, events,
+                  compile_seconds, dist, failure)
+    finally:
+        trackers.close()  # before the records close: a tracker failing now is one more tracker_failed event
+        metrics.close()
+        events.close()
     if plots and dist.is_main:
         write_dashboard(run_dir)
+
+
+def _ending(exc: BaseException) -> str:
+    """The status a run ends with when ``exc`` ends it."""
+    if isinstance(exc, StopTraining):
+        return exc.status
+    if isinstance(exc, Interrupted):
+        return "interrupted"
+    return "diverged" if isinstance(exc, Diverged) else "failed"
 
 
 def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | None, dict[str, Any] | None,

@@ -9,7 +9,6 @@ leaves the previous checkpoint loadable.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import logging
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write, write_json_atomic
+from ..disk import os_error_in, write_failed
 from ..errors import UserError
 from ..run_files import CKPT_DIR, LATEST
 from . import identity
@@ -160,26 +160,37 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int, 
     directory = checkpoint_dir(run_dir)
     directory.mkdir(exist_ok=True)
     path = directory / checkpoint_name(step)
-    started = time.perf_counter()
+    started, in_place = time.perf_counter(), False
     try:
         with atomic_path(path) as tmp, tmp.open("wb") as fh:
             writer = _HashingWriter(fh)
             torch.save({"format": FORMAT, **state}, writer)
+        in_place = True  # the file is there; it is a checkpoint once its checksum file and `latest` are too
         write_json_atomic(sidecar(path), {"run_id": run_id, "step": step, "sha256": writer.sha256.hexdigest(),
                                           "bytes": writer.size})
         atomic_write(directory / LATEST, path.name)
-    except OSError as exc:
-        previous = latest_checkpoint(run_dir)
+    except Exception as exc:
+        if os_error_in(exc) is None:  # torch.save's RuntimeError over an OSError counts; anything else is a bug
+            raise
+        if in_place:  # not named by `latest`, and perhaps without its checksum file: not a checkpoint
+            for unfinished in (path, sidecar(path)):
+                unfinished.unlink(missing_ok=True)
+        previous = latest_or_none(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        what = "the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{exc.strerror or exc}"
-        raise CheckpointError(f"Writing checkpoint {path} failed: {what}; {kept}.",
-                              "free space (or fix the directory) and continue with "
-                              f"`tierlab train --resume {run_dir}`.") from None
+        raise write_failed(path, exc, kept, "free space (or fix the directory) and continue with "
+                           f"`tierlab train --resume {run_dir}`.", CheckpointError) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
         sidecar(old).unlink(missing_ok=True)
     log.info("checkpoint %s (%.2f s)", path, time.perf_counter() - started)
     return path
+
+
+def latest_or_none(run_dir: Path) -> Path | None:
+    try:
+        return latest_checkpoint(run_dir)
+    except CheckpointError:  # a garbled `latest` must not hide the error being reported
+        return None
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:

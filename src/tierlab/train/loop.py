@@ -410,10 +410,11 @@ class Trainer:
         if self.dist.is_main:
             # The event goes first so that the checkpoint's record offsets include it: a resume
             # from this checkpoint keeps its own "checkpoint" event and cuts everything after.
-            self.events.emit("checkpoint", step=self.state.step,
-                             path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}")
-            save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks, weights), self.cfg.keep_ckpts,
-                            self.identity.get("run_id"))
+            # If the checkpoint cannot be written (a full disk), the event is taken back.
+            with self.events.provisional("checkpoint", step=self.state.step,
+                                         path=f"{CKPT_DIR}/{checkpoint_name(self.state.step)}"):
+                save_checkpoint(self.run_dir, self.state.step, self.state_dict(ranks, weights),
+                                self.cfg.keep_ckpts, self.identity.get("run_id"))
         self.last_checkpoint_step = self.state.step
 
     def rollback(self) -> None:

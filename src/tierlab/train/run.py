@@ -10,21 +10,24 @@ import json
 import logging
 import math
 import os
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from safetensors.torch import save_file, save_model
 from torch import nn
 
-from ..atomic import write_json_atomic
+from ..atomic import atomic_path, remove_leftovers, write_json_atomic
 from ..config import TrainConfig
+from ..disk import STORAGE_ERRNOS, describe, free_space, os_error_in, write_failed
 from ..errors import ConfigError, UserError
-from ..run_files import CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
+from ..run_files import CKPT_DIR, CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
 from . import identity
+from .checkpoint import latest_or_none
 from .distributed import Dist, full_model_state
 from .guards import Diverged
 
@@ -114,24 +117,49 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_stat
     if resume_state is not None:  # before anything is written: records that lost part of their history are refused
         for name, key in ((METRICS, "metrics"), (EVENTS, "events")):
             check_history(run_dir / name, resume_state["records"][key])
+    existed, claimed = run_dir.is_dir(), False
     try:
         run_dir.mkdir(parents=True, exist_ok=True)  # an empty folder made beforehand (a job script's) is fine
         if resume_state is None:
             claim(run_dir)
+            claimed = True
         lock.acquire()  # (a resume holds it already)
+        _remove_leftovers(run_dir)
         if identity.read(run_dir) is None:  # a new run (or one from before run ids): its id from now on
             identity.create(run_dir, cfg.model)
         write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
         tokens.tokenizer.save(run_dir)
         metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
     except OSError as exc:
-        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {exc.strerror or exc}.",
+        if claimed:  # a new run's half-made directory would block its --name: everything in it is this run's
+            _unmake(run_dir, keep_folder=existed)
+        space = f" ({free_space(run_dir)})" if exc.errno in STORAGE_ERRNOS else ""
+        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {describe(exc)}{space}.",
                         "choose a writable place with --out DIR (and free disk space if it is full).") from None
     if resume_state is not None:
         # Records written after the checkpoint would be written again: cut them off.
         metrics.truncate(resume_state["records"]["metrics"])
         events.truncate(resume_state["records"]["events"])
     return metrics, events
+
+
+def _unmake(run_dir: Path, keep_folder: bool) -> None:
+    if not keep_folder:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for entry in run_dir.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def _remove_leftovers(run_dir: Path) -> None:
+    """Temporary files of writes a kill cut short (a half-written checkpoint): this process owns the run now."""
+    removed = remove_leftovers(run_dir) + remove_leftovers(run_dir / CKPT_DIR)
+    if removed:
+        log.info("removed %d temporary file(s) left by a write that was cut short: %s", len(removed),
+                 ", ".join(p.name for p in removed))
 
 
 def check_history(path: Path, offset: int) -> None:
@@ -174,16 +202,32 @@ def claim(run_dir: Path) -> None:
 
 
 def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: PrecisionDecision, status: str, wall: float,
-               metrics: JsonlWriter, events: EventLog, compile_seconds: float | None, dist: Dist) -> None:
+              metrics: JsonlWriter, events: EventLog, compile_seconds: float | None, dist: Dist,
+              failure: BaseException | None = None) -> None:
+    """Write the last record, the final weights, summary.json and the ``run_end`` event.
+
+    After a ``failure`` (the run is ending with that error) closing is best effort: what
+    cannot be written now (a full disk, most likely the same one) is logged, and ``failure``
+    stays the error the user sees.  Without one, the first write that fails ends the run
+    with that write's plain error -- after the rest were still tried, with status "failed".
+    """
+    closing = _Closing(run_dir, failure)
     # Steps done since the last log step still get their record.  With several processes
     # that read is a collective, and a run ends between log steps only when something went
     # wrong on some rank, which may be gone: the record is left out rather than risk a hang.
     if trainer.buffered and not dist.active:
-        try:
-            trainer.flush()
-        except Diverged:
-            pass  # already diverging or interrupted: the record is written, the verdict stands
+        closing.attempt(run_dir / METRICS, _flush_unless_diverging, trainer)
     state = trainer.state
+    weights = None
+    if dist.sharded and status != "failed":  # gathering the shards is a collective: only when all ranks are here
+        weights = full_model_state(model)
+    if not dist.is_main:
+        return
+    if not dist.sharded or weights:
+        closing.attempt(run_dir / WEIGHTS, _save_weights, run_dir / WEIGHTS, model, weights)
+    else:
+        log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
+    status = "failed" if closing.error else status
     summary = {
         "status": status, "steps": state.step, "tokens": state.tokens,
         "final_loss": state.last_loss, "final_val_loss": state.last_val_loss,
@@ -195,23 +239,61 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
         "world_size": dist.world_size, "global_batch_size": trainer.global_batch,
     }
-    weights = None
-    if dist.sharded and status != "failed":  # gathering the shards is a collective: only when all ranks are here
-        weights = full_model_state(model)
-    if not dist.is_main:
-        return
-    if not dist.sharded:
-        save_model(model, str(run_dir / WEIGHTS))
-        follow_umask(run_dir / WEIGHTS)  # safetensors writes 0600
-    elif weights:
-        # Tied weights (an output head sharing the embedding) appear under both names: keep one.
-        names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-        save_file({k: v.contiguous() for k, v in weights.items() if k in names}, str(run_dir / WEIGHTS))
-        follow_umask(run_dir / WEIGHTS)
-    else:
-        log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
-    write_json_atomic(run_dir / SUMMARY, {k: finite_or_none(v) for k, v in summary.items()})
-    events.emit("run_end", status=status, steps=state.step, wall_seconds=wall)
+    closing.attempt(run_dir / SUMMARY, write_json_atomic, run_dir / SUMMARY,
+                    {k: finite_or_none(v) for k, v in summary.items()})
+    closing.attempt(run_dir / EVENTS, events.emit, "run_end", status=status, steps=state.step, wall_seconds=wall)
+    if closing.error:
+        raise closing.error
+
+
+def _flush_unless_diverging(trainer: Trainer) -> None:
+    try:
+        trainer.flush()
+    except Diverged:
+        pass  # already diverging or interrupted: the record is written, the verdict stands
+
+
+def _save_weights(path: Path, model: nn.Module, gathered: dict[str, Any] | None) -> None:
+    """model.safetensors, atomically: a write that fails leaves the previous session's file as it was."""
+    with atomic_path(path) as tmp:
+        if gathered is None:
+            save_model(model, str(tmp))
+        else:
+            # Tied weights (an output head sharing the embedding) appear under both names: keep one.
+            names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+            save_file({k: v.contiguous() for k, v in gathered.items() if k in names}, str(tmp))
+    follow_umask(path)  # safetensors writes 0600
+
+
+class _Closing:
+    """The writes that close a run, each tried in turn; the first that fails for want of space is kept."""
+
+    def __init__(self, run_dir: Path, failure: BaseException | None):
+        self.run_dir, self.failure = run_dir, failure
+        self.error: UserError | None = None
+
+    def attempt(self, path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        try:
+            write(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - sorted below: a bug still raises
+            if isinstance(exc, UserError):
+                plain = exc
+            elif os_error_in(exc) is not None:
+                plain = write_failed(path, exc, self._kept(), "free space and finish the run with "
+                                     f"`tierlab train --resume {self.run_dir}`.")
+            elif self.failure is None and self.error is None:
+                raise
+            else:
+                plain = None
+            if self.failure is not None or self.error is not None:  # the first error is the one reported
+                log.warning("while closing the run: %s", plain or f"could not write {path.name}: "
+                            f"{type(exc).__name__}: {exc}")
+            else:
+                self.error = plain
+
+    def _kept(self) -> str:
+        newest = latest_or_none(self.run_dir)
+        return f"the last checkpoint {newest} is intact" if newest else "no checkpoint was written"
 
 
 def finite_or_none(value: Any) -> Any:
