@@ -243,3 +243,39 @@ GREEDY_MODEL = """
     def build_model(vocab_size):
         return Greedy(vocab_size=vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=64)
 """
+
+
+class SilentServer:
+    """A loopback TCP server that accepts every connection and never answers (a hung tracker or database).
+
+    ``with SilentServer() as port:`` -- the connections it accepted are closed on exit.
+    """
+
+    def __enter__(self) -> int:
+        import socket
+        import threading
+
+        self._socket = socket.create_server(("127.0.0.1", 0))
+        self._held: list = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+        return self._socket.getsockname()[1]
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:  # closed by __exit__
+                return
+            self._held.append(connection)
+
+    def __exit__(self, *exc) -> None:
+        self._socket.close()
+        for connection in self._held:
+            connection.close()
+
+
+def silent_wandb_env(port: int) -> dict[str, str]:
+    """Environment for W&B in online mode against a server that never answers (a dummy key: no login prompt)."""
+    return {"WANDB_BASE_URL": f"http://127.0.0.1:{port}", "WANDB_API_KEY": "0" * 40, "WANDB_SILENT": "true",
+            "WANDB_MODE": "online"}

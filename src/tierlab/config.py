@@ -117,6 +117,9 @@ class TrainConfig:
     wandb: str | None = _opt(None, "also log to this Weights & Biases project", role=SESSION)
     wandb_entity: str | None = _opt(None, "W&B entity (team or user)", role=SESSION)
     wandb_mode: str | None = _opt(None, "online, offline or disabled (default: $WANDB_MODE, else online)", role=SESSION)
+    tracker_timeout: float = _opt(30.0, "seconds W&B may take to start, or to finish uploading, before the run goes "
+                                  "on without it (the run directory keeps everything: tierlab sync sends it later)",
+                                  role=SESSION)
     no_plots: bool = _opt(False, "do not write dashboard.png at the end of the run", role=SESSION)
     # --- observation ------------------------------------------------------------------
     log_every: int = _opt(10, "optimizer steps between metric records (the only host syncs)")
@@ -189,9 +192,10 @@ class TrainConfig:
             need(value >= 1, f"{_flag(name)} must be at least 1, got {value}.", f"pass a positive {_flag(name)}.")
             need(value <= LIMITS[name], f"{_flag(name)} must be at most {LIMITS[name]:,}, got {value}.",
                  f"pass a smaller {_flag(name)}.")
-        need(math.isfinite(self.dist_timeout) and self.dist_timeout > 0,
-             f"--dist-timeout must be a positive number of seconds, got {self.dist_timeout}.",
-             "pass e.g. --dist-timeout 600.")
+        for name, example in (("dist_timeout", 600), ("tracker_timeout", 30)):
+            value = getattr(self, name)
+            need(math.isfinite(value) and value > 0, f"{_flag(name)} must be a positive number of seconds, got {value}.",
+                 f"pass e.g. {_flag(name)} {example}.")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or positive, got {self.eval_every}.",
              "pass 0 to disable evaluation or a positive step interval.")
         need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {self.val_fraction}.",
@@ -391,6 +395,6 @@ OPTION_GROUPS = {
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
     "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",
                                "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),
-    "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "no_plots"),
+    "trackers and plots": ("tensorboard", "wandb", "wandb_entity", "wandb_mode", "tracker_timeout", "no_plots"),
     "observation and output": ("log_every", "eval_every", "eval_batches", "out", "name", "seed", "quiet"),
 }

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from helpers import GREEDY_MODEL, TINY_MODEL, assert_user_error, fast_config, run_cli, write_model
+from helpers import GREEDY_MODEL, TINY_MODEL, SilentServer, assert_user_error, fast_config, run_cli, write_model
 from tierlab.errors import ConfigError
 
 optuna = pytest.importorskip("optuna")
@@ -170,6 +170,28 @@ def test_an_unreachable_storage_exits_2_with_one_line(tmp_path):
     result = run_cli("search", *COMMON, "--storage", "postgresql://nobody@127.0.0.1:1/none", "--out", "s",
                      cwd=tmp_path)
     assert_user_error(result, "Cannot open the study storage", "database server is running")
+
+
+def test_a_database_server_that_never_answers_is_given_up_on_and_its_password_never_shown(tmp_path):
+    pytest.importorskip("psycopg")
+    with SilentServer() as port:
+        result = run_cli("search", *COMMON, "--storage", f"postgresql+psycopg://alice:s3cret-pw@127.0.0.1:{port}/db",
+                         "--storage-timeout", "2", "--out", "s", cwd=tmp_path, timeout=120)  # (a hang fails here)
+    assert_user_error(result, "Cannot open the study storage 'postgresql+psycopg://alice:***@127.0.0.1",
+                      "--storage-timeout, 2 s")
+    assert "s3cret-pw" not in result.stdout + result.stderr
+
+
+def test_storage_urls_are_shown_without_their_password(tmp_path):
+    from tierlab.search.study import masked_url
+
+    assert masked_url("postgresql://bob:hunter2@db.example:5432/studies") == "postgresql://bob:***@db.example:5432/studies"
+    assert masked_url("mysql+pymysql://a:p%40ss@h/d") == "mysql+pymysql://a:***@h/d"
+    assert masked_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    cfg = SearchConfig(base=fast_config(tmp_path), storage="postgresql://bob:hunter2@h/db")
+    assert "hunter2" not in cfg.storage_shown
+    with pytest.raises(ConfigError, match="--storage-timeout must be a positive number"):
+        SearchConfig(base=fast_config(tmp_path), storage_timeout=0)
 
 
 def test_default_space_is_the_documented_one():

@@ -3,7 +3,7 @@
 import pytest
 
 import tierlab
-from helpers import fast_config, run_cli, wandb_history_and_config
+from helpers import SilentServer, assert_user_error, fast_config, run_cli, silent_wandb_env, wandb_history_and_config
 
 pytest.importorskip("tensorboard")
 pytest.importorskip("wandb")
@@ -63,3 +63,33 @@ def test_missing_tracker_package_is_a_user_error_with_the_pip_command(tmp_path):
         require("no_such_package_xyz", "nope")
     result = run_cli("train", "--wandb-mode", "sometimes", cwd=tmp_path)
     assert result.returncode == 2 and "--wandb-mode 'sometimes'" in result.stderr
+
+
+TINY_ARGS = ("--data", "demo", "--precision", "fp32", "--model-arg", "n_layer=1", "--model-arg", "d_model=32",
+             "--model-arg", "n_head=2", "--batch-size", "4", "--seq-len", "32", "--no-plots")
+
+
+def test_a_wandb_server_that_never_answers_is_given_up_on_and_the_run_completes(tmp_path, monkeypatch):
+    with SilentServer() as port:
+        for key, value in silent_wandb_env(port).items():
+            monkeypatch.setenv(key, value)
+        # W&B's own bounds are 90 s to start and no limit to finish: past the subprocess timeout (a hang fails there).
+        result = run_cli("train", *TINY_ARGS, "--max-steps", "10", "--wandb", "p", "--tracker-timeout", "3",
+                         "--name", "x", cwd=tmp_path, timeout=75)
+        assert result.returncode == 0, result.stderr
+        run = tierlab.Run.load(tmp_path / "runs" / "x")
+        assert run.summary["status"] == "completed" and run.summary["steps"] == 10
+        failed = run.events("tracker_failed")
+        assert [(e["sink"], e["call"]) for e in failed] == [("wandb", "start")]
+        assert [e["reason"] for e in run.events("tracker_disabled")] == ["it failed to start"]
+        assert "tracker wandb failed in start" in result.stdout + result.stderr
+
+        synced = run_cli("sync", run.dir, "--to", "wandb", "--timeout", "3", cwd=tmp_path, timeout=75)
+    assert_user_error(synced, f"Could not sync {run.dir} to wandb:", "the run directory is unchanged")
+
+
+def test_tracker_timeouts_must_be_positive(tmp_path):
+    assert_user_error(run_cli("train", *TINY_ARGS, "--tracker-timeout", "0", cwd=tmp_path),
+                      "--tracker-timeout must be a positive number of seconds")
+    assert_user_error(run_cli("sync", tmp_path, "--to", "wandb", "--timeout", "nan", cwd=tmp_path),
+                      "--timeout must be a positive number of seconds")

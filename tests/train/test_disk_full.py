@@ -20,8 +20,9 @@ import pytest
 
 import tierlab
 from tierlab.disk import WriteFailed
+from tierlab.errors import UserError
 from tierlab.train.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints, load_checkpoint
-from helpers import assert_user_error, assert_written_once, fast_config, run_cli
+from helpers import assert_user_error, assert_written_once, fast_config, run_cli, write_corpus
 
 
 @pytest.fixture
@@ -180,3 +181,17 @@ def test_a_half_written_checkpoint_of_a_killed_process_is_removed_on_the_next_st
     assert resumed.returncode == 0, resumed.stderr
     assert not any(path.exists() for path in stale)
     assert "removed 2 temporary file(s) left by a write that was cut short" in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.parametrize("data", ["demo", "file"])
+def test_a_token_cache_on_a_full_disk_is_a_plain_error_and_no_run_is_made(disk, tmp_path, data):
+    fill(disk, 8192)
+    cfg = fast_config(tmp_path, max_steps=5, data="demo" if data == "demo" else str(write_corpus(tmp_path / "c.txt")))
+    with pytest.raises(UserError) as err:
+        tierlab.train(config=cfg, cache_dir=disk / "cache")
+    message = str(err.value)
+    assert f"tierlab's cache in {str(disk / 'cache')!r}: the disk is full" in message or (
+        f"Writing {disk / 'cache'}" in message and "failed: the disk is full (" in message), message
+    assert "free on" in message and "TIERLAB_CACHE" in message
+    assert not (tmp_path / "runs" / "run").exists()
+    assert not [p for p in (disk / "cache").rglob("*") if p.is_file() and ".tmp" in p.name]  # nothing half-written

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--heartbeat", type=int, default=60, metavar="SECONDS",
                         help="a running trial's worker records that it is alive this often (default 60); a trial "
                              "silent for twice that (worker killed, machine lost) is failed and replaced")
+    search.add_argument("--storage-timeout", type=float, default=10.0, metavar="SECONDS",
+                        help="seconds to connect to a database server (--storage URL) before giving up with an error "
+                             "(default 10)")
     search.add_argument("--quiet", action="store_true", help="print only the summary")
 
 
@@ -55,7 +58,7 @@ def run(ns: argparse.Namespace) -> int:
     space = load_space(ns.space) if ns.space else DEFAULT_SPACE
     cfg = SearchConfig(base=base, trials=ns.trials, steps_per_trial=ns.steps_per_trial, out=ns.out,
                        storage=ns.storage, study=ns.study, pruner=ns.pruner, seed=ns.seed, space=space,
-                       heartbeat=ns.heartbeat)
+                       heartbeat=ns.heartbeat, storage_timeout=ns.storage_timeout)
     # One line per trial from the search; the trials' own training lines are in their run directories.
     with console(quiet=ns.quiet, stream=sys.stderr), quieted("tierlab.train", "tierlab.metrics", "tierlab.data",
                                                               "tierlab.models"):

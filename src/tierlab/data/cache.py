@@ -8,6 +8,7 @@ half-written cache entry behind.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, atomic_write, remove_leftovers
-from ..disk import write_failed
+from ..disk import STORAGE_ERRNOS, describe, free_space, write_failed
 from ..errors import DataError
 from .corpus import Corpus, open_corpus
 from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file, train_bpe
@@ -65,10 +66,13 @@ def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir:
         tokenizer = _make_tokenizer(tokenizer_spec, corpus, corpus_hash, val_fraction, cache_dir)
         tokens, max_id = _token_cache(corpus, corpus_hash, tokenizer, cache_dir)
     except OSError as exc:
-        if not _inside(exc, cache_dir):
+        # Only the cache is written here, and reading the corpus never finds a disk full: a full disk
+        # is the cache's, even where the error does not name a file (a write into an open file).
+        if not (_inside(exc, cache_dir) or exc.errno in (errno.ENOSPC, errno.EDQUOT)):
             raise
-        raise DataError(f"Cannot write tierlab's cache in {str(cache_dir)!r}: {exc.strerror or exc} "
-                        f"({exc.filename}).",
+        space = f"; {free_space(cache_dir)}" if exc.errno in STORAGE_ERRNOS else ""
+        raise DataError(f"Cannot write tierlab's cache in {str(cache_dir)!r}: {describe(exc)} "
+                        f"({exc.filename or 'a file in it'}{space}).",
                         "set TIERLAB_CACHE to a writable folder (or free disk space there).") from None
     if len(tokens) == 0:
         raise DataError(f"The corpus {data!r} holds no text.", "pass a file with text in it.")

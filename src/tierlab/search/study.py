@@ -21,6 +21,7 @@ import contextlib
 import logging
 import math
 import random
+import re
 import threading
 import time
 import warnings
@@ -83,6 +84,7 @@ class SearchConfig:
     space: tuple[Dimension, ...] = DEFAULT_SPACE
     evals_per_trial: int = 5
     heartbeat: int = 60  # seconds between a running trial's heartbeats in the storage
+    storage_timeout: float = 10.0  # seconds to connect to a database server before giving up
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -95,6 +97,9 @@ class SearchConfig:
         if self.heartbeat < 1:
             raise ConfigError(f"--heartbeat must be at least 1 second, got {self.heartbeat}.",
                               "pass e.g. --heartbeat 60.")
+        if not (math.isfinite(self.storage_timeout) and self.storage_timeout > 0):
+            raise ConfigError(f"--storage-timeout must be a positive number of seconds, got {self.storage_timeout}.",
+                              "pass e.g. --storage-timeout 10.")
         if not self.study.strip():
             raise ConfigError("--study needs a name.", "pass e.g. --study my-study.")
         self.base = absolute_paths(self.base)  # best.toml then trains from any directory
@@ -102,6 +107,11 @@ class SearchConfig:
     @property
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{(Path(self.out) / 'study.db').resolve()}"
+
+    @property
+    def storage_shown(self) -> str:
+        """The storage URL as messages and logs show it: any password replaced by ***."""
+        return masked_url(self.storage_url)
 
     @property
     def eval_every(self) -> int:
@@ -155,27 +165,66 @@ def open_study(cfg: SearchConfig):
               "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=cfg.eval_every,
                                                                   max_resource=cfg.steps_per_trial),
               "none": optuna.pruners.NopPruner}[cfg.pruner]()
+    shown = cfg.storage_shown
     for attempt in range(_OPEN_ATTEMPTS):
         try:
             with _heartbeat_warnings_off():
-                storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat)
+                storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat,
+                                                     engine_kwargs=_engine_options(cfg.storage_url,
+                                                                                   cfg.storage_timeout))
             return optuna.create_study(study_name=cfg.study, storage=storage, direction="minimize",
                                        sampler=sampler, pruner=pruner, load_if_exists=True)
         except ImportError as exc:  # e.g. a postgresql:// URL without its driver
-            raise UserError(f"--storage {cfg.storage_url!r} needs a database driver that is not installed: {exc}.",
+            raise UserError(f"--storage {shown!r} needs a database driver that is not installed: {exc}.",
                             "install it (for PostgreSQL: pip install 'psycopg[binary]', or pip install "
                             "'tierlab[postgres]').") from None
         except Exception as exc:  # noqa: BLE001 - SQLAlchemy's many connection errors, said in one line
             # Workers started together race to create the schema (one gets "already exists"):
-            # the loser waits a moment and finds the tables there.
-            if attempt + 1 < _OPEN_ATTEMPTS:
+            # the loser waits a moment and finds the tables there.  A server that cannot be
+            # reached (refused, timed out) is said at once: waiting would not change that.
+            if attempt + 1 < _OPEN_ATTEMPTS and not _unreachable(exc):
                 time.sleep(0.5 + random.random())
                 continue
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"Cannot open the study storage {cfg.storage_url!r}: {first}",
-                            "check the URL, that the database server is running and reachable, and the "
-                            "credentials.") from None
+            raise UserError(f"Cannot open the study storage {shown!r}: {_without_password(first, cfg.storage_url)}",
+                            "check the URL, that the database server is running and reachable (a server that does "
+                            f"not answer within --storage-timeout, {cfg.storage_timeout:g} s, counts as "
+                            "unreachable), and the credentials.") from None
     raise AssertionError("unreachable")
+
+
+def masked_url(url: str) -> str:
+    """``url`` with its password (``scheme://user:PASSWORD@host``) replaced by ``***``."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: hide what looks like a password anyway
+        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+
+
+def _without_password(text: str, url: str) -> str:
+    """A driver's message with the URL's password taken out, should it quote it."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def _engine_options(url: str, timeout: float) -> dict[str, Any]:
+    """A bounded connect for network databases: a server that accepts and never answers would otherwise hang."""
+    if url.startswith(("postgresql", "mysql", "mariadb")):
+        return {"connect_args": {"connect_timeout": max(1, math.ceil(timeout))}, "pool_pre_ping": True}
+    return {}
+
+
+def _unreachable(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(word in text for word in ("timeout", "timed out", "connection refused", "could not connect",
+                                         "name or service not known", "could not translate host name"))
 
 
 def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
@@ -184,7 +233,7 @@ def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> Search
     from optuna.trial import TrialState
 
     out = Path(cfg.out)
-    log.info("study %r in %s: %s", cfg.study, cfg.storage_url, "; ".join(d.describe() for d in cfg.space))
+    log.info("study %r in %s: %s", cfg.study, cfg.storage_shown, "; ".join(d.describe() for d in cfg.space))
     while True:
         _fail_stale_trials(study)  # a lost worker's trial stops counting, so this loop replaces it
         if len(_counted_trials(study)) >= cfg.trials:

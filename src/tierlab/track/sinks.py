@@ -81,20 +81,29 @@ class WandbSink:
     @classmethod
     def from_options(cls, run_dir: Path, options: Mapping[str, Any]) -> WandbSink:
         return cls(options.get("wandb") or "tierlab", options.get("wandb_entity"), options.get("wandb_mode"), run_dir,
-                   options.get("name") or run_dir.name)
+                   options.get("name") or run_dir.name, float(options.get("tracker_timeout") or DEFAULT_TIMEOUT))
 
-    def __init__(self, project: str, entity: str | None, mode: str | None, run_dir: Path, run_name: str):
+    def __init__(self, project: str, entity: str | None, mode: str | None, run_dir: Path, run_name: str,
+                 timeout: float = 30.0):
         self.project, self.entity, self.run_dir, self.run_name = project, entity, run_dir, run_name
         self.mode = mode or os.environ.get("WANDB_MODE") or "online"
+        self.timeout = timeout
         self.run = None
         self.events: list[list[Any]] = []
 
+    def clear(self) -> None:
+        """Nothing to clear: a second sync logs into the same W&B run (one per tierlab run), which keeps the steps it
+        already has."""
+
     def start(self, config: dict[str, Any]) -> None:
+        # W&B's own error reporting sends to the same server, and at exit it waits ~10 s for one
+        # that does not answer, after the run is over; the user's own setting wins.
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
         import wandb
 
         self.run = wandb.init(project=self.project, entity=self.entity, mode=self.mode, dir=str(self.run_dir),
                               name=self.run_name, id=_wandb_id(self.run_dir), resume="allow", config=config,
-                              reinit="finish_previous")
+                              reinit="finish_previous", settings=_bounded(wandb, self.timeout))
 
     def log(self, record: dict[str, Any]) -> None:
         self.run.log(numeric_items(record), step=record["step"])
@@ -116,6 +125,20 @@ class WandbSink:
         if self.events:
             self.run.log({"events": wandb.Table(columns=["step", "event", "time", "details"], data=self.events)})
         self.run.finish()
+
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def _bounded(wandb, timeout: float):
+    """W&B settings that bound its waits: starting (default 90 s) and the upload at finish (default: forever).
+
+    A server that accepts connections and never answers then costs a run ``timeout``
+    seconds at its start (W&B is turned off, said once) and at most that at its end.
+    """
+    wanted = {"init_timeout": timeout, "finish_timeout": timeout}
+    known = getattr(wandb.Settings, "model_fields", wanted)  # older wandb releases lack finish_timeout
+    return wandb.Settings(**{k: v for k, v in wanted.items() if k in known})
 
 
 def _wandb_id(run_dir: Path) -> str:

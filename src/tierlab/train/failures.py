@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import ModelError
-from .checkpoint import latest_checkpoint
+from .checkpoint import latest_or_none
 
 
 def model_files(model: nn.Module) -> set[str]:
@@ -49,7 +49,7 @@ def model_failure(exc: BaseException, model: nn.Module, step: int, run_dir: Path
     if removed:
         kept = "nothing was trained, so the run directory was removed: run the same command again after the fix"
     else:
-        ckpt = latest_checkpoint(run_dir)
+        ckpt = latest_or_none(run_dir)  # (a garbled `latest` must not hide the model's error)
         kept = (f"the last checkpoint is {ckpt}: after the fix, continue with `tierlab train --resume {run_dir}`"
                 if ckpt is not None else f"no checkpoint was written; {run_dir} holds the records so far")
     return ModelError(problem, f"fix the model ({kept}); `tierlab validate --model ...` runs its checks in seconds")

@@ -79,8 +79,10 @@ def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) ->
         return
     if file_sha256(source) == info["model_sha256"]:
         return
-    recorded = model_file(str(info.get("model", ""))) or Path(str(info.get("model", "")).split(":")[0])
-    if source.resolve() == Path(recorded).resolve() or model_spec != checkpoint_model:
+    from ..models.loader import split_spec
+
+    recorded, _ = split_spec(str(info.get("model", "")))  # where the run's file was (it may be gone now)
+    if source.resolve() == recorded.resolve() or model_spec != checkpoint_model:
         log.warning("the model file %s differs from the one run %s was started with (sha256 %s...): the "
                     "checkpoint's weights must still fit it", source, run_dir, info["model_sha256"][:12])
         return
