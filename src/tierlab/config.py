@@ -62,8 +62,13 @@ def _opt(default: Any, help: str, role: str = TRAINING, path: bool = False) -> A
 @dataclass
 class TrainConfig:
     # --- what to train on -------------------------------------------------------------
-    model: str = _opt("tiny-gpt", "tiny-gpt (built in) or PATH.py[:factory]", role=IDENTITY, path=True)
+    model: str = _opt("tiny-gpt", "tiny-gpt (built in), PATH.py[:factory], or a Transformer Builder export's folder "
+                                  "(model.py + config.json)", role=IDENTITY, path=True)
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory", "role": IDENTITY})
+    causal_mask: bool = _opt(False, "give every nn.MultiheadAttention, nn.TransformerEncoder(Layer) and "
+                                    "nn.TransformerDecoder(Layer) the model calls without a mask a causal one (a "
+                                    "bidirectional model, e.g. a Transformer Builder export, trained as a causal LM)",
+                             role=IDENTITY)
     data: str = _opt("demo", f"demo (built in); a UTF-8 {suffix_list()} file, plain or "
                      ".gz/.bz2/.xz (the text in each record's \"text\" field or column, or --text-field's); "
                      "or a directory of such files", role=IDENTITY, path=True)
@@ -386,7 +391,7 @@ PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metada
 
 # Option groups of `tierlab train --help`, in the README's order; every option is in one.
 OPTION_GROUPS = {
-    "model": ("model", "model_args"),
+    "model": ("model", "model_args", "causal_mask"),
     "data": ("data", "text_field", "tokenizer", "val_fraction"),
     "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),

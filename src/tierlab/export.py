@@ -172,11 +172,11 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     follow_umask(staging / WEIGHTS)  # safetensors writes 0600
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
-         "vocab_size": vocab}, indent=2) + "\n")
+         "causal_mask": bool(config.get("causal_mask")), "vocab_size": vocab}, indent=2) + "\n")
     if str(config["model"]).startswith("<in-memory"):
         notes.append("the model was an in-memory module: rebuild it yourself, then load model.safetensors")
         return None
-    rebuilt = load_model(config["model"], config.get("model_args", {}), vocab)
+    rebuilt = load_model(config["model"], config.get("model_args", {}), vocab, bool(config.get("causal_mask")))
     load_safetensors(rebuilt, str(staging / WEIGHTS))
     return _LogitsOnly(rebuilt.eval()).eval()
 

@@ -55,9 +55,10 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
                         f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
     if model is None:
         recorded_model_file(run_dir, config)
-        model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size)
+        model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size,
+                           bool(config.get("causal_mask")))
     elif isinstance(model, str):
-        model = load_model(model, config.get("model_args", {}), tokenizer.vocab_size)
+        model = load_model(model, config.get("model_args", {}), tokenizer.vocab_size, bool(config.get("causal_mask")))
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
@@ -98,7 +99,8 @@ def run_model(run_dir: Path, model: nn.Module | str | None = None,
         return built, tokenizer, config
     tokenizer = run_tokenizer(run_dir)
     if isinstance(model, str):
-        model = load_model(model, dict(model_args or config.get("model_args", {})), tokenizer.vocab_size)
+        model = load_model(model, dict(model_args or config.get("model_args", {})), tokenizer.vocab_size,
+                           bool(config.get("causal_mask")))
     return load_run_weights(model, run_dir), tokenizer, config
 
 

@@ -33,6 +33,9 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens
     shortcut = {"targets": None} if getattr(model, "_tierlab_every_position", None) is not None else {}
     for _ in range(max_new_tokens):
         logits = extract_logits(model(ids[:, -context:], **shortcut))[:, -1, :].float()  # [1, V]
+        # A model with more outputs than the tokenizer has tokens (a Builder export sized for GPT-2's
+        # vocabulary, trained on bytes): the extra outputs were never a target and have no text.
+        logits = logits[:, :tokenizer.vocab_size]
         if temperature == 0:
             next_id = logits.argmax(-1, keepdim=True)
         else:

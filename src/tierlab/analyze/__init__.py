@@ -113,7 +113,8 @@ class AnalysisReport:
 def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None = None, *,
             model_args: dict[str, Any] | None = None, data: str = "demo", tokenizer: str = "byte",
             text_field: str = "text", batch_size: int = 8, seq_len: int | None = None, batches: int = 2, ks: list[int] | None = None,
-            seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None) -> AnalysisReport:
+            seed: int = 0, device: str = "cpu", cache_dir: str | Path | None = None,
+            causal_mask: bool = False) -> AnalysisReport:
     """Attention statistics and the robustness curve of a model (a module, a model file, or a run's model)."""
     from ..data import eval_starts, prepare_data
     from ..data.sampler import blocks_at
@@ -135,7 +136,8 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     if run is None:
         name = (f"<in-memory {type(model_or_path).__name__}>" if isinstance(model_or_path, nn.Module)
                 else model_or_path or "tiny-gpt")
-        model = build_or_adopt(model_or_path, "tiny-gpt", dict(model_args or {}), tokens.tokenizer.vocab_size)
+        model = build_or_adopt(model_or_path, "tiny-gpt", dict(model_args or {}), tokens.tokenizer.vocab_size,
+                               causal_mask)
     limit = max_positions(model)
     seq_len = seq_len or min(128, limit or 128)
     if limit is not None and seq_len > limit:

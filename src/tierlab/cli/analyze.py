@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import UserError
-from .common import TEXT_FIELD_HELP, add_device_option, folder_exists, image_path, model_args_of, \
+from .common import CAUSAL_MASK_HELP, TEXT_FIELD_HELP, add_device_option, folder_exists, image_path, model_args_of, \
     recorded_model_for, run_dirs
 
 
@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                    "weights are loaded into it (default: the run's model, else "
                                                    "tiny-gpt)")
     ana.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    ana.add_argument("--causal-mask", action="store_true", help=CAUSAL_MASK_HELP + "; with --run, as the run recorded")
     ana.add_argument("run_dir", nargs="?", default=None, metavar="RUN",
                      help="a run directory, as in `tierlab sample RUN` (the same as --run RUN)")
     ana.add_argument("--run", default=None, metavar="RUN", help="a run directory: analyse its trained weights on its "
@@ -58,7 +59,7 @@ def run(ns: argparse.Namespace) -> int:
     with recorded_model_for("tierlab analyze"):
         report = analyze(ns.model, ns.run, model_args=model_args_of(ns), data=ns.data, tokenizer=ns.tokenizer,
                          text_field=ns.text_field, batch_size=ns.batch_size, seq_len=ns.seq_len, batches=ns.batches,
-                         seed=ns.seed, device=str(resolve_device(ns.device)))
+                         seed=ns.seed, device=str(resolve_device(ns.device)), causal_mask=ns.causal_mask)
     print(report.text())
     if png is not None:
         written = report.save_heatmaps(png)

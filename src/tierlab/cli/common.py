@@ -40,11 +40,17 @@ def add_device_option(parser: argparse.ArgumentParser, default: str | None = "au
     parser.add_argument("--device", default=default, help=DEVICE_HELP)
 
 
+CAUSAL_MASK_HELP = ("a causal mask for every nn.MultiheadAttention / nn.TransformerEncoder(Layer) the model calls "
+                    "without one (a bidirectional model trained as a causal LM)")
+
+
 def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     """The model and data options `bench precision` and `search` take (no defaults: --config may set them)."""
-    parser.add_argument("--model", help="tiny-gpt (default), gpt2-small or PATH.py[:factory]")
+    parser.add_argument("--model", help="tiny-gpt (default), gpt2-small, PATH.py[:factory] or a Transformer Builder "
+                                        "export's folder")
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for the model factory (repeatable)")
+    parser.add_argument("--causal-mask", action="store_true", help=CAUSAL_MASK_HELP)
     parser.add_argument("--data", help=f"demo (default); a {suffix_list()} file (also .gz/.bz2/.xz), "
                                        "or a directory of them")
     parser.add_argument("--text-field", dest="text_field", metavar="FIELD", help=TEXT_FIELD_HELP)

@@ -18,8 +18,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                          description="Tier 1 checks (shapes, causality, gradient flow, numerics, initialisation, "
                                      "memory, speed, determinism) and the precision doctor. Exit code 1 when a "
                                      "check fails.")
-    val.add_argument("--model", default="tiny-gpt", help="tiny-gpt or PATH.py[:factory]")
+    val.add_argument("--model", default="tiny-gpt", help="tiny-gpt, PATH.py[:factory] or a Transformer Builder "
+                                                         "export's folder (model.py + config.json)")
     val.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE")
+    val.add_argument("--causal-mask", action="store_true",
+                     help="check the model as `tierlab train --causal-mask` trains it (a causal mask for every "
+                          "nn.MultiheadAttention / nn.TransformerEncoder(Layer) it calls without one)")
     val.add_argument("--vocab-size", type=int, default=256, metavar="N",
                      help="passed to a factory with a vocab_size argument (default 256)")
     val.add_argument("--batch-size", type=int, default=4, metavar="N")
@@ -40,7 +44,7 @@ def run(ns: argparse.Namespace) -> int:
     positive(ns, "batch_size", "seq_len", "vocab_size")
     report = validate(ns.model, model_args=model_args_of(ns), vocab_size=ns.vocab_size, batch_size=ns.batch_size,
                       seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
-                      doctor=not ns.no_doctor, precision=ns.precision)
+                      doctor=not ns.no_doctor, precision=ns.precision, causal_mask=ns.causal_mask)
     print(report.text())
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")

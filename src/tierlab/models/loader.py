@@ -17,6 +17,8 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from .builder import find_class, find_export
+from .causal_mask import add_causal_mask
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +33,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What load_model knew about each model it built (see vocab_fix): where from, whether its factory takes a
 # vocab_size argument, and the vocab_size it was given.
 _BUILT: "weakref.WeakKeyDictionary[nn.Module, tuple[str, bool, Any]]" = weakref.WeakKeyDictionary()
+# The sequence length a Builder export's config.json declares for the model built from it.
+_DECLARED_MAX_LEN: "weakref.WeakKeyDictionary[nn.Module, int]" = weakref.WeakKeyDictionary()
 # Attribute names under which models (and Hugging Face configs) publish their context length.
 _MAX_LEN_ATTRS = ("max_seq_len", "block_size", "max_len", "max_position_embeddings", "n_positions",
                   "n_ctx", "context_length", "seq_len")
 
 
 def split_spec(spec: str) -> tuple[Path, str | None]:
-    """``path.py[:factory]`` -> (path, factory or None)."""
+    """``path.py[:factory]`` (or an export's ``DIR[:Class]``) -> (path, factory or None)."""
     if ":" in spec:
         left, right = spec.rsplit(":", 1)
-        if left.endswith(".py") and right.isidentifier():
+        if right.isidentifier() and (left.endswith(".py") or Path(left).is_dir()):
             return Path(left), right
     return Path(spec), None
 
@@ -48,18 +52,21 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 def absolute_spec(spec: str) -> str:
     """``spec`` with an existing model file's path made absolute (``/abs/path.py[:factory]``); anything else as given."""
     path, factory = split_spec(spec)
-    if path.suffix == ".py" and path.is_file():
+    if (path.suffix == ".py" and path.is_file()) or (spec not in PRESETS and path.is_dir()):  # (a Builder export)
         return os.path.abspath(path) + (f":{factory}" if factory else "")
     return spec
 
 
-def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Module:
+def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_mask: bool = False) -> nn.Module:
     """Build the model named by ``spec`` with ``model_args``.
 
     ``vocab_size`` (the tokenizer's) is passed to a factory that accepts a ``vocab_size``
-    argument the user did not set, so a model sized for the data needs no extra flag.
+    argument the user did not set, so a model sized for the data needs no extra flag.  A
+    Transformer Builder export (a folder, or a model.py with its config.json beside it) is
+    built from its config's values first.  ``causal_mask``: see :mod:`.causal_mask`.
     """
     preset: dict[str, Any] = {}
+    export = None
     if spec in PRESETS:
         from .tiny_gpt import TinyGPT
         factory: Callable[..., Any] = TinyGPT
@@ -67,16 +74,27 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Mod
         preset = PRESETS[spec]
     else:
         path, name = split_spec(spec)
+        export = find_export(path)  # a Transformer Builder export: model.py and its config.json
+        if export is not None:
+            path = export.model_file
         if path.suffix != ".py":
-            raise ModelError(f"--model {spec!r} is neither a built-in model ({', '.join(PRESETS)}) nor a Python file.",
-                             "pass tiny-gpt or the path of a .py file that defines build_model() or Model.")
+            raise ModelError(f"--model {spec!r} is neither a built-in model ({', '.join(PRESETS)}), a Python file nor "
+                             "a folder holding model.py.",
+                             "pass tiny-gpt, the path of a .py file that defines build_model() or Model, or a "
+                             "Transformer Builder export's folder (model.py + config.json).")
         if not path.is_file():
             raise ModelError(f"Model file {str(path)!r} does not exist.", "check the path given to --model.")
         module = _import_file(path)
-        factory = _find_factory(module, path, name)
+        if export is not None and name is None and (export.model_name or not _has_default_factory(module)):
+            factory = find_class(module, export)
+        else:
+            factory = _find_factory(module, path, name)
         where = f"{path}:{getattr(factory, '__name__', name)}"
-    kwargs = {**preset, **model_args}
     accepted = _accepted_kwargs(factory)
+    from_config = export.arguments_for(accepted) if export is not None else {}
+    if from_config:
+        log.info("building %s with %s from %s", where, ", ".join(sorted(from_config)), export.config_file)
+    kwargs = {**preset, **from_config, **model_args}
     if "vocab_size" not in kwargs and accepted is not None and "vocab_size" in accepted:
         kwargs["vocab_size"] = vocab_size
         log.info("passing vocab_size=%d (the tokenizer's) to %s", vocab_size, where)
@@ -94,10 +112,44 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int) -> nn.Mod
     if not isinstance(model, nn.Module):
         raise ModelError(f"{where} returned {type(model).__name__}, not a torch.nn.Module.",
                          "make the factory return the model instance.")
-    every_position(model)
+    adapt(model, causal_mask)
     with contextlib.suppress(TypeError):  # (a module class with __eq__ and no __hash__ cannot be a key)
         _BUILT[model] = (where, accepted is None or "vocab_size" in accepted, kwargs.get("vocab_size"))
+        if export is not None and export.max_len is not None:
+            _DECLARED_MAX_LEN[model] = export.max_len
     return model
+
+
+def adapt(model: nn.Module, causal_mask: bool = False) -> nn.Module:
+    """What every command does to a model before using it: its forward checked, every position's logits, a mask."""
+    check_forward_signature(model)
+    every_position(model)
+    if causal_mask:
+        add_causal_mask(model)
+    return model
+
+
+def check_forward_signature(model: nn.Module) -> None:
+    """Refuse a forward that needs more than the token ids: tierlab calls ``model(input_ids)``.
+
+    Some Transformer Builder exports have such a forward -- ``forward(self, input_0_tokens,
+    mhsa_0_output, residual_0_output)``, intermediate outputs turned into parameters -- which
+    no caller can satisfy; said here, before a probe fails with a bare TypeError.
+    """
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    required = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                              p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if len(required) <= 1:
+        return
+    extra = required[1:]
+    raise ModelError(f"{type(model).__name__}.forward({', '.join(required)}) requires {len(extra)} argument(s) besides "
+                     f"the token ids: {', '.join(extra)}; tierlab calls model(input_ids) with the token ids alone.",
+                     f"compute {', '.join(extra)} inside forward from the layers before them (they are intermediate "
+                     f"outputs: a known bug of some Transformer Builder exports), or give them a default "
+                     f"({extra[0]}=None) if forward can do without them.")
 
 
 def vocab_fix(model: nn.Module, vocab_size: int) -> str:
@@ -200,6 +252,10 @@ def _import_file(path: Path) -> Any:
     return module
 
 
+def _has_default_factory(module: Any) -> bool:
+    return any(callable(getattr(module, candidate, None)) for candidate in ("build_model", "Model"))
+
+
 def _find_factory(module: Any, path: Path, name: str | None) -> Callable[..., Any]:
     if name is not None:
         factory = getattr(module, name, None)
@@ -285,7 +341,9 @@ def looks_like_probabilities(logits: torch.Tensor) -> bool:
 
 
 # What a model whose earlier positions see later tokens is told, by train and validate.
-CAUSAL_FIX = "apply a causal mask (is_causal=True, or mask scores where key > query)"
+CAUSAL_FIX = ("apply a causal mask (is_causal=True, or mask scores where key > query), or train the model as it is "
+              "with --causal-mask, which masks every nn.MultiheadAttention / nn.TransformerEncoder(Layer) it calls "
+              "without a mask (a Transformer Builder export, an encoder)")
 
 
 def future_leak(logits_of, ids: torch.Tensor, position: int, vocab: int,
@@ -321,7 +379,10 @@ def _moved(before: torch.Tensor, after: torch.Tensor, scale: torch.Tensor) -> fl
 
 
 def max_positions(model: nn.Module) -> int | None:
-    """The longest sequence the model supports, where it publishes one."""
+    """The longest sequence the model supports, where it publishes one (or its export's config.json declares it)."""
+    with contextlib.suppress(TypeError):
+        if model in _DECLARED_MAX_LEN:
+            return _DECLARED_MAX_LEN[model]
     for owner in (model, getattr(model, "config", None)):
         if owner is None:
             continue

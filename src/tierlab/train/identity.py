@@ -39,7 +39,24 @@ def model_file(spec: str) -> Path | None:
     if spec.startswith("<in-memory"):
         return None
     path, _ = split_spec(spec)
+    if path.is_dir():  # a Transformer Builder export: its model.py is the code
+        path = path / "model.py"
     return path if path.suffix == ".py" and path.is_file() else None
+
+
+def export_config(spec: str) -> Path | None:
+    """The config.json of a Transformer Builder export named by ``spec``, or None for any other model."""
+    from ..models.builder import find_export
+    from ..models.loader import split_spec
+
+    source = model_file(spec)
+    if source is None:
+        return None
+    try:
+        export = find_export(split_spec(spec)[0])
+    except Exception:  # noqa: BLE001 - an unreadable export config is reported where the model is built
+        return None
+    return export.config_file if export is not None and export.config_file.is_file() else None
 
 
 def create(run_dir: Path, model_spec: str) -> dict[str, Any]:
@@ -47,6 +64,9 @@ def create(run_dir: Path, model_spec: str) -> dict[str, Any]:
     source = model_file(model_spec)
     info = {"run_id": uuid.uuid4().hex, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "model": model_spec,
             "model_sha256": file_sha256(source) if source else None}
+    config = export_config(model_spec)
+    if config is not None:  # a Transformer Builder export: its config.json sizes the model
+        info["model_config_sha256"] = file_sha256(config)
     write_json_atomic(run_dir / RUN_INFO, info)
     return info
 
@@ -77,6 +97,10 @@ def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) ->
     source = model_file(model_spec)
     if not info or not info.get("model_sha256") or source is None:
         return
+    config = export_config(model_spec)
+    if config is not None and info.get("model_config_sha256") not in (None, file_sha256(config)):
+        log.warning("%s differs from the config.json run %s was started with: the checkpoint's weights must still "
+                    "fit the model it builds", config, run_dir)
     if file_sha256(source) == info["model_sha256"]:
         return
     from ..models.loader import split_spec

@@ -25,8 +25,9 @@ from ..config import MAX_STEPS, TrainConfig
 from ..data import TokenData, prepare_data
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
-from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, eval_mode, every_position, extract_logits, future_leak,
-                      load_model, looks_like_probabilities, max_positions, vocab_fix)
+from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
+                      looks_like_probabilities, max_positions, vocab_fix)
+from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
@@ -78,7 +79,7 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
         raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
                           "shorten the warm-up or train longer.")
     check_sizes(cfg, tokens)
-    model = build_or_adopt(model_or_path, cfg.model, cfg.model_args, tokens.tokenizer.vocab_size)
+    model = build_or_adopt(model_or_path, cfg.model, cfg.model_args, tokens.tokenizer.vocab_size, cfg.causal_mask)
     if isinstance(model_or_path, nn.Module) and resume_state is None:
         cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     init_source = None
@@ -117,7 +118,7 @@ def check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
 
 
 def build_or_adopt(model_or_path: nn.Module | str | None, spec: str, model_args: dict[str, Any],
-                   vocab_size: int) -> nn.Module:
+                   vocab_size: int, causal_mask: bool = False) -> nn.Module:
     """The model: the caller's module, or one built from ``spec`` -- either way returning every position's logits.
 
     Shared by train, bench, validate and analyze, so that a module that works in one works
@@ -125,9 +126,8 @@ def build_or_adopt(model_or_path: nn.Module | str | None, spec: str, model_args:
     :func:`~tierlab.models.every_position`).
     """
     if isinstance(model_or_path, nn.Module):
-        every_position(model_or_path)
-        return model_or_path
-    return load_model(model_or_path or spec, model_args, vocab_size)
+        return adapt(model_or_path, causal_mask)
+    return load_model(model_or_path or spec, model_args, vocab_size, causal_mask)
 
 
 def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: torch.device) -> int:
@@ -161,6 +161,10 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
     vocab = check_logits(extract_logits(output), probe.shape, tokens, model)
+    if vocab > tokens.tokenizer.vocab_size:
+        log.info("the model has %d outputs, more than the %d tokens of tokenizer %s: the extra outputs are never a "
+                 "target (fine; a smaller vocab_size would only save memory)", vocab, tokens.tokenizer.vocab_size,
+                 tokens.tokenizer.identity)
     _refuse_a_future_leak(model, probe[:1, :min(cfg.seq_len, 64)])
     return vocab
 
@@ -197,6 +201,8 @@ def _refuse_a_future_leak(model: nn.Module, ids: torch.Tensor) -> None:
         return
     with eval_mode(model), torch.no_grad():
         leak = future_leak(lambda x: extract_logits(model(x)), ids, length - 1, vocab=2)
+    if leak is not None and getattr(model, "_tierlab_causal_mask", None):
+        raise refuse_unreached(model, leak)
     if leak is not None:
         raise ModelError(f"The model sees the future: its logits at earlier positions change when the last of "
                          f"{length} tokens changes (max diff {leak:.3g}), so training would teach it to copy the "

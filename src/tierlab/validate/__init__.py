@@ -20,13 +20,16 @@ __all__ = ["CheckResult", "Report", "validate"]
 
 def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
-             doctor: bool = True, seed: int = 0, precision: str = "fp32") -> Report:
-    """Run every check on ``model`` (a module or ``path.py[:factory]``) and return the :class:`Report`."""
+             doctor: bool = True, seed: int = 0, precision: str = "fp32", causal_mask: bool = False) -> Report:
+    """Run every check on ``model`` (a module, ``path.py[:factory]`` or an export's folder) and return the :class:`Report`.
+
+    ``causal_mask``: check the model as ``tierlab train --causal-mask`` trains it.
+    """
     cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)
-    model = build_or_adopt(model, name, model_args or {}, vocab_size)
+    model = build_or_adopt(model, name, model_args or {}, vocab_size, causal_mask)
     dev = torch.device(device)
     model.to(dev)
     max_len = max_len or max_positions(model)
