@@ -69,7 +69,7 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
 def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
     """Raise :class:`RecordedModelMissing` when the model file a run recorded no longer exists."""
     spec = str(config["model"])
-    if spec in PRESETS or spec.startswith("<in-memory"):
+    if spec in PRESETS or spec.startswith("<in-memory") or spec.startswith("gist:"):  # (a gist: its cache, or fetched)
         return
     path, _ = split_spec(spec)
     if path.suffix == ".py" and not path.is_file():

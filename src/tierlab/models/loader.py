@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from . import gist
 from .builder import find_class, find_export
+from .gist import is_gist
 from .causal_mask import add_causal_mask
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,12 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
 
 
 def absolute_spec(spec: str) -> str:
-    """``spec`` with an existing model file's path made absolute (``/abs/path.py[:factory]``); anything else as given."""
+    """``spec`` with an existing model file's path made absolute (``/abs/path.py[:factory]``), a gist pinned to its
+    revision (``gist:ID@REVISION``); anything else as given."""
+    if is_gist(spec):
+        from ..data.cache import default_cache_dir
+
+        return gist.pinned(spec, default_cache_dir())
     path, factory = split_spec(spec)
     if (path.suffix == ".py" and path.is_file()) or (spec not in PRESETS and path.is_dir()):  # (a Builder export)
         return os.path.abspath(path) + (f":{factory}" if factory else "")
@@ -73,7 +80,7 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_ma
         where = f"the built-in {spec}"
         preset = PRESETS[spec]
     else:
-        path, name = split_spec(spec)
+        path, name = (gist_folder(spec), None) if is_gist(spec) else split_spec(spec)
         export = find_export(path)  # a Transformer Builder export: model.py and its config.json
         if export is not None:
             path = export.model_file
@@ -250,6 +257,13 @@ def _import_file(path: Path) -> Any:
     finally:
         sys.path.remove(str(path.resolve().parent))
     return module
+
+
+def gist_folder(spec: str) -> Path:
+    """The local folder of ``gist:ID[@REVISION]`` (fetched into the cache once)."""
+    from ..data.cache import default_cache_dir
+
+    return gist.fetch(spec, default_cache_dir())
 
 
 def _has_default_factory(module: Any) -> bool:

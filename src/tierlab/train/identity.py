@@ -34,10 +34,16 @@ def file_sha256(path: Path) -> str:
 
 def model_file(spec: str) -> Path | None:
     """The Python file a --model spec imports (PATH.py[:factory]), or None for a built-in or in-memory model."""
+    from ..models.gist import is_gist, model_folder
     from ..models.loader import split_spec
 
     if spec.startswith("<in-memory"):
         return None
+    if is_gist(spec):  # fetched into the cache when the run started
+        from ..data.cache import default_cache_dir
+
+        folder = model_folder(spec, default_cache_dir()) if "@" in spec else None
+        return folder / "model.py" if folder is not None else None
     path, _ = split_spec(spec)
     if path.is_dir():  # a Transformer Builder export: its model.py is the code
         path = path / "model.py"
@@ -47,13 +53,14 @@ def model_file(spec: str) -> Path | None:
 def export_config(spec: str) -> Path | None:
     """The config.json of a Transformer Builder export named by ``spec``, or None for any other model."""
     from ..models.builder import find_export
+    from ..models.gist import is_gist
     from ..models.loader import split_spec
 
     source = model_file(spec)
     if source is None:
         return None
     try:
-        export = find_export(split_spec(spec)[0])
+        export = find_export(source.parent if is_gist(spec) else split_spec(spec)[0])
     except Exception:  # noqa: BLE001 - an unreadable export config is reported where the model is built
         return None
     return export.config_file if export is not None and export.config_file.is_file() else None
