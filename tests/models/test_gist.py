@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import tierlab
 from helpers import assert_user_error, run_cli
 from tierlab.models import load_model
 
