@@ -33,6 +33,7 @@ NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 WANDB_MODES = ("online", "offline", "disabled")
+OBJECTIVES = ("clm", "mlm")  # next-token prediction; masked tokens (train/objective.py)
 # Upper bounds: beyond them a value is a typo (or a unit mistake), and some sizes scale with it
 # (the learning-rate table holds one float per step, the log buffer one row per step).
 MAX_STEPS = 10_000_000
@@ -65,6 +66,9 @@ class TrainConfig:
     model: str = _opt("tiny-gpt", "tiny-gpt (built in), PATH.py[:factory], or a Transformer Builder export's folder "
                                   "(model.py + config.json)", role=IDENTITY, path=True)
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory", "role": IDENTITY})
+    objective: str = _opt("clm", "what the model learns: clm (the next token, the default) or mlm (masked tokens: a "
+                                 "mask token is added to the vocabulary and 15 percent of the positions are scored, BERT's "
+                                 "80/10/10 recipe; for bidirectional models)", role=IDENTITY)
     causal_mask: bool = _opt(False, "give every nn.MultiheadAttention, nn.TransformerEncoder(Layer) and "
                                     "nn.TransformerDecoder(Layer) the model calls without a mask a causal one (a "
                                     "bidirectional model, e.g. a Transformer Builder export, trained as a causal LM)",
@@ -240,6 +244,11 @@ class TrainConfig:
         need(math.isfinite(self.min_loss_scale) and self.min_loss_scale >= 0,
              f"--min-loss-scale must be a finite number, 0 or more, got {self.min_loss_scale}.",
              "use e.g. 1.0.")
+        need(self.objective in OBJECTIVES, f"--objective {self.objective!r} is not an objective.",
+             f"use one of {', '.join(OBJECTIVES)}.")
+        need(not (self.objective == "mlm" and self.causal_mask),
+             "--causal-mask and --objective mlm contradict each other: a masked language model reads both sides.",
+             "drop --causal-mask to train it as a masked LM, or drop --objective mlm to train it causally.")
         need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
              f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
         need(self.wandb is None or bool(self.wandb.strip()), "--wandb needs a project name.",
@@ -391,7 +400,7 @@ PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metada
 
 # Option groups of `tierlab train --help`, in the README's order; every option is in one.
 OPTION_GROUPS = {
-    "model": ("model", "model_args", "causal_mask"),
+    "model": ("model", "model_args", "objective", "causal_mask"),
     "data": ("data", "text_field", "tokenizer", "val_fraction"),
     "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),

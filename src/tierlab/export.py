@@ -98,7 +98,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     """
     from .data import eval_starts, prepare_data
     from .data.sampler import blocks_at
-    from .run_reader import run_model
+    from .run_reader import built_vocab, run_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not an export format.", f"use one of {', '.join(FORMATS)}.")
@@ -132,7 +132,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         follow_umask(staging)  # mkdtemp's 0700 would become the export folder's mode
         notes: list[str] = []
         exporter = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt]
-        run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, tokenizer.vocab_size)
+        run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, built_vocab(config, tokenizer))
         diff = None
         if run_exported is not None:
             with torch.no_grad():
@@ -172,7 +172,8 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     follow_umask(staging / WEIGHTS)  # safetensors writes 0600
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
-         "causal_mask": bool(config.get("causal_mask")), "vocab_size": vocab}, indent=2) + "\n")
+         "causal_mask": bool(config.get("causal_mask")), "objective": config.get("objective") or "clm",
+         "vocab_size": vocab}, indent=2) + "\n")
     if str(config["model"]).startswith("<in-memory"):
         notes.append("the model was an in-memory module: rebuild it yourself, then load model.safetensors")
         return None

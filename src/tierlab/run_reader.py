@@ -55,15 +55,23 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
                         f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
     if model is None:
         recorded_model_file(run_dir, config)
-        model = load_model(config["model"], config.get("model_args", {}), tokenizer.vocab_size,
+        model = load_model(config["model"], config.get("model_args", {}), built_vocab(config, tokenizer),
                            bool(config.get("causal_mask")))
     elif isinstance(model, str):
-        model = load_model(model, config.get("model_args", {}), tokenizer.vocab_size, bool(config.get("causal_mask")))
+        model = load_model(model, config.get("model_args", {}), built_vocab(config, tokenizer),
+                           bool(config.get("causal_mask")))
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
         load_run_weights(model, run_dir)
     return model.to(device).eval(), tokenizer
+
+
+def built_vocab(config: dict[str, Any], tokenizer: Tokenizer) -> int:
+    """The vocabulary a run's model was built for: the tokenizer's, plus the mask token of an mlm run."""
+    from .train.objective import model_vocab
+
+    return model_vocab(str(config.get("objective") or "clm"), tokenizer.vocab_size)
 
 
 def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
@@ -99,7 +107,7 @@ def run_model(run_dir: Path, model: nn.Module | str | None = None,
         return built, tokenizer, config
     tokenizer = run_tokenizer(run_dir)
     if isinstance(model, str):
-        model = load_model(model, dict(model_args or config.get("model_args", {})), tokenizer.vocab_size,
+        model = load_model(model, dict(model_args or config.get("model_args", {})), built_vocab(config, tokenizer),
                            bool(config.get("causal_mask")))
     return load_run_weights(model, run_dir), tokenizer, config
 

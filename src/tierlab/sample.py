@@ -46,3 +46,45 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens
             next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
         ids = torch.cat([ids, next_id], dim=1)
     return tokenizer.decode(ids[0].tolist())
+
+
+MASK_TEXT = "[MASK]"
+
+
+@torch.no_grad()
+def fill_masks(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature: float = 0.0,
+               top_k: int | None = None, seed: int | None = None) -> str:
+    """``prompt`` with each ``[MASK]`` replaced by the token a masked LM (``--objective mlm``) predicts there.
+
+    Each ``[MASK]`` stands for one token (the mask token, id ``tokenizer.vocab_size``); all are
+    predicted in one forward pass.  Temperature 0 (the default here) takes the likeliest token.
+    """
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise UserError("--temperature must be 0 or more, --top-k at least 1.", "e.g. --temperature 0 (the likeliest).")
+    parts = prompt.split(MASK_TEXT)
+    if len(parts) == 1:
+        raise UserError(f"The prompt holds no {MASK_TEXT}: this run is a masked language model (--objective mlm), "
+                        "which fills masks instead of continuing text.",
+                        f"mark the tokens to fill, e.g. --prompt 'To be or {MASK_TEXT}{MASK_TEXT}{MASK_TEXT} to be'.")
+    mask_id = tokenizer.vocab_size
+    ids: list[int] = []
+    where: list[int] = []
+    for index, part in enumerate(parts):
+        ids.extend(int(i) for i in tokenizer.encode(part))
+        if index < len(parts) - 1:
+            where.append(len(ids))
+            ids.append(mask_id)
+    device = next(model.parameters()).device
+    logits = extract_logits(model(torch.tensor([ids], device=device)))[0, where, :tokenizer.vocab_size].float()
+    if temperature == 0:
+        chosen = logits.argmax(-1)
+    else:
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+        chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).view(-1)
+    for position, token in zip(where, chosen.tolist()):
+        ids[position] = token
+    return tokenizer.decode(ids)

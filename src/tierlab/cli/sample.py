@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import RUN_MODEL_HELP, add_device_option, recorded_model_for
 
@@ -12,9 +13,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                             description="Load a run's final weights (or a checkpoint) and its tokenizer, and "
                                         "sample a continuation of --prompt.")
     sample.add_argument("run", help="run directory, e.g. runs/NAME")
-    sample.add_argument("--prompt", required=True, help="text to continue")
+    sample.add_argument("--prompt", required=True, help="text to continue (an mlm run: text with [MASK] where a "
+                                                         "token is to be filled in)")
     sample.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
-    sample.add_argument("--temperature", type=float, default=1.0, metavar="T", help="0 picks the likeliest token")
+    sample.add_argument("--temperature", type=float, default=None, metavar="T",
+                        help="0 picks the likeliest token (default 1; an mlm run: 0)")
     sample.add_argument("--top-k", type=int, default=None, metavar="K", help="sample among the K likeliest tokens")
     sample.add_argument("--seed", type=int, default=None, metavar="S", help="makes sampling repeatable")
     sample.add_argument("--checkpoint", default=None, metavar="PATH", help="use this checkpoint's weights")
@@ -23,11 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from ..run_reader import load
-    from ..sample import generate
+    from ..run_reader import load, run_config
+    from ..sample import fill_masks, generate
     from ..train.device import resolve_device
 
+    objective = run_config(Path(ns.run)).get("objective") or "clm"
     with recorded_model_for("tierlab sample"):
         model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)), model=ns.model)
-    print(generate(model, tokenizer, ns.prompt, ns.max_new_tokens, ns.temperature, ns.top_k, ns.seed))
+    if objective == "mlm":
+        print(fill_masks(model, tokenizer, ns.prompt, 0.0 if ns.temperature is None else ns.temperature, ns.top_k,
+                         ns.seed))
+    else:
+        print(generate(model, tokenizer, ns.prompt, ns.max_new_tokens, 1.0 if ns.temperature is None else
+                       ns.temperature, ns.top_k, ns.seed))
     return 0

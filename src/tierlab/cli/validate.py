@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..config import OBJECTIVES
 from ..precisions import PORTABLE_NAMES
 from .common import add_device_option, model_args_of, positive
 
@@ -24,6 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     val.add_argument("--causal-mask", action="store_true",
                      help="check the model as `tierlab train --causal-mask` trains it (a causal mask for every "
                           "nn.MultiheadAttention / nn.TransformerEncoder(Layer) it calls without one)")
+    val.add_argument("--objective", default="clm", choices=list(OBJECTIVES),
+                     help="check the model for this objective (mlm: a mask token is added, and a masked position must "
+                          "read the tokens on both sides instead of only those before it)")
     val.add_argument("--vocab-size", type=int, default=256, metavar="N",
                      help="passed to a factory with a vocab_size argument (default 256)")
     val.add_argument("--batch-size", type=int, default=4, metavar="N")
@@ -44,7 +48,8 @@ def run(ns: argparse.Namespace) -> int:
     positive(ns, "batch_size", "seq_len", "vocab_size")
     report = validate(ns.model, model_args=model_args_of(ns), vocab_size=ns.vocab_size, batch_size=ns.batch_size,
                       seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
-                      doctor=not ns.no_doctor, precision=ns.precision, causal_mask=ns.causal_mask)
+                      doctor=not ns.no_doctor, precision=ns.precision, causal_mask=ns.causal_mask,
+                      objective=ns.objective)
     print(report.text())
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")

@@ -245,7 +245,9 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
                     params=sum(p.numel() for p in trainer.model.parameters()), vocab_size=prepared.vocab,
                     tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
                     train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
-                    global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step)
+                    global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step,
+                    **({"objective": "mlm", "mask_token_id": tokens.tokenizer.vocab_size}
+                       if trainer.cfg.objective == "mlm" else {}))  # (a clm run's records stay as they were)
     if prepared.init_source is not None:
         events.emit("init_from", weights=str(prepared.init_source.path), tokenizer=prepared.init_source.tokenizer)
     events.emit("precision", **decision.as_event(), weights_warning=prepared.weights_warning)

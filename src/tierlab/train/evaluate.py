@@ -10,13 +10,17 @@ from torch import nn
 from ..data import blocks_at
 from ..models import extract_logits
 from .distributed import Dist
+from .objective import MaskedLM
 from .precision import PrecisionPolicy
 
 
 @torch.no_grad()
 def validation_figures(model: nn.Module, val: np.ndarray, starts_per_batch: list, seq_len: int,
-                       policy: PrecisionPolicy, dist: Dist) -> tuple[float, float]:
-    """(mean loss per token, next-token accuracy) over the blocks at ``starts_per_batch``, summed over all ranks.
+                       policy: PrecisionPolicy, dist: Dist, objective: MaskedLM | None = None) -> tuple[float, float]:
+    """(mean loss per token, accuracy) over the blocks at ``starts_per_batch``, summed over all ranks.
+
+    The tokens scored are the next tokens, or with ``objective`` (``--objective mlm``) the
+    masked positions of each block, masked the same way at every evaluation.
 
     Each rank scores its own slice of each global batch; the sums are added up (one small
     all-reduce and one host read per evaluation), so the figures are those one process with
@@ -27,14 +31,18 @@ def validation_figures(model: nn.Module, val: np.ndarray, starts_per_batch: list
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     count = 0  # this rank's share of the blocks; the sums below add up all ranks'
-    for starts in starts_per_batch:
+    for index, starts in enumerate(starts_per_batch):
         x, y = blocks_at(val, starts, seq_len)
         x, y = x.to(device), y.to(device)
+        scored = y.numel()
+        if objective is not None:
+            x, y = objective.mask(x, objective.eval_stream(index, dist.rank))
+            scored = x.size(0) * objective.chosen_per_sequence(seq_len)  # known without reading the mask back
         with policy.autocast():
             logits = extract_logits(model(x)).float()
         loss_sum += F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="sum")
-        correct += (logits.argmax(-1) == y).sum()
-        count += y.numel()
+        correct += (logits.argmax(-1) == y).sum()  # (an unscored label, -100, never equals an argmax)
+        count += scored
     model.train()
     totals = torch.stack([loss_sum, correct.to(torch.float64),
                           torch.tensor(float(count), dtype=torch.float64, device=device)])

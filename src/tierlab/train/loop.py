@@ -52,6 +52,7 @@ from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
 from .evaluate import validation_figures
+from .objective import make_objective
 from .gradients import clip_gradients, sync_gradients_if
 from .optim import build_optimizer
 from .precision import PrecisionPolicy
@@ -96,6 +97,8 @@ class Trainer:
         self._lr_out = self.lr.view(1)  # where the step's lookup writes the learning rate
         self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed,
                                                      dist.rank, dist.world_size), device)
+        # --objective mlm: each micro-batch's tokens masked (on the device, from the run's seed); None for clm.
+        self.objective = make_objective(cfg.objective, data.tokenizer.vocab_size, cfg.seed)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
                            scales_loss=policy.scales_loss)
         self._rebuild_schedule()  # self.schedule and its device table, reversed: self.lr_reversed
@@ -191,6 +194,9 @@ class Trainer:
         row.lr.copy_(self.lr)
         for micro in range(cfg.grad_accum):
             x, y = self.batches.next_batch()  # [B, T] each, already on the device
+            if self.objective is not None:  # masked LM: the block itself, 15% of it masked, is input and label
+                x, y = self.objective.mask(x, self.objective.training_stream(
+                    self.state.step, micro, cfg.grad_accum, self.dist.rank, self.dist.world_size))
             with sync_gradients_if(self.net, self.dist, last=micro == cfg.grad_accum - 1):
                 loss = self.loss_fn(x, y)  # forward under autocast, cross-entropy in fp32
                 # Each micro-batch contributes 1/grad_accum, so the step sees the mean loss (and
@@ -320,7 +326,7 @@ class Trainer:
         """Loss, perplexity and next-token accuracy on fixed blocks of the validation split."""
         started = time.perf_counter()
         val_loss, val_acc = validation_figures(self.model, self.data.val, self._eval_starts, self.cfg.seq_len,
-                                               self.policy, self.dist)
+                                               self.policy, self.dist, self.objective)
         record = {"kind": "eval", "step": self.state.step, "tokens": self.state.tokens,
                   "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
                   "val_acc": val_acc}

@@ -31,6 +31,7 @@ from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
+from .objective import model_vocab
 from .precision import PrecisionDecision, decide_precision, low_precision_weights
 from .resume import check_same_data, check_same_model
 from .schedule import default_warmup
@@ -79,7 +80,8 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
         raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
                           "shorten the warm-up or train longer.")
     check_sizes(cfg, tokens)
-    model = build_or_adopt(model_or_path, cfg.model, cfg.model_args, tokens.tokenizer.vocab_size, cfg.causal_mask)
+    model = build_or_adopt(model_or_path, cfg.model, cfg.model_args,
+                           model_vocab(cfg.objective, tokens.tokenizer.vocab_size), cfg.causal_mask)
     if isinstance(model_or_path, nn.Module) and resume_state is None:
         cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     init_source = None
@@ -142,6 +144,9 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          f"use --seq-len {limit} or less, or build the model with more positions.")
     probe = torch.zeros(2, cfg.seq_len, dtype=torch.long, device=device)
     probe[:, 1::2] = min(tokens.max_id, 1) if tokens.max_id >= 0 else 0
+    mask_id = tokens.tokenizer.vocab_size if cfg.objective == "mlm" else None
+    if mask_id is not None:
+        probe[:, 0] = mask_id  # the mask token must have an embedding row
     try:
         with eval_mode(model), torch.no_grad():
             output = model(probe)
@@ -151,6 +156,12 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
         said = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         short = (_short_position_tables(model, cfg.seq_len, tokens.tokenizer.vocab_size)
                  if isinstance(exc, IndexError) else [])
+        if mask_id is not None and isinstance(exc, IndexError) and not short:
+            raise ModelError(f"The model's forward pass failed on the mask token, id {mask_id} ({said}): --objective "
+                             f"mlm adds it after the tokenizer's {mask_id} tokens, and the model's token embedding "
+                             "has no row for it.", f"build the model with vocab_size >= {mask_id + 1} (its factory "
+                             "gets that by default when it takes a vocab_size argument: "
+                             f"--model-arg vocab_size={mask_id + 1}).") from None
         if short:  # the probe's ids are 0 and 1, so an index out of range is a position past a table's end
             name, rows = short[0]
             raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}] ({said}): "
@@ -161,11 +172,12 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
     vocab = check_logits(extract_logits(output), probe.shape, tokens, model)
-    if vocab > tokens.tokenizer.vocab_size:
+    if vocab > model_vocab(cfg.objective, tokens.tokenizer.vocab_size):
         log.info("the model has %d outputs, more than the %d tokens of tokenizer %s: the extra outputs are never a "
                  "target (fine; a smaller vocab_size would only save memory)", vocab, tokens.tokenizer.vocab_size,
                  tokens.tokenizer.identity)
-    _refuse_a_future_leak(model, probe[:1, :min(cfg.seq_len, 64)])
+    if cfg.objective == "clm":  # a masked LM reads both sides by design
+        _refuse_a_future_leak(model, probe[:1, :min(cfg.seq_len, 64)])
     return vocab
 
 

@@ -20,16 +20,20 @@ __all__ = ["CheckResult", "Report", "validate"]
 
 def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
-             doctor: bool = True, seed: int = 0, precision: str = "fp32", causal_mask: bool = False) -> Report:
+             doctor: bool = True, seed: int = 0, precision: str = "fp32", causal_mask: bool = False,
+             objective: str = "clm") -> Report:
     """Run every check on ``model`` (a module, ``path.py[:factory]`` or an export's folder) and return the :class:`Report`.
 
-    ``causal_mask``: check the model as ``tierlab train --causal-mask`` trains it.
+    ``causal_mask``: check the model as ``tierlab train --causal-mask`` trains it.  ``objective``
+    ``"mlm"``: as ``--objective mlm`` trains it (a mask token after the ``vocab_size`` tokens;
+    the causality check becomes "a masked position reads both sides").
     """
     cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)
-    model = build_or_adopt(model, name, model_args or {}, vocab_size, causal_mask)
+    mask_id = vocab_size if objective == "mlm" else None
+    model = build_or_adopt(model, name, model_args or {}, vocab_size + (mask_id is not None), causal_mask)
     dev = torch.device(device)
     model.to(dev)
     max_len = max_len or max_positions(model)
@@ -47,7 +51,7 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
         no_forward = CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
                                  "make forward(input_ids) accept a LongTensor [B, T] and return logits")
-    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision)
+    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision, mask_id)
     results: list[CheckResult] = []
     recommendation = None
     for check in checks.ALL:

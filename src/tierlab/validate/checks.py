@@ -36,6 +36,7 @@ class Probe:
     device: torch.device
     seed: int = 0
     precision: str = "fp32"  # the speed check's autocast precision: fp32, bf16 or fp16
+    mask_id: int | None = None  # --objective mlm: the mask token's id (the causality check becomes a context check)
 
     def autocast(self):
         dtype = DTYPES[self.precision]
@@ -73,7 +74,9 @@ def shapes(p: Probe) -> CheckResult:
 
 
 def causality(p: Probe) -> CheckResult:
-    """Changing token p must not change the logits at positions before p."""
+    """Changing token p must not change the logits at positions before p (a masked LM: see :func:`mlm_context`)."""
+    if p.mask_id is not None:
+        return mlm_context(p)
     length = min(16, p.max_len or 16, p.seq_len)
     ids = p.tokens(1, length, seed=1)
     p.model.eval()
@@ -90,6 +93,40 @@ def causality(p: Probe) -> CheckResult:
                                    f"changes (max diff {diff:.3g}): position {pos - 1} sees the future",
                                    {"first_leaking_position": pos - 1, "max_diff": diff}, CAUSAL_FIX)
     return CheckResult("causality", "pass", f"no position sees a later token (T={length})", {"length": length})
+
+
+def mlm_context(p: Probe) -> CheckResult:
+    """A masked position's prediction must come from the tokens around it, left and right: it cannot see its own."""
+    length = min(16, p.max_len or 16, p.seq_len)
+    if length < 3:
+        return CheckResult("causality", "skip", f"not tested: T={length} leaves no token on both sides of a mask")
+    middle = length // 2
+    ids = p.tokens(1, length, seed=1)
+    ids[0, middle] = p.mask_id
+    p.model.eval()
+    with torch.no_grad():
+        base = repeatable_logits(p.logits, ids)
+        if base is None:
+            return CheckResult("causality", "warn", "not tested: two eval forwards of one input differ", {},
+                               "make eval mode deterministic (see determinism), then validate again")
+        moved = {}
+        for side, position in (("left", middle - 1), ("right", middle + 1)):
+            changed = ids.clone()
+            changed[0, position] = (changed[0, position] + 1) % p.mask_id
+            moved[side] = (p.logits(changed).float()[0, middle] - base[0, middle]).abs().amax().item()
+    noise = 1e-4 * max(1.0, base.abs().amax().item())
+    sees = [side for side, diff in moved.items() if diff > noise]
+    details = {"masked_position": middle, "left_diff": moved["left"], "right_diff": moved["right"]}
+    if len(sees) == 2:
+        return CheckResult("causality", "pass", f"a masked position reads the tokens on both sides (T={length}; "
+                           "--objective mlm needs no causal mask)", details)
+    if sees == ["left"]:
+        return CheckResult("causality", "warn", "a masked position reads only the tokens before it: the model is "
+                           "causal, so a masked LM learns from one side only", details,
+                           "remove the causal mask (or train it with --objective clm)")
+    return CheckResult("causality", "fail", f"the prediction at a masked position does not change when the tokens "
+                       f"{' or '.join(s for s in ('left', 'right') if s not in sees)} of it change: it cannot fill "
+                       "a mask from its context", details, "make every position attend to the others")
 
 
 def gradient_flow(p: Probe) -> CheckResult:
