@@ -74,6 +74,21 @@ def write_failed(path: Path, exc: BaseException, kept: str, fix: str,
     return kind(f"Writing {path} failed: {what} ({free_space(path)}); {kept}.", fix)
 
 
+def continue_fix(run_dir: Path) -> str:
+    """How to go on after freeing space: resume from the run's checkpoint, or (none written yet) start it again.
+
+    A run without a checkpoint cannot be resumed, and its directory blocks its --name:
+    ``--resume auto`` sets such a directory aside (``NAME.incomplete-TIME``) and starts afresh.
+    """
+    from .run_files import CKPT_DIR, LATEST
+
+    run_dir = Path(run_dir)
+    if (run_dir / CKPT_DIR / LATEST).is_file():
+        return f"free space and continue the run with `tierlab train --resume {run_dir}`."
+    return ("free space and run the same command again with `--resume auto` (no checkpoint was written: the run "
+            f"starts afresh, and {run_dir.name} is kept aside as {run_dir.name}.incomplete-TIME).")
+
+
 def _mount_point(path: Path) -> Path:
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .disk import is_storage_error, write_failed
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
 from .models.loader import absolute_spec
@@ -156,6 +157,11 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         # A rename when the staging directory sits beside the target; a copy when --out's
         # folder did not exist yet and staging had to go to the temporary directory.
         shutil.move(str(staging), str(target))
+    except Exception as exc:
+        if is_storage_error(exc):  # a full disk while writing the export (safetensors' Rust error included)
+            raise write_failed(target, exc, "nothing was exported (the run is untouched)",
+                               "free space (or choose another --out) and export again.") from None
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("%s", result.text())
@@ -198,7 +204,12 @@ def _torchscript(wrapped, model, config, example, staging, notes, vocab):
                  "or safetensors for new deployments")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # said once, in the note above
-        torch.jit.save(traced, str(path))
+        # Into memory first, then to disk from Python: torch.jit.save writing a file itself aborts the
+        # process (a C++ exception in a destructor) when the disk fills up; here it is an OSError.
+        buffer = io.BytesIO()
+        torch.jit.save(traced, buffer)
+        path.write_bytes(buffer.getbuffer())
+        del buffer
         loaded = torch.jit.load(str(path))
     return lambda x: loaded(x)
 
@@ -223,6 +234,8 @@ def _onnx(wrapped, model, config, example, staging, notes, vocab):
                               output_names=["logits"], dynamic_shapes=({0: dims[0], 1: dims[1]},),
                               verbose=False)
     except Exception as exc:  # noqa: BLE001
+        if is_storage_error(exc):
+            raise  # a full disk, not the model: said as such by export()
         raise _cannot("torch.onnx.export", exc) from None
     finally:
         logging.disable(logging.NOTSET)

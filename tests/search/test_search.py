@@ -188,6 +188,8 @@ def test_storage_urls_are_shown_without_their_password(tmp_path):
     assert masked_url("postgresql://bob:hunter2@db.example:5432/studies") == "postgresql://bob:***@db.example:5432/studies"
     assert masked_url("mysql+pymysql://a:p%40ss@h/d") == "mysql+pymysql://a:***@h/d"
     assert masked_url("sqlite:////tmp/study.db") == "sqlite:////tmp/study.db"
+    assert masked_url("postgresql+psycopg://u@h/db?password=hunter2") == "postgresql+psycopg://u@h/db?password=***"
+    assert "hunter2" not in masked_url("postgresql+psycopg:/u:hunter2@h/db")  # a slash short: not a URL SQLAlchemy reads
     cfg = SearchConfig(base=fast_config(tmp_path), storage="postgresql://bob:hunter2@h/db")
     assert "hunter2" not in cfg.storage_shown
     with pytest.raises(ConfigError, match="--storage-timeout must be a positive number"):

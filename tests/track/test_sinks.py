@@ -85,7 +85,7 @@ def test_a_wandb_server_that_never_answers_is_given_up_on_and_the_run_completes(
         assert "tracker wandb failed in start" in result.stdout + result.stderr
 
         synced = run_cli("sync", run.dir, "--to", "wandb", "--timeout", "3", cwd=tmp_path, timeout=75)
-    assert_user_error(synced, f"Could not sync {run.dir} to wandb:", "the run directory is unchanged")
+    assert_user_error(synced, f"Could not sync {run.dir} to wandb:", "the run's records and weights are unchanged")
 
 
 def test_tracker_timeouts_must_be_positive(tmp_path):
@@ -93,3 +93,33 @@ def test_tracker_timeouts_must_be_positive(tmp_path):
                       "--tracker-timeout must be a positive number of seconds")
     assert_user_error(run_cli("sync", tmp_path, "--to", "wandb", "--timeout", "nan", cwd=tmp_path),
                       "--timeout must be a positive number of seconds")
+
+
+def test_ctrl_c_while_wandb_waits_for_a_silent_server_stops_the_run_with_a_checkpoint(tmp_path, monkeypatch):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def default_sigint():  # (a test worker may run with SIGINT ignored or blocked, which a child inherits)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+    with SilentServer() as port:
+        for key, value in silent_wandb_env(port).items():
+            monkeypatch.setenv(key, value)
+        proc = subprocess.Popen([sys.executable, "-m", "tierlab", "train", *TINY_ARGS, "--max-steps", "5000",
+                                 "--wandb", "p", "--tracker-timeout", "5", "--name", "x"], cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint)
+        events = tmp_path / "runs" / "x" / "events.jsonl"
+        deadline = time.monotonic() + 120
+        while not events.exists():  # created just before the trackers start: W&B is waiting now
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)  # not swallowed by W&B's start: the run stops, it does not go on
+    run = tierlab.Run.load(tmp_path / "runs" / "x")
+    assert run.summary["status"] == "interrupted" and run.summary["steps"] < 5000
+    assert (run.dir / "checkpoints" / "latest").is_file()  # resumable

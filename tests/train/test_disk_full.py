@@ -195,3 +195,38 @@ def test_a_token_cache_on_a_full_disk_is_a_plain_error_and_no_run_is_made(disk, 
     assert "free on" in message and "TIERLAB_CACHE" in message
     assert not (tmp_path / "runs" / "run").exists()
     assert not [p for p in (disk / "cache").rglob("*") if p.is_file() and ".tmp" in p.name]  # nothing half-written
+
+
+def test_a_run_whose_first_checkpoint_fails_is_told_to_start_again_and_can(disk):
+    cfg = fast_config(disk, max_steps=20, ckpt_every=10, eval_every=0)
+    progress = FillAt(disk, step=5, leave=0)
+    with pytest.raises(CheckpointError) as err:
+        tierlab.train(config=cfg, progress=progress)
+    assert "no earlier checkpoint exists" in str(err.value) and "with `--resume auto`" in str(err.value)
+    progress.filler.unlink()
+    run = tierlab.train(config=cfg.replace(resume="auto"))  # what the message says: the same command, --resume auto
+    assert run.summary["status"] == "completed" and run.summary["steps"] == 20
+    names = sorted(p.name for p in (disk / "runs").iterdir())
+    assert names[0] == "run" and names[1].startswith("run.incomplete-") and len(names) == 2  # the old one kept aside
+
+
+def test_a_dashboard_the_disk_cannot_take_is_said_unless_the_run_failed_already(disk):
+    from tierlab.train.run import write_dashboard
+
+    run = tierlab.train(config=fast_config(disk, max_steps=10, no_plots=True))
+    fill(disk, 0)
+    with pytest.raises(WriteFailed, match=r"dashboard.png failed: the disk is full .*tierlab report"):
+        write_dashboard(run.dir)
+    write_dashboard(run.dir, failed=True)  # the run's own error stays the one reported: a warning only
+    assert not (run.dir / "dashboard.png").exists() and leftovers(run.dir) == []
+    report = run_cli("report", run.dir, "--out", disk / "d.png", cwd=disk.parent)
+    assert_user_error(report, f"Writing {disk / 'd.png'} failed: the disk is full", "the runs are untouched")
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "safetensors"])
+def test_an_export_to_a_full_disk_is_one_plain_line_and_leaves_nothing(disk, tmp_path, fmt):
+    run = tierlab.train(config=fast_config(tmp_path, max_steps=5, eval_every=0))
+    fill(disk, 20_000)  # less than the tiny model's weights
+    result = run_cli("export", run.dir, "--format", fmt, "--out", disk / "m", cwd=tmp_path)
+    assert_user_error(result, f"Writing {disk / 'm'} failed: the disk is full", "nothing was exported")
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # no staging folder left

@@ -66,6 +66,8 @@ def test_an_mlm_run_records_its_mask_token_and_learns(tmp_path):
     losses = [r["loss"] for r in run.metrics("train")]
     assert losses[-1] < losses[0]
     assert all(0 <= r["val_acc"] <= 1 for r in run.metrics("eval"))
+    titles = [ax.get_title() for ax in run.plot().axes]  # the dashboard says what was scored
+    assert "validation masked-token accuracy" in titles and "loss (masked-token positions)" in titles
 
 
 def test_mlm_resume_from_a_mid_run_checkpoint_is_exact(tmp_path):

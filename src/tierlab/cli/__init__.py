@@ -136,8 +136,7 @@ def _run(ns: argparse.Namespace, who: str) -> int:
         found = os_error_in(exc)
         if found is None or found.errno not in STORAGE_ERRNOS:
             raise
-        place = Path(found.filename) if found.filename else Path.cwd()
-        sys.stderr.write(f"{who}: error: A write failed: {describe(found)}"
-                         f"{f' ({found.filename})' if found.filename else ''}; {free_space(place)}. "
+        where = f" ({found.filename}; {free_space(Path(found.filename))})" if found.filename else ""
+        sys.stderr.write(f"{who}: error: A write failed: {describe(found)}{where}. "
                          "Fix: free space (or write to another disk) and run the command again.\n")
         return EXIT_USER_ERROR

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..disk import is_storage_error, write_failed
 from ..run_files import DASHBOARD
 from .common import image_path, run_dirs
 
@@ -27,7 +28,13 @@ def run(ns: argparse.Namespace) -> int:
         out = image_path(ns.out, DASHBOARD, "--out")
     else:
         out = dirs[0] / DASHBOARD if len(dirs) == 1 else Path(DASHBOARD)
-    save_dashboard(dirs, out)
+    try:
+        save_dashboard(dirs, out)
+    except Exception as exc:
+        if not is_storage_error(exc):
+            raise
+        raise write_failed(out, exc, "the runs are untouched", "free space, or write it elsewhere with --out PATH.") \
+            from None
     print(summary_table(dirs))
     print(f"dashboard: {out}")
     return 0

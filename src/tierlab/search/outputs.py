@@ -12,6 +12,7 @@ from typing import Any
 
 from ..atomic import atomic_path, atomic_write
 from ..config import PLACE_OPTIONS, SESSION_OPTIONS
+from ..disk import is_storage_error, write_failed
 from .space import apply_params, fmt_param
 from .study import reason
 
@@ -89,6 +90,10 @@ def write_plots(study: Any, out: Path) -> list[Path]:
 
             plt.close(figure)
         except Exception as exc:  # noqa: BLE001 - e.g. importances need two completed trials
+            if is_storage_error(exc):  # not a plot Optuna cannot draw: a disk that is full
+                raise write_failed(out / f"{name}.png", exc, "the study and its trials are in the storage",
+                                   "free space and run the search again (it adds no trials when it has them all, "
+                                   "and writes the outputs).") from None
             log.info("no %s plot: %s", name, exc)
     return written
 

@@ -194,24 +194,32 @@ def open_study(cfg: SearchConfig):
 
 
 def masked_url(url: str) -> str:
-    """``url`` with its password (``scheme://user:PASSWORD@host``) replaced by ``***``."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: hide what looks like a password anyway
-        return re.sub(r"(//[^/:@]*:)[^@/]*@", r"\1***@", url)
+    """``url`` with its password (``scheme://user:PASSWORD@host``, or ``?password=...``) replaced by ``***``."""
+    return _without_password(url, url)
 
 
 def _without_password(text: str, url: str) -> str:
-    """A driver's message with the URL's password taken out, should it quote it."""
+    """``text`` (a message, or the URL itself) with every form of the URL's password taken out."""
+    for secret in sorted(_passwords(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def _passwords(url: str) -> set[str]:
+    """The password ``url`` holds, as written and as SQLAlchemy decodes it, however the URL is (mis)spelled."""
+    from urllib.parse import unquote
+
+    found = {m.group(1) for m in re.finditer(r"^[^:/?#]+:/*[^/@?#:]*:([^@/?#]*)@", url)}  # user:PASSWORD@ (any slashes)
+    found |= {m.group(1) for m in re.finditer(r"[?&]password=([^&#]*)", url)}
     try:
         from sqlalchemy.engine import make_url
 
-        password = make_url(url).password
-    except Exception:  # noqa: BLE001
-        password = None
-    return text.replace(str(password), "***") if password else text
+        parsed = make_url(url)
+        found |= {p for p in (parsed.password, parsed.query.get("password")) if isinstance(p, str)}
+    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy reads: the patterns above still apply
+        pass
+    found |= {unquote(p) for p in found}
+    return {p for p in found if p}
 
 
 def _engine_options(url: str, timeout: float) -> dict[str, Any]:

@@ -76,7 +76,9 @@ def dashboard(run_dirs: list[Path]):
         ax_speed.plot(*_series(run["train"], "step", "tokens_per_s"), color=color, label=label)
     from matplotlib.ticker import EngFormatter
 
-    _dress(ax_loss, "loss", "tokens", "cross-entropy (nats)")
+    scored = _scored(runs)
+    _dress(ax_loss, "loss" if scored == "next-token" else f"loss ({scored} positions)", "tokens",
+           "cross-entropy (nats)")
     ax_loss.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.5M: readable token counts
     _dress(ax_lr, "learning rate", "step", "lr")
     _dress(ax_norm, "gradient norm before clipping", "step", "norm")
@@ -90,7 +92,7 @@ def dashboard(run_dirs: list[Path]):
         ax_scale.set_xticks([])
         ax_scale.set_yticks([])
     _dress(ax_speed, "throughput", "step", "tokens / s")
-    _dress(ax_acc, "validation next-token accuracy", "step", "accuracy")
+    _dress(ax_acc, f"validation {scored} accuracy", "step", "accuracy")
     if not ax_acc.lines:
         ax_acc.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax_acc.transAxes,
                     color="gray")
@@ -108,6 +110,14 @@ def _scale_at(steps: list, scales: list, step: int) -> float:
             break
         value = v
     return value
+
+
+def _scored(runs: list[dict]) -> str:
+    """What the runs' loss and accuracy count: next tokens, masked tokens (--objective mlm), or both."""
+    objectives = {run["config"].get("objective") or "clm" for run in runs}
+    if objectives == {"mlm"}:
+        return "masked-token"
+    return "next-token" if objectives == {"clm"} else "next- and masked-token"
 
 
 def _dress(ax, title: str, xlabel: str, ylabel: str) -> None:

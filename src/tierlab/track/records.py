@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ..disk import write_failed
+from ..disk import continue_fix, write_failed
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,7 @@ class JsonlWriter:
             with contextlib.suppress(OSError):  # (a failing disk may refuse this too: the resume check then tells)
                 self._fh.truncate(start)
             raise write_failed(self.path, exc, "the records before this one are intact",
-                               "free space and continue the run with `tierlab train --resume "
-                               f"{self.path.parent}`.") from None
+                               continue_fix(self.path.parent)) from None
         self._size += len(data)
 
     def tell(self) -> int:

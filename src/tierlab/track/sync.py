@@ -33,5 +33,6 @@ def sync_run(run_dir: Path, to: str, project: str | None = None, entity: str | N
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else "no detail"
         raise UserError(f"Could not sync {run_dir} to {to}: {type(exc).__name__}: {first}",
                         "check that the server is reachable (for W&B: WANDB_BASE_URL, the network, the API key) and "
-                        "sync again; the run directory is unchanged (--timeout SECONDS waits longer).") from None
+                        "sync again (--timeout SECONDS waits longer); the run's records and weights are unchanged.") \
+            from None
     return {"metrics": len(metrics), "events": len(events)}

@@ -120,10 +120,12 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
                 "tokenizer": prepared.tokens.tokenizer.identity, "corpus_sha256": prepared.tokens.corpus_hash,
                 "model_fingerprint": model_fingerprint(model), "run_id": run_info["run_id"] if run_info else None}
     trackers = Trackers(sinks, events.emit_local)
-    trackers.start(recorded["config"])
+    with _signals_held(f"once the trackers have started (at most {cfg.tracker_timeout:g} s)", bool(sinks)) as held:
+        trackers.start(recorded["config"])  # (W&B's start, waiting on a server, would swallow a Ctrl-C)
     metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(net, prepared.tokens, cfg, policy, device, run_dir, metrics, events, prepared.max_steps,
                       recorded, progress, loss_fn, dist)
+    trainer.stop_requested = bool(held)  # a Ctrl-C while they started: stop after the first step, checkpointed
     _announce(trainer, prepared, resume_state, ckpt_path, compile_seconds)
     started, status, failure = time.perf_counter(), "failed", None
     try:
@@ -163,7 +165,7 @@ def _close(run_dir: Path, model: nn.Module, trainer: Trainer, decision, status: 
         metrics.close()
         events.close()
     if plots and dist.is_main:
-        write_dashboard(run_dir)
+        write_dashboard(run_dir, failed=failure is not None)
 
 
 def _ending(exc: BaseException) -> str:
@@ -319,6 +321,31 @@ def resume(run_or_checkpoint: str | Path, changes: Mapping[str, Any] | None = No
     """
     values = layered({}, {**dict(changes or {}), "resume": str(run_or_checkpoint)})
     return train(model, None, TrainConfig.from_mapping(values, "resume"), progress=progress, cache_dir=cache_dir)
+
+
+@contextlib.contextmanager
+def _signals_held(when: str, active: bool = True) -> Iterator[list[int]]:
+    """SIGINT/SIGTERM noted, not acted on, for the block; the caller honours them after it (the list is not empty).
+
+    A signal the process ignores (SIG_IGN, e.g. a background job's SIGINT) stays ignored.
+    """
+    held: list[int] = []
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield held
+        return
+
+    def note(signum, frame):
+        if not held:
+            log.warning("%s: stopping %s, with a checkpoint", signal.Signals(signum).name, when)
+        held.append(signum)
+
+    previous = {sig: signal.signal(sig, note) for sig in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        yield held
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 @contextlib.contextmanager

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write, write_json_atomic
-from ..disk import os_error_in, write_failed
+from ..disk import continue_fix, os_error_in, write_failed
 from ..errors import UserError
 from ..run_files import CKPT_DIR, LATEST
 from . import identity
@@ -177,8 +177,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict[str, Any], keep: int, 
                 unfinished.unlink(missing_ok=True)
         previous = latest_or_none(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        raise write_failed(path, exc, kept, "free space (or fix the directory) and continue with "
-                           f"`tierlab train --resume {run_dir}`.", CheckpointError) from None
+        raise write_failed(path, exc, kept, continue_fix(run_dir), CheckpointError) from None
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
         sidecar(old).unlink(missing_ok=True)

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..atomic import atomic_path, remove_leftovers, write_json_atomic
 from ..config import TrainConfig
-from ..disk import STORAGE_ERRNOS, describe, free_space, os_error_in, write_failed
+from ..disk import STORAGE_ERRNOS, continue_fix, describe, free_space, is_storage_error, os_error_in, write_failed
 from ..errors import ConfigError, UserError
 from ..run_files import CKPT_DIR, CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
@@ -134,8 +134,10 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_stat
         if claimed:  # a new run's half-made directory would block its --name: everything in it is this run's
             _unmake(run_dir, keep_folder=existed)
         space = f" ({free_space(run_dir)})" if exc.errno in STORAGE_ERRNOS else ""
-        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {describe(exc)}{space}.",
-                        "choose a writable place with --out DIR (and free disk space if it is full).") from None
+        fix = ("free space on its disk (or make the directory writable) and run the same command again"
+               if resume_state is not None else
+               "choose a writable place with --out DIR (and free disk space if it is full)")
+        raise UserError(f"Cannot write the run directory {str(run_dir)!r}: {describe(exc)}{space}.", fix + ".") from None
     if resume_state is not None:
         # Records written after the checkpoint would be written again: cut them off.
         metrics.truncate(resume_state["records"]["metrics"])
@@ -241,6 +243,7 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
     }
     closing.attempt(run_dir / SUMMARY, write_json_atomic, run_dir / SUMMARY,
                     {k: finite_or_none(v) for k, v in summary.items()})
+    status = "failed" if closing.error else status  # (the summary itself may have failed)
     closing.attempt(run_dir / EVENTS, events.emit, "run_end", status=status, steps=state.step, wall_seconds=wall)
     if closing.error:
         raise closing.error
@@ -279,8 +282,7 @@ class _Closing:
             if isinstance(exc, UserError):
                 plain = exc
             elif os_error_in(exc) is not None:
-                plain = write_failed(path, exc, self._kept(), "free space and finish the run with "
-                                     f"`tierlab train --resume {self.run_dir}`.")
+                plain = write_failed(path, exc, self._kept(), continue_fix(self.run_dir))
             elif self.failure is None and self.error is None:
                 raise
             else:
@@ -302,12 +304,21 @@ def finite_or_none(value: Any) -> Any:
     return value
 
 
-def write_dashboard(run_dir: Path) -> None:
-    """dashboard.png at the end of a run; a plotting problem is logged, never fatal."""
+def write_dashboard(run_dir: Path, failed: bool = False) -> None:
+    """dashboard.png at the end of a run; a plotting problem is logged, never fatal.
+
+    A disk that cannot take the picture is another matter: the user must know the disk is
+    full (exit 2, the file and the free space named), unless the run already ends with an
+    error of its own (``failed``), which stays the one reported.
+    """
     try:
         from ..track.plots import save_dashboard
 
         save_dashboard([run_dir], run_dir / DASHBOARD)
         log.info("dashboard: %s", run_dir / DASHBOARD)
     except Exception as exc:  # noqa: BLE001 - the run itself is complete and on disk
+        if is_storage_error(exc) and not failed:
+            raise write_failed(run_dir / DASHBOARD, exc, "the run itself is complete (summary.json and "
+                               "model.safetensors are written)", f"free space and draw it with `tierlab report "
+                               f"{run_dir}`.") from None
         log.warning("could not write dashboard.png: %s: %s", type(exc).__name__, exc)
