@@ -139,6 +139,18 @@ def test_no_host_sync_between_log_steps(tmp_path, precision):
     assert calls == []
 
 
+@pytest.mark.parametrize("options", [{"objective": "mlm"}, {"causal_mask": True}], ids=["mlm", "causal-mask"])
+def test_no_host_sync_with_masking_or_hooked_attention(tmp_path, options):
+    """--objective mlm masks every micro-batch and --causal-mask hooks every attention call: still no sync."""
+    from pathlib import Path
+
+    graph = Path(__file__).parent.parent / "assets" / "builder" / "graph"
+    cfg = fast_config(tmp_path, model=str(graph), model_args={}, max_steps=6, log_every=3, eval_every=3,
+                      grad_accum=2, **options)
+    calls, run = syncs_inside_train_step(lambda: tierlab.train(config=cfg))
+    assert run.summary["steps"] == 6 and calls == []
+
+
 def test_sync_detector_catches_a_sync_in_the_step(tmp_path):
     """The detector above is not vacuous: a model that calls .item() in forward is caught."""
     class Syncing(torch.nn.Module):
