@@ -149,7 +149,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
                                  "safetensors (the weights) and run the model from its source.")
         tokenizer.save(staging)
         result = ExportResult(fmt, target, [], diff, tolerance, len(inputs), list(inputs[0].shape), notes)
-        (staging / "README.md").write_text(_readme(result, config, tokenizer.identity), encoding="utf-8")
+        (staging / "README.md").write_text(_readme(result, config, tokenizer.identity, tokenizer.vocab_size), encoding="utf-8")
         result.files = sorted(p.name for p in staging.iterdir())
         if target.exists():
             target.rmdir()  # empty (checked above)
@@ -274,13 +274,24 @@ def _cannot(tool: str, exc: Exception) -> ModelError:
                       "numpy), or export as safetensors (the weights) and run the model from its source.")
 
 
-def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str) -> str:
+def _scores(config: dict[str, Any], tokenizer_size: int) -> str:
+    """What the exported logits are, in words, by the run's objective."""
+    if (config.get("objective") or "clm") == "mlm":
+        return (f"a masked language model: put the mask token, id {tokenizer_size}, where a token is to be "
+                "predicted; the logits at that position score it")
+    causal = " (the model is made causal by --causal-mask hooks, part of the export)" if config.get("causal_mask") \
+        else ""
+    return f"the next-token scores at each position{causal}"
+
+
+def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str, tokenizer_size: int) -> str:
     load = {
         "safetensors": ("```python\nimport json\n\nfrom safetensors.torch import load_model\n"
                         "from tierlab.models import load_model as build\n\n"
                         "spec = json.load(open(\"model_config.json\"))\n"
-                        "model = build(spec[\"model\"], spec[\"model_args\"], spec[\"vocab_size\"])  "
-                        "# or build your model yourself\nload_model(model, \"model.safetensors\")\nmodel.eval()\n```"),
+                        "model = build(spec[\"model\"], spec[\"model_args\"], spec[\"vocab_size\"], "
+                        "causal_mask=spec[\"causal_mask\"])  # or build your model yourself\n"
+                        "load_model(model, \"model.safetensors\")\nmodel.eval()\n```"),
         "torchscript": "```python\nimport torch\n\nmodel = torch.jit.load(\"model.pt\")  # no Python source needed\n"
                        "logits = model(input_ids)  # input_ids: int64 [B, T]\n```",
         "onnx": "```python\nimport onnxruntime\n\nsession = onnxruntime.InferenceSession(\"model.onnx\")\n"
@@ -295,5 +306,5 @@ def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str) -> str
     return (f"# {result.format} export of a tierlab run\n\nModel: `{config['model']}` with "
             f"`{json.dumps(config.get('model_args', {}))}`, trained on `{config['data']}`.\n\n"
             f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 `[batch, tokens, vocab]` "
-            f"(the next-token scores at each position).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
+            f"({_scores(config, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
             f"## Parity with the trained model\n\nLargest absolute logit difference: {parity}.\n")

@@ -55,6 +55,9 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
                         f"{run_dir / WEIGHTS} with safetensors.torch.load_model).")
     if model is None:
         recorded_model_file(run_dir, config)
+        from .train.identity import check_recorded_source
+
+        check_recorded_source(run_dir, str(config["model"]))
         model = load_model(config["model"], config.get("model_args", {}), built_vocab(config, tokenizer),
                            bool(config.get("causal_mask")))
     elif isinstance(model, str):

@@ -74,6 +74,10 @@ def fill_masks(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature:
         if index < len(parts) - 1:
             where.append(len(ids))
             ids.append(mask_id)
+    limit = max_positions(model)
+    if limit is not None and len(ids) > limit:
+        raise UserError(f"The prompt is {len(ids)} tokens (each [MASK] one of them), more than the model's {limit} "
+                        "positions.", f"shorten it to at most {limit} tokens.")
     device = next(model.parameters()).device
     logits = extract_logits(model(torch.tensor([ids], device=device)))[0, where, :tokenizer.vocab_size].float()
     if temperature == 0:

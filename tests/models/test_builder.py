@@ -10,7 +10,7 @@ import torch
 import tierlab
 from helpers import assert_user_error, fast_config, run_cli, write_model
 from tierlab.errors import DataError, ModelError
-from tierlab.models import load_model, max_positions
+from tierlab.models import future_leak, load_model, max_positions
 
 EXPORTS = Path(__file__).parent.parent / "assets" / "builder"
 TINY = ("--data", "demo", "--precision", "fp32", "--batch-size", "4", "--seq-len", "32", "--log-every", "5",
@@ -54,6 +54,20 @@ def test_a_flat_export_goes_through_validate_train_resume_sample_and_export(tmp_
     assert exported.returncode == 0, exported.stderr
     assert "parity on" in exported.stdout
     assert json.loads((tmp_path / "exported" / "model_config.json").read_text())["causal_mask"] is True
+    readme = (tmp_path / "exported" / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]  # the loading code, run as a user would
+    scope = {}
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path / "exported")
+    try:
+        exec(snippet, scope)  # noqa: S102 - the export's own README
+    finally:
+        os.chdir(cwd)
+    ids = torch.randint(0, 256, (1, 16))
+    with torch.no_grad():
+        assert future_leak(lambda x: scope["model"](x), ids, 15, 256) is None  # loaded causal, as it was trained
 
 
 def test_a_node_graph_config_sizes_the_model_and_its_length():

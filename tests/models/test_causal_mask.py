@@ -15,16 +15,16 @@ VOCAB = 40
 class Encoder(nn.Module):
     """An encoder stack, batch-first or not, called without a mask (what Builder exports do)."""
 
-    def __init__(self, batch_first: bool = True, decoder: bool = False):
+    def __init__(self, batch_first: bool = True, decoder: bool = False, vocab: int = VOCAB):
         super().__init__()
         self.batch_first, self.decoder = batch_first, decoder
-        self.emb = nn.Embedding(VOCAB, 16)
+        self.emb = nn.Embedding(vocab, 16)
         if decoder:
             self.stack = nn.TransformerDecoder(nn.TransformerDecoderLayer(16, 2, 32, 0.0, batch_first=batch_first), 2)
         else:
             self.stack = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, 32, 0.0, batch_first=batch_first), 2,
                                                enable_nested_tensor=False)
-        self.out = nn.Linear(16, VOCAB)
+        self.out = nn.Linear(16, vocab)
 
     def forward(self, ids):
         x = self.emb(ids)
@@ -117,3 +117,13 @@ def test_bert_is_refused_plainly_with_and_without_causal_mask(tmp_path):
     assert_user_error(masked, "--causal-mask found no attention module it can reach in BertForMaskedLM",
                       "nn.MultiheadAttention")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_another_hook_on_the_attention_still_works_analyze_on_a_masked_decoder():
+    """analyze asks each nn.MultiheadAttention for its weights (need_weights=True) with a hook of its own."""
+    import tierlab
+
+    torch.manual_seed(0)
+    report = tierlab.analyze(Encoder(decoder=True, vocab=256), data="demo", batch_size=2, seq_len=16, batches=1,
+                             causal_mask=True)
+    assert report.attention.observable and report.attention.heads  # (it used to fail: the mask hook moved need_weights into the positional args)

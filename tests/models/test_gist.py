@@ -1,5 +1,6 @@
 """--model gist:ID[@REVISION] against a loopback HTTP server standing in for the GitHub gist API (never the internet)."""
 
+import hashlib
 import json
 import shutil
 import threading
@@ -86,6 +87,14 @@ def test_a_gist_trains_pinned_to_its_revision_and_is_used_offline_afterwards(api
     assert sampled.returncode == 0, sampled.stderr
     exported = run_cli("export", run_dir, "--format", "safetensors", "--out", tmp_path / "exp", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
+
+    # The cache altered with its checksum file to match: the run's own record (run.json) still tells.
+    model_py = cached / "model.py"
+    model_py.write_text(model_py.read_text() + "\n# altered\n")
+    meta["sha256"]["model.py"] = hashlib.sha256(model_py.read_bytes()).hexdigest()
+    (cached / "gist.json").write_text(json.dumps(meta))
+    altered = run_cli("sample", run_dir, "--prompt", "Hi", "--max-new-tokens", "5", cwd=tmp_path)
+    assert_user_error(altered, "the cached gist was altered, and tierlab does not import it")
 
 
 def test_an_older_revision_is_its_own_code(api, tmp_path):

@@ -93,6 +93,8 @@ def test_mlm_sample_fills_the_masks_and_options_that_contradict_are_refused(tmp_
     text = filled.stdout.strip()
     assert text.startswith("The ") and text.endswith("at sat.") and "[MASK]" not in text and len(text) == 12
     assert_user_error(run_cli("sample", run.dir, "--prompt", "no mask here", cwd=tmp_path), "holds no [MASK]")
+    assert_user_error(run_cli("sample", run.dir, "--prompt", "[MASK]" * 100, cwd=tmp_path),
+                      "The prompt is 100 tokens", "more than the model's 64 positions")
     with pytest.raises(ConfigError, match="contradict each other"):
         fast_config(tmp_path, objective="mlm", causal_mask=True)
     with pytest.raises(ConfigError, match="--objective 'bert' is not an objective"):

@@ -106,6 +106,9 @@ def _read(model_file: Path, config_file: Path, required: bool) -> Export | None:
     return Export(model_file, config_file, values, name)
 
 
+_WARNED: set[tuple[Path, str]] = set()
+
+
 def _node_params(config: dict[str, Any], config_file: Path) -> dict[str, Any]:
     """The params of every node, merged; the first node that sets a key wins (a conflict is said)."""
     merged: dict[str, Any] = {}
@@ -115,6 +118,9 @@ def _node_params(config: dict[str, Any], config_file: Path) -> dict[str, Any]:
             continue
         for key, value in params.items():
             if key in merged and merged[key] != value:
+                if (config_file, key) in _WARNED:
+                    continue
+                _WARNED.add((config_file, key))  # (an export is read more than once per command)
                 log.warning("%s: nodes disagree on %s (%r, and %r in node %d): %r is used (--model-arg %s=... "
                             "chooses)", config_file, key, merged[key], value, index, merged[key], key)
                 continue
@@ -128,9 +134,11 @@ def find_class(module: Any, export: Export) -> type[nn.Module]:
     if export.model_name:
         cls = getattr(module, export.model_name, None)
         if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+            factory = (f", or, since {export.model_name}() is a function, name it as the factory: --model "
+                       f"{export.model_file.parent}:{export.model_name}" if callable(cls) else "")
             raise ModelError(f"{export.config_file.name} names the model {export.model_name!r}, which {where!r} does "
                              f"not define as an nn.Module class{_defined(module)}.",
-                             f"set model_name in {export.config_file.name} to the model's class name.")
+                             f"set model_name in {export.config_file.name} to the model's class name{factory}.")
         return cls
     own = _own_modules(module)
     top = [c for c in own if not any(c is not other and _uses(other, c) for other in own)] or own

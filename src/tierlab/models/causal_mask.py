@@ -55,6 +55,7 @@ class _CausalHook:
     def __init__(self, module: nn.Module):
         self.mask_name, self.flag_name = MASKED[type(module)]
         self.signature = inspect.signature(module.forward)
+        self.positions = {name: i for i, name in enumerate(self.signature.parameters)}  # (bound methods: no self)
         self.batch_first = _batch_first(module)
         self._cache: dict[tuple[int, torch.device, torch.dtype], torch.Tensor] = {}
 
@@ -72,10 +73,18 @@ class _CausalHook:
                        None)
         # The mask's kind follows a padding mask's (PyTorch warns on a bool and a float mask together).
         dtype = padding.dtype if padding is not None and padding.is_floating_point() else torch.bool
-        bound.arguments[self.mask_name] = self._mask(length, first.device, dtype)
-        if self.flag_name is not None:
-            bound.arguments[self.flag_name] = True
-        return bound.args, bound.kwargs
+        # The call keeps its own layout (only the mask, and the "is causal" flag, filled in): another hook on the
+        # module (analyze's, asking for the attention weights) may add keywords of its own.
+        args, kwargs = list(args), dict(kwargs)
+        for name, value in ((self.mask_name, self._mask(length, first.device, dtype)), (self.flag_name, True)):
+            if name is None:
+                continue
+            index = self.positions[name]
+            if index < len(args):
+                args[index] = value
+            else:
+                kwargs[name] = value
+        return tuple(args), kwargs
 
     def _mask(self, length: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         if _tracing():  # built in the graph from the input's length: a cached one would be a constant of one shape

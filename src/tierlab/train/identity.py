@@ -110,7 +110,11 @@ def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) ->
                     "fit the model it builds", config, run_dir)
     if file_sha256(source) == info["model_sha256"]:
         return
+    from ..models.gist import is_gist
     from ..models.loader import split_spec
+
+    if is_gist(model_spec):  # tierlab's own copy of a pinned revision: altered, not edited by its author
+        check_recorded_source(run_dir, model_spec)
 
     recorded, _ = split_spec(str(info.get("model", "")))  # where the run's file was (it may be gone now)
     if source.resolve() == recorded.resolve() or model_spec != checkpoint_model:
@@ -121,3 +125,31 @@ def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) ->
                       f"{str(run_dir)!r} was started with ({info.get('model')!r}, sha256 "
                       f"{info['model_sha256'][:12]}...); tierlab does not import code a checkpoint chooses.",
                       "resume with the run's own model file, or name the file to use: --model PATH.py.")
+
+
+def check_recorded_source(run_dir: Path, spec: str) -> None:
+    """Before ``sample``, ``export`` or ``analyze`` import a run's own model: is it the code the run trained?
+
+    A local file edited since is the user's own change: a warning (the weights must still
+    fit it).  A gist's cached files are tierlab's copy of a pinned revision: a difference from
+    what the run recorded means the cache was altered, and the code is refused.
+    """
+    from ..models.gist import is_gist
+
+    info = read(run_dir)
+    source = model_file(spec)
+    if not info or not info.get("model_sha256") or source is None:
+        return
+    config = export_config(spec)
+    changed = [path for path, recorded in ((source, info["model_sha256"]),
+                                           (config, info.get("model_config_sha256")))
+               if path is not None and recorded and file_sha256(path) != recorded]
+    if not changed:
+        return
+    names = " and ".join(str(p) for p in changed)
+    if is_gist(spec):
+        raise ConfigError(f"{names} no longer hold(s) the code run {str(run_dir)!r} was trained with (its sha256 is "
+                          "not the one run.json recorded): the cached gist was altered, and tierlab does not import it.",
+                          f"delete {source.parent} to fetch the revision again.")
+    log.warning("%s differ(s) from the file(s) run %s was trained with: the trained weights must still fit", names,
+                run_dir)

@@ -19,8 +19,9 @@ from __future__ import annotations
 import torch
 
 from ..config import OBJECTIVES
+from ..errors import ModelError
 
-__all__ = ["OBJECTIVES", "MaskedLM", "make_objective", "model_vocab"]
+__all__ = ["OBJECTIVES", "MaskedLM", "make_objective", "missing_mask_row", "model_vocab"]
 MASK_FRACTION = 0.15
 IGNORE = -100  # cross-entropy's ignore_index: a position that is not scored
 _EVAL_STREAM = 1 << 40  # validation's masks come from streams no training micro-batch uses
@@ -55,6 +56,15 @@ class MaskedLM:
 
     def eval_stream(self, batch_index: int, rank: int) -> int:
         return _EVAL_STREAM + batch_index * 4096 + rank
+
+
+def missing_mask_row(mask_id: int, said: str) -> ModelError:
+    """The error for a model whose token embedding has no row for the mask token (train and validate)."""
+    return ModelError(f"The model's forward pass failed on the mask token, id {mask_id} ({said}): --objective mlm "
+                      f"adds it after the tokenizer's {mask_id} tokens, and the model's token embedding has no row for "
+                      f"it.", f"build the model with vocab_size >= {mask_id + 1} (its factory gets that by default when "
+                      f"it takes a vocab_size argument: --model-arg vocab_size={mask_id + 1}; a model with its sizes "
+                      "written in needs one more row in its embedding).")
 
 
 def make_objective(name: str, vocab: int, seed: int) -> MaskedLM | None:

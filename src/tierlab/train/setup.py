@@ -31,7 +31,7 @@ from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
-from .objective import model_vocab
+from .objective import missing_mask_row, model_vocab
 from .precision import PrecisionDecision, decide_precision, low_precision_weights
 from .resume import check_same_data, check_same_model
 from .schedule import default_warmup
@@ -157,11 +157,7 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
         short = (_short_position_tables(model, cfg.seq_len, tokens.tokenizer.vocab_size)
                  if isinstance(exc, IndexError) else [])
         if mask_id is not None and isinstance(exc, IndexError) and not short:
-            raise ModelError(f"The model's forward pass failed on the mask token, id {mask_id} ({said}): --objective "
-                             f"mlm adds it after the tokenizer's {mask_id} tokens, and the model's token embedding "
-                             "has no row for it.", f"build the model with vocab_size >= {mask_id + 1} (its factory "
-                             "gets that by default when it takes a vocab_size argument: "
-                             f"--model-arg vocab_size={mask_id + 1}).") from None
+            raise missing_mask_row(mask_id, said) from None
         if short:  # the probe's ids are 0 and 1, so an index out of range is a position past a table's end
             name, rows = short[0]
             raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}] ({said}): "

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..models import extract_logits, max_positions
 from ..train.device import cpu_native_bf16
+from ..train.objective import missing_mask_row
 from ..train.setup import build_or_adopt
 from . import checks
 from .checks import Probe
@@ -36,6 +37,14 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     model = build_or_adopt(model, name, model_args or {}, vocab_size + (mask_id is not None), causal_mask)
     dev = torch.device(device)
     model.to(dev)
+    if mask_id is not None:  # the mask token needs an embedding row: said as train says it, not as a failed check
+        try:
+            with torch.no_grad():
+                model.eval()(torch.full((1, 2), mask_id, dtype=torch.long, device=dev))
+        except IndexError as exc:
+            raise missing_mask_row(mask_id, f"IndexError: {exc}") from None
+        except Exception:  # noqa: BLE001 - any other failure is the shapes check's to report
+            pass
     max_len = max_len or max_positions(model)
     seq_len = min(seq_len, max_len) if max_len else seq_len
     no_forward = None  # the shapes result when not even a forward on [1, 2] runs
