@@ -49,10 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # so its failure report shows this rank's error, not "To enable traceback see ...".
         from torch.distributed.elastic.multiprocessing.errors import record
 
-        code = record(_main)(argv)
-        if code:
-            _leave_job(code)
-        return code
+        _leave_job(record(_main)(argv))  # success too: see _leave_job
     return _main(argv)
 
 
@@ -79,12 +76,13 @@ def _import_deferring_ctrl_c():
 
 
 def _leave_job(code: int) -> NoReturn:
-    """End a torchrun worker that stops with an error (exit 2, 3 or 130) without the interpreter's teardown.
+    """End a torchrun worker without the interpreter's teardown, whatever its exit code (0, 2, 3 or 130).
 
-    After an error the ranks leave at different moments, and the process group's
-    background threads, torn down by a normal exit, can abort the process ("terminate
-    called without an active exception", SIGABRT): torchrun then reports a crash instead
-    of tierlab's exit code (4 in 36 runs of a two-rank user error on a busy machine).
+    The ranks leave at different moments, and the process group's background threads, torn
+    down by a normal exit, can abort the process ("terminate called without an active
+    exception", SIGABRT): torchrun then reports a crash instead of tierlab's exit code (4 in
+    36 runs of a two-rank user error on a busy machine; after a successful --fsdp run too,
+    seen once in a full suite on 2 busy cores).
     Everything tierlab writes is closed by now (the run's ``finally``); the streams and
     log handlers are flushed here.
     """
