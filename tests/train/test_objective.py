@@ -68,6 +68,8 @@ def test_an_mlm_run_records_its_mask_token_and_learns(tmp_path):
     assert all(0 <= r["val_acc"] <= 1 for r in run.metrics("eval"))
     titles = [ax.get_title() for ax in run.plot().axes]  # the dashboard says what was scored
     assert "validation masked-token accuracy" in titles and "loss (masked-token positions)" in titles
+    analysed = tierlab.analyze(run=run.dir, batches=1)  # no next-token loss for a masked LM
+    assert analysed.robustness and all(p.loss is None for p in analysed.robustness)
 
 
 def test_mlm_resume_from_a_mid_run_checkpoint_is_exact(tmp_path):

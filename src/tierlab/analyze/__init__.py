@@ -123,7 +123,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
         if value < 1:
             raise UserError(f"{name} must be at least 1, got {value}.", f"pass a positive {name}.")
     torch.manual_seed(seed)
-    val_fraction, name = 0.1, None
+    val_fraction, name, objective = 0.1, None, "clm"
     if run is not None:
         from ..run_reader import run_model
 
@@ -131,6 +131,7 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
         data, tokenizer, val_fraction = config["data"], config["tokenizer"], config["val_fraction"]
         text_field = config.get("text_field", "text")
         seq_len = seq_len or int(config["seq_len"])
+        objective = config.get("objective") or "clm"
         name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
     tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None, text_field)
     if run is None:
@@ -150,6 +151,8 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     model = model.to(target)
     pairs = [tuple(t.to(target) for t in blocks_at(tokens.val, starts, seq_len))
              for starts in eval_starts(len(tokens.val), seq_len, batch_size, batches)]
+    if objective == "mlm":  # a masked LM predicts no next token: the curve's loss column would mean nothing
+        pairs = [(inputs, None) for inputs, _ in pairs]
     vocab = _check_vocab(model, pairs[0][0], tokens)
     attention = observe_attention(model, pairs[0][0])
     curve = robustness_curve(model, pairs, vocab, ks if ks is not None else default_ks(seq_len), seed)
