@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
+from .run_files import CKPT_DIR, LATEST
 
 # Errors of the storage itself (not of the path's name or permissions): the fix is free space or another disk.
 STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
@@ -80,8 +81,6 @@ def continue_fix(run_dir: Path) -> str:
     A run without a checkpoint cannot be resumed, and its directory blocks its --name:
     ``--resume auto`` sets such a directory aside (``NAME.incomplete-TIME``) and starts afresh.
     """
-    from .run_files import CKPT_DIR, LATEST
-
     run_dir = Path(run_dir)
     if (run_dir / CKPT_DIR / LATEST).is_file():
         return f"free space and continue the run with `tierlab train --resume {run_dir}`."

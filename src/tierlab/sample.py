@@ -35,15 +35,7 @@ def generate(model: nn.Module, tokenizer: Tokenizer, prompt: str, max_new_tokens
         logits = extract_logits(model(ids[:, -context:], **shortcut))[:, -1, :].float()  # [1, V]
         # A model with more outputs than the tokenizer has tokens (a Builder export sized for GPT-2's
         # vocabulary, trained on bytes): the extra outputs were never a target and have no text.
-        logits = logits[:, :tokenizer.vocab_size]
-        if temperature == 0:
-            next_id = logits.argmax(-1, keepdim=True)
-        else:
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            next_id = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)
+        next_id = _choose(logits[:, :tokenizer.vocab_size], temperature, top_k, generator)
         ids = torch.cat([ids, next_id], dim=1)
     return tokenizer.decode(ids[0].tolist())
 
@@ -80,15 +72,19 @@ def fill_masks(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature:
                         "positions.", f"shorten it to at most {limit} tokens.")
     device = next(model.parameters()).device
     logits = extract_logits(model(torch.tensor([ids], device=device)))[0, where, :tokenizer.vocab_size].float()
-    if temperature == 0:
-        chosen = logits.argmax(-1)
-    else:
-        logits = logits / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
-        chosen = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).view(-1)
+    generator = torch.Generator(device=device).manual_seed(0 if seed is None else seed)
+    chosen = _choose(logits, temperature, top_k, generator).view(-1)
     for position, token in zip(where, chosen.tolist()):
         ids[position] = token
     return tokenizer.decode(ids)
+
+
+def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:
+    """One token id per row of ``logits`` [N, V], as [N, 1]: the likeliest (temperature 0), or drawn from the top k."""
+    if temperature == 0:
+        return logits.argmax(-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)

@@ -96,6 +96,15 @@ def test_a_gist_trains_pinned_to_its_revision_and_is_used_offline_afterwards(api
     altered = run_cli("sample", run_dir, "--prompt", "Hi", "--max-new-tokens", "5", cwd=tmp_path)
     assert_user_error(altered, "the cached gist was altered, and tierlab does not import it")
 
+    # Its config.json alone altered the same way: a resume refuses it too (not a user's edit: a changed copy).
+    model_py.write_text(model_py.read_text().replace("\n# altered\n", ""))
+    config_json = cached / "config.json"
+    config_json.write_text(config_json.read_text() + " ")
+    meta["sha256"] = {name: hashlib.sha256((cached / name).read_bytes()).hexdigest() for name in meta["sha256"]}
+    (cached / "gist.json").write_text(json.dumps(meta))
+    refused = run_cli("train", "--resume", run_dir, "--max-steps", "9", "--allow-config-change", cwd=tmp_path)
+    assert_user_error(refused, "config.json no longer hold(s) the code", "the cached gist was altered")
+
 
 def test_an_older_revision_is_its_own_code(api, tmp_path):
     old = load_model(f"gist:{GIST}@{OLD}", {}, 256)

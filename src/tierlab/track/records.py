@@ -41,11 +41,13 @@ class JsonlWriter:
         # Called with each record after it is safely on disk (the trackers' fan-out).
         self.listener: Callable[[dict[str, Any]], None] | None = None
 
-    def write(self, record: dict[str, Any], forward: bool = True) -> None:
+    def write(self, record: dict[str, Any], forward: bool = True) -> dict[str, Any]:
+        """Append ``record``; returns it as written (non-finite numbers as None)."""
         clean = {k: _clean(v) for k, v in record.items()}
         self._append((json.dumps(clean) + "\n").encode("utf-8"))
         if forward and self.listener is not None:
             self.listener(clean)
+        return clean
 
     def _append(self, data: bytes) -> None:
         view, start = memoryview(data), self._size
@@ -96,15 +98,15 @@ class EventLog(JsonlWriter):
         It is written first, so that what the block records (a checkpoint's record offsets)
         includes it; on any error it is cut off again, and the trackers hear of it only after.
         """
-        start, record = self._size, _event(event, fields)
-        self.write(record, forward=False)
+        start = self._size
+        written = self.write(_event(event, fields), forward=False)
         try:
-            yield record
+            yield written
         except BaseException:
             self.truncate(start)
             raise
         if self.listener is not None:
-            self.listener({k: _clean(v) for k, v in record.items()})
+            self.listener(written)
 
 
 def _event(event: str, fields: dict[str, Any]) -> dict[str, Any]:

@@ -104,18 +104,18 @@ def check_model_source(run_dir: Path, model_spec: str, checkpoint_model: str) ->
     source = model_file(model_spec)
     if not info or not info.get("model_sha256") or source is None:
         return
+    from ..models.gist import is_gist
+    from ..models.loader import split_spec
+
+    if is_gist(model_spec):  # tierlab's own copy of a pinned revision: any change is an alteration, refused
+        check_recorded_source(run_dir, model_spec)
+        return
     config = export_config(model_spec)
     if config is not None and info.get("model_config_sha256") not in (None, file_sha256(config)):
         log.warning("%s differs from the config.json run %s was started with: the checkpoint's weights must still "
                     "fit the model it builds", config, run_dir)
     if file_sha256(source) == info["model_sha256"]:
         return
-    from ..models.gist import is_gist
-    from ..models.loader import split_spec
-
-    if is_gist(model_spec):  # tierlab's own copy of a pinned revision: altered, not edited by its author
-        check_recorded_source(run_dir, model_spec)
-
     recorded, _ = split_spec(str(info.get("model", "")))  # where the run's file was (it may be gone now)
     if source.resolve() == recorded.resolve() or model_spec != checkpoint_model:
         log.warning("the model file %s differs from the one run %s was started with (sha256 %s...): the "
