@@ -33,7 +33,8 @@ NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
 WANDB_MODES = ("online", "offline", "disabled")
-OBJECTIVES = ("clm", "mlm")  # next-token prediction; masked tokens (train/objective.py)
+OBJECTIVES = ("clm", "mlm", "classify")  # next token; masked tokens; a label per row (train/objective.py)
+POOLS = ("mean", "last", "first")  # how --objective classify reduces per-position outputs [B, T, C] to [B, C]
 # Upper bounds: beyond them a value is a typo (or a unit mistake), and some sizes scale with it
 # (the learning-rate table holds one float per step, the log buffer one row per step).
 MAX_STEPS = 10_000_000
@@ -66,9 +67,13 @@ class TrainConfig:
     model: str = _opt("tiny-gpt", "tiny-gpt (built in), PATH.py[:factory], or a Transformer Builder export's folder "
                                   "(model.py + config.json)", role=IDENTITY, path=True)
     model_args: dict = field(default_factory=dict, metadata={"help": "arguments for the model factory", "role": IDENTITY})
-    objective: str = _opt("clm", "what the model learns: clm (the next token, the default) or mlm (masked tokens: a "
+    objective: str = _opt("clm", "what the model learns: clm (the next token, the default), mlm (masked tokens: a "
                                  "mask token is added to the vocabulary and 15 percent of the positions are scored, BERT's "
-                                 "80/10/10 recipe; for bidirectional models)", role=IDENTITY)
+                                 "80/10/10 recipe; for bidirectional models) or classify (a label per row of a "
+                                 "CSV/TSV/JSONL/Parquet file, see --label-field)", role=IDENTITY)
+    pool: str = _opt("mean", "--objective classify with a model that returns [B, T, C]: mean (over the text's "
+                             "positions, padding left out), last (the last text position: for causal models) or first "
+                             "(a [CLS]-style first position)", role=IDENTITY)
     causal_mask: bool = _opt(False, "give every nn.MultiheadAttention, nn.TransformerEncoder(Layer) and "
                                     "nn.TransformerDecoder(Layer) the model calls without a mask a causal one (a "
                                     "bidirectional model, e.g. a Transformer Builder export, trained as a causal LM)",
@@ -77,8 +82,11 @@ class TrainConfig:
                      ".gz/.bz2/.xz (the text in each record's \"text\" field or column, or --text-field's); "
                      "or a directory of such files", role=IDENTITY, path=True)
     text_field: str = _opt("text", f"with {field_suffixes()} data: the field or column that holds the text", role=IDENTITY)
+    label_field: str = _opt("label", "--objective classify: the field or column that holds each row's label (any "
+                                     "values: they are mapped to class ids, recorded in the run)", role=IDENTITY)
     tokenizer: str = _opt("byte", "byte, bpe:VOCAB (trained on the training split) or PATH/tokenizer.json", role=IDENTITY, path=True)
-    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation", role=IDENTITY)
+    val_fraction: float = _opt(0.1, "fraction of the tokens held out (the contiguous tail) for evaluation; with --objective "
+                               "classify, of the rows (drawn with a fixed seed, so the same rows every run)", role=IDENTITY)
     # --- precision and device ---------------------------------------------------------
     precision: str = _opt("auto", _precision_help())
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
@@ -249,6 +257,13 @@ class TrainConfig:
         need(not (self.objective == "mlm" and self.causal_mask),
              "--causal-mask and --objective mlm contradict each other: a masked language model reads both sides.",
              "drop --causal-mask to train it as a masked LM, or drop --objective mlm to train it causally.")
+        need(self.pool in POOLS, f"--pool {self.pool!r} is not a pooling.", f"use one of {', '.join(POOLS)}.")
+        need(self.objective != "classify" or self.data != "demo",
+             "--objective classify needs labelled rows, and the built-in demo text has no labels.",
+             "pass --data FILE.csv (or .tsv, .jsonl, .parquet) with a text and a label column, e.g. text,label / "
+             "good movie,1 (see --text-field and --label-field).")
+        need(isinstance(self.label_field, str) and bool(self.label_field.strip()), "--label-field needs a field name.",
+             "pass the column that holds the labels, e.g. --label-field sentiment.")
         need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
              f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
         need(self.wandb is None or bool(self.wandb.strip()), "--wandb needs a project name.",
@@ -400,8 +415,8 @@ PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metada
 
 # Option groups of `tierlab train --help`, in the README's order; every option is in one.
 OPTION_GROUPS = {
-    "model": ("model", "model_args", "objective", "causal_mask"),
-    "data": ("data", "text_field", "tokenizer", "val_fraction"),
+    "model": ("model", "model_args", "objective", "causal_mask", "pool"),
+    "data": ("data", "text_field", "label_field", "tokenizer", "val_fraction"),
     "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),

@@ -10,14 +10,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {"TokenData": ".cache", "default_cache_dir": ".cache", "prepare_data": ".cache",
-            "DevicePrefetcher": ".prefetch", "BlockSampler": ".sampler", "blocks_at": ".sampler",
+            "DevicePrefetcher": ".prefetch", "BlockSampler": ".sampler", "RowSampler": ".sampler", "blocks_at": ".sampler",
+            "LabelledData": ".rows", "prepare_rows": ".rows",
             "eval_starts": ".sampler"}
-__all__ = ['BlockSampler', 'DevicePrefetcher', 'TokenData', 'blocks_at', 'default_cache_dir', 'eval_starts', 'prepare_data']
+__all__ = ['BlockSampler', 'DevicePrefetcher', 'LabelledData', 'RowSampler', 'TokenData', 'blocks_at', 'default_cache_dir',
+           'eval_starts', 'prepare_data', 'prepare_rows']
 
 if TYPE_CHECKING:
     from .cache import TokenData, default_cache_dir, prepare_data
     from .prefetch import DevicePrefetcher
-    from .sampler import BlockSampler, blocks_at, eval_starts
+    from .rows import LabelledData, prepare_rows
+    from .sampler import BlockSampler, RowSampler, blocks_at, eval_starts
 
 
 def __getattr__(name: str) -> Any:

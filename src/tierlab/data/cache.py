@@ -54,6 +54,10 @@ class TokenData:
     def val(self) -> np.ndarray:
         return self.tokens[self.split_index:]
 
+    def save(self, run_dir: Path) -> None:
+        """What the run directory keeps of the data: the tokenizer."""
+        self.tokenizer.save(run_dir)
+
 
 def prepare_data(data: str, tokenizer_spec: str, val_fraction: float, cache_dir: Path | None = None,
                  text_field: str = "text") -> TokenData:

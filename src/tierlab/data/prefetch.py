@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 
-from .sampler import BlockSampler
+from .sampler import BlockSampler, RowSampler
 
 
 class DevicePrefetcher:
-    """Hands out (inputs [B, T], targets [B, T]) on ``device``, drawing one batch ahead."""
+    """Hands out (inputs [B, T], targets: [B, T], or [B] class ids) on ``device``, drawing one batch ahead."""
 
-    def __init__(self, sampler: BlockSampler, device: torch.device):
+    def __init__(self, sampler: BlockSampler | RowSampler, device: torch.device):
         self.sampler, self.device = sampler, device
         self.cuda = device.type == "cuda"
         self.stream = torch.cuda.Stream(device) if self.cuda else None
@@ -49,7 +49,7 @@ class DevicePrefetcher:
             current.wait_stream(self.stream)
             block.record_stream(current)
         self._draw()
-        return block[:, :-1], block[:, 1:]
+        return self.sampler.split(block)
 
     def state_dict(self) -> dict:
         """Where the stream of batches stands: the next batch handed out is drawn from here."""

@@ -39,7 +39,11 @@ class BlockSampler:
         return block_at(self.tokens, starts, self.seq_len)
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        block = self.next_block()
+        return self.split(self.next_block())
+
+    @staticmethod
+    def split(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, T], targets [B, T]: the next tokens) of a [B, T + 1] block."""
         return block[:, :-1], block[:, 1:]
 
     def state_dict(self) -> dict:
@@ -71,3 +75,50 @@ def eval_starts(n_tokens: int, seq_len: int, batch_size: int, batches: int) -> l
     count = batch_size * batches
     starts = np.linspace(0, max(high, 0), num=count).astype(np.int64)
     return [starts[i * batch_size:(i + 1) * batch_size] for i in range(batches)]
+
+
+class RowSampler:
+    """Batches of labelled rows (``--objective classify``), each row once per epoch, in a seeded order.
+
+    ``rows`` is [N, T + 1]: T token ids, then the class id.  Epoch ``e`` visits the rows in
+    the permutation drawn from ``seed`` and ``e``, so where the stream stands is two numbers
+    (epoch, position) and a resume continues it exactly.  As :class:`BlockSampler`, every
+    rank walks the global batch of ``batch_size * world_size`` rows and keeps its own slice;
+    a batch that runs past the end of an epoch continues with the next epoch's first rows.
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if len(rows) == 0:
+            raise ValueError("no rows to sample")
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch, self.position = 0, 0
+        self._order: np.ndarray | None = None
+
+    def _epoch_order(self) -> np.ndarray:
+        if self._order is None:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            self._order = torch.randperm(len(self.rows), generator=generator).numpy()
+        return self._order
+
+    def next_block(self) -> torch.Tensor:
+        """The next [B, T + 1] int64 block: inputs are ``[:, :-1]``, class ids ``[:, -1]``."""
+        picked = []
+        for _ in range(self.batch_size * self.world_size):
+            picked.append(self._epoch_order()[self.position])
+            self.position += 1
+            if self.position == len(self.rows):
+                self.epoch, self.position, self._order = self.epoch + 1, 0, None
+        mine = np.asarray(picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size])
+        return torch.from_numpy(self.rows[mine].astype(np.int64))
+
+    @staticmethod
+    def split(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, T], class ids [B]) of a [B, T + 1] block."""
+        return block[:, :-1], block[:, -1]
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position, self._order = int(state["epoch"]), int(state["position"]), None

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN = "tiny-gpt"
 # Built-in sizes of the same architecture: name -> TinyGPT arguments (``--model-arg`` still overrides).
+CLASS_ARGUMENTS = ("num_classes", "num_labels", "n_classes")  # a factory's argument for the number of classes
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-gpt": {},
     # GPT-2 small: 12 layers x 12 heads x 768, 1024 positions, GPT-2's 50,257-token vocabulary
@@ -64,13 +65,16 @@ def absolute_spec(spec: str) -> str:
     return spec
 
 
-def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_mask: bool = False) -> nn.Module:
+def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_mask: bool = False,
+               classes: int | None = None) -> nn.Module:
     """Build the model named by ``spec`` with ``model_args``.
 
     ``vocab_size`` (the tokenizer's) is passed to a factory that accepts a ``vocab_size``
     argument the user did not set, so a model sized for the data needs no extra flag.  A
     Transformer Builder export (a folder, or a model.py with its config.json beside it) is
     built from its config's values first.  ``causal_mask``: see :mod:`.causal_mask`.
+    ``classes`` (``--objective classify``) is passed the same way, as the factory's
+    ``num_classes``, ``num_labels`` or ``n_classes``.
     """
     preset: dict[str, Any] = {}
     export = None
@@ -105,6 +109,11 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_ma
     if "vocab_size" not in kwargs and accepted is not None and "vocab_size" in accepted:
         kwargs["vocab_size"] = vocab_size
         log.info("passing vocab_size=%d (the tokenizer's) to %s", vocab_size, where)
+    if classes is not None and accepted is not None:
+        name = next((n for n in CLASS_ARGUMENTS if n in accepted), None)
+        if name is not None and not any(n in kwargs for n in CLASS_ARGUMENTS):
+            kwargs[name] = classes
+            log.info("passing %s=%d (the data's classes) to %s", name, classes, where)
     if accepted is not None:
         unknown = sorted(set(kwargs) - accepted)
         if unknown:

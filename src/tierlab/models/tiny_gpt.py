@@ -47,7 +47,7 @@ class Block(nn.Module):
 
 class TinyGPT(nn.Module):
     def __init__(self, vocab_size: int = 256, n_layer: int = 4, n_head: int = 4, d_model: int = 128,
-                 max_seq_len: int = 256, dropout: float = 0.0):
+                 max_seq_len: int = 256, dropout: float = 0.0, num_classes: int | None = None):
         super().__init__()
         if d_model % n_head:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_head ({n_head})")
@@ -57,8 +57,11 @@ class TinyGPT(nn.Module):
         self.pos_emb = nn.Embedding(max_seq_len, d_model)
         self.blocks = nn.ModuleList(Block(d_model, n_head, dropout) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab_size, bias=False)
-        self.head.weight = self.tok_emb.weight  # weight tying
+        if num_classes is None:
+            self.head = nn.Linear(d_model, vocab_size, bias=False)
+            self.head.weight = self.tok_emb.weight  # weight tying
+        else:  # a classifier (--objective classify): C scores per position, pooled by tierlab
+            self.head = nn.Linear(d_model, num_classes)
         self.apply(self._init)
         # GPT-2: scale residual projections by 1/sqrt(2 * n_layer) so the residual stream
         # does not grow with depth.
@@ -83,7 +86,7 @@ class TinyGPT(nn.Module):
         x = self.tok_emb(input_ids) + self.pos_emb(pos)  # [B, T, C]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # [B, T, V]
+        return self.head(self.ln_f(x))  # [B, T, V] (or [B, T, num_classes])
 
 
 def build_model(**kwargs) -> TinyGPT:

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, normalize_keys
+from ..data import LabelledData
 from ..errors import ConfigError, ModelError, UserError
 from ..track import Discard
 from ..track import sinks as tracker_sinks
@@ -36,6 +37,7 @@ from .distributed import Dist, setup
 from .failures import model_failure
 from .guards import Diverged
 from .loop import Trainer
+from .objective import Classification, classification_for
 from .memory import is_out_of_memory, out_of_memory
 from .precision import PrecisionPolicy
 from .resume import absolute_paths, check_same_run, find_checkpoint, layered, model_fingerprint, set_aside
@@ -100,15 +102,16 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
     prepared = prepare(model_or_path, cfg, device, dist=dist, cache_dir=cache, resume_state=resume_state,
                        ckpt_path=ckpt_path)
     cfg, model = prepared.cfg, prepared.model
+    classify = classification_for(cfg.objective, prepared.tokens, cfg.pool)
     # Every rank trains in rank 0's precision, even where each measured its own.
     decision = dist.broadcast(decide_for_run(cfg, device, model, prepared.block, prepared.max_steps, resume_state,
-                                             cache))
+                                             cache, classify))
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
     net = dist.wrap(model, device, prepared.block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
-    loss_fn, compile_seconds = _compile(net, prepared, policy, device) if cfg.compile else (None, None)
+    loss_fn, compile_seconds = _compile(net, prepared, policy, device, classify) if cfg.compile else (None, None)
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
@@ -222,11 +225,11 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
     return cfg, ckpt_path, resume_state, lock
 
 
-def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy,
-             device: torch.device) -> tuple[Any, float]:
+def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy, device: torch.device,
+             classify: Classification | None) -> tuple[Any, float]:
     """torch.compile now, before the run directory exists: a failure costs nothing."""
     try:
-        return compile_model(net, prepared.block, policy, device, prepared.cfg.compile_mode)
+        return compile_model(net, prepared.block, policy, device, prepared.cfg.compile_mode, classify)
     except Exception as exc:
         if is_out_of_memory(exc):  # the compile pass runs the training shape: too big for the device
             raise out_of_memory(exc, prepared.cfg, device, "while compiling (one training step)") from None
@@ -243,13 +246,18 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
                     world_size=dist.world_size, world_size_before=len(resume_state.get("ranks", [None])))
         log.info("resumed %s at step %d", ckpt_path, trainer.state.step)
     else:
-        events.emit("run_start", device=str(trainer.device), torch=torch.__version__, max_steps=prepared.max_steps,
-                    params=sum(p.numel() for p in trainer.model.parameters()), vocab_size=prepared.vocab,
-                    tokenizer=tokens.tokenizer.identity, corpus_sha256=tokens.corpus_hash,
-                    train_tokens=len(tokens.train), val_tokens=len(tokens.val), world_size=dist.world_size,
-                    global_batch_size=trainer.global_batch, tokens_per_step=trainer.tokens_per_step,
-                    **({"objective": "mlm", "mask_token_id": tokens.tokenizer.vocab_size}
-                       if trainer.cfg.objective == "mlm" else {}))  # (a clm run's records stay as they were)
+        objective: dict[str, Any] = {}  # (a clm run's records stay as they were)
+        if trainer.cfg.objective == "mlm":
+            objective = {"objective": "mlm", "mask_token_id": tokens.tokenizer.vocab_size}
+        elif isinstance(tokens, LabelledData):  # rows, not a token stream: their counts and the classes
+            objective = {**tokens.summary(), "pool": trainer.cfg.pool, "classes": prepared.vocab,
+                         "vocab_size": tokens.pad_id + 1}  # (the embedding's rows: the tokenizer's and padding)
+        events.emit("run_start", **{
+            "device": str(trainer.device), "torch": torch.__version__, "max_steps": prepared.max_steps,
+            "params": sum(p.numel() for p in trainer.model.parameters()), "vocab_size": prepared.vocab,
+            "tokenizer": tokens.tokenizer.identity, "corpus_sha256": tokens.corpus_hash,
+            "train_tokens": len(tokens.train), "val_tokens": len(tokens.val), "world_size": dist.world_size,
+            "global_batch_size": trainer.global_batch, "tokens_per_step": trainer.tokens_per_step, **objective})
     if prepared.init_source is not None:
         events.emit("init_from", weights=str(prepared.init_source.path), tokenizer=prepared.init_source.tokenizer)
     events.emit("precision", **decision.as_event(), weights_warning=prepared.weights_warning)

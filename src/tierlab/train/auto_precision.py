@@ -37,6 +37,7 @@ from ..atomic import write_json_atomic
 from ..data.cache import default_cache_dir
 from .device import cpu_name
 from .loss import make_loss_fn
+from .objective import Classification, split_block
 from .precision import PrecisionDecision, PrecisionPolicy, decide_precision
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class AutoProbe:
     cache_dir: Path | None
     lr: float = 1e-4
     clip_grad: float = 1.0
+    classify: Classification | None = None  # --objective classify: the block's last column is the class id
 
     def __call__(self, flag: str) -> PrecisionDecision:
         batch, length = self.block.shape[0], self.block.shape[1] - 1
@@ -137,9 +139,9 @@ class AutoProbe:
         params = [p for p in replica.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=torch.tensor(self.lr), fused=True)
         steps = {p: _step_fn(replica, params, optimizer, PrecisionPolicy(decide_precision(p, self.device),
-                                                                         self.device), self.clip_grad)
+                                                                         self.device), self.clip_grad, self.classify)
                  for p in CANDIDATES}
-        inputs, targets = self.block[:, :-1].to(self.device), self.block[:, 1:].to(self.device)
+        inputs, targets = (t.to(self.device) for t in split_block(self.block, self.classify))
         times: dict[str, list[float]] = {p: [] for p in CANDIDATES}
         # The clock starts here: building the first fused AdamW of a process costs ~1.5 s of
         # one-off set-up that the run pays anyway; the probe's own cost is its steps.
@@ -163,9 +165,9 @@ class AutoProbe:
 
 
 def _step_fn(model: nn.Module, params: list[nn.Parameter], optimizer: torch.optim.Optimizer,
-             policy: PrecisionPolicy, clip_grad: float):
+             policy: PrecisionPolicy, clip_grad: float, classify: Classification | None = None):
     """One training step as the loop takes it: autocast forward, fp32 loss, backward, clip, fused step."""
-    loss_fn = make_loss_fn(model, policy)
+    loss_fn = make_loss_fn(model, policy, classify)
 
     def step(inputs: torch.Tensor, targets: torch.Tensor) -> None:
         with policy.activate():

@@ -24,6 +24,7 @@ from ..errors import ModelError
 from .device import synchronize
 from .loss import LossFn, make_loss_fn
 from .memory import is_out_of_memory
+from .objective import Classification, split_block
 from .precision import PrecisionPolicy
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
 
 
 def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
-                  device: torch.device, mode: str = "default") -> tuple[LossFn, float]:
+                  device: torch.device, mode: str = "default",
+                  classify: Classification | None = None) -> tuple[LossFn, float]:
     """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1].
 
     ``mode``: torch.compile's mode ("default" passes none); "max-autotune-no-cudagraphs"
@@ -44,12 +46,12 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     """
     backend = os.environ.get(BACKEND_ENV, "inductor")
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
-    x, y = block[:, :-1], block[:, 1:]
+    x, y = split_block(block, classify)
     devices = [device] if device.type == "cuda" else []
     synchronize(device)
     started = time.perf_counter()
     try:
-        compiled = torch.compile(make_loss_fn(model, policy), backend=backend,
+        compiled = torch.compile(make_loss_fn(model, policy, classify), backend=backend,
                                  mode=None if mode == "default" else mode)
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
             compiled(x, y).backward()

@@ -1,4 +1,4 @@
-"""Validation: loss and next-token accuracy over fixed blocks of the held-out split."""
+"""Validation: loss and accuracy over fixed blocks of the held-out split (or, for classify, its rows: also macro-F1)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import nn
 from ..data import blocks_at
 from ..models import extract_logits
 from .distributed import Dist
-from .objective import MaskedLM
+from .objective import Classification, MaskedLM, macro_f1
 from .precision import PrecisionPolicy
 
 
@@ -48,3 +48,39 @@ def validation_figures(model: nn.Module, val: np.ndarray, starts_per_batch: list
                           torch.tensor(float(count), dtype=torch.float64, device=device)])
     loss_total, correct_total, count_total = dist.sum_(totals).tolist()  # host sync: evaluations only
     return loss_total / count_total, correct_total / count_total
+
+
+def eval_rows(n_rows: int, batch_size: int, batches: int, rank: int, world_size: int) -> list[np.ndarray]:
+    """This rank's row indices of each global batch of held-out rows (``--objective classify``).
+
+    The first ``batches`` global batches of the held-out rows (all of them when fewer):
+    the same rows at every evaluation, already in a random order (see :mod:`tierlab.data.rows`).
+    """
+    width = batch_size * world_size
+    count = min(n_rows, width * batches)
+    return [np.arange(start, min(start + width, count))[rank * batch_size:(rank + 1) * batch_size]
+            for start in range(0, count, width)]
+
+
+@torch.no_grad()
+def classification_figures(model: nn.Module, val: np.ndarray, rows_per_batch: list[np.ndarray],
+                           policy: PrecisionPolicy, dist: Dist, classify: Classification) -> dict:
+    """val_loss, val_acc, val_f1 (macro) and the confusion matrix over the rows at ``rows_per_batch``, all ranks'."""
+    device, classes = policy.device, classify.classes
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(classes * classes, dtype=torch.float64, device=device)  # true * C + predicted
+    for rows in rows_per_batch:
+        if not len(rows):
+            continue  # (the last global batch may not reach this rank)
+        x, y = classify.split(torch.from_numpy(val[rows].astype(np.int64)).to(device))
+        with policy.autocast():
+            scores = classify.pooled(extract_logits(model(x)).float(), x)
+        loss_sum += F.cross_entropy(scores, y, reduction="sum")
+        confusion.index_add_(0, y * classes + scores.argmax(-1), torch.ones_like(y, dtype=torch.float64))
+    model.train()
+    totals = dist.sum_(torch.cat([loss_sum.view(1), confusion])).tolist()  # host sync: evaluations only
+    matrix = torch.tensor(totals[1:], dtype=torch.float64).view(classes, classes)
+    count = float(matrix.sum())
+    return {"val_loss": totals[0] / count, "val_acc": float(matrix.diag().sum()) / count,
+            "val_f1": macro_f1(matrix), "confusion": matrix.to(torch.int64).tolist()}

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
-from ..data import BlockSampler, DevicePrefetcher, TokenData, eval_starts
+from ..data import BlockSampler, DevicePrefetcher, LabelledData, RowSampler, TokenData, eval_starts
 from ..track import EventLog, JsonlWriter
 from .checkpoint import (
     CKPT_DIR,
@@ -51,8 +51,8 @@ from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
 from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
-from .evaluate import validation_figures
-from .objective import make_objective
+from .evaluate import classification_figures, eval_rows, validation_figures
+from .objective import classification_for, make_objective
 from .gradients import clip_gradients, sync_gradients_if
 from .optim import build_optimizer
 from .precision import PrecisionPolicy
@@ -80,7 +80,7 @@ class LoopState:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, data: TokenData, cfg: TrainConfig, policy: PrecisionPolicy,
+    def __init__(self, model: nn.Module, data: TokenData | LabelledData, cfg: TrainConfig, policy: PrecisionPolicy,
                  device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
                  identity: dict[str, Any], progress: Progress | None = None, loss_fn: LossFn | None = None,
                  dist: Dist = SINGLE):
@@ -89,14 +89,17 @@ class Trainer:
         self.net = model
         model = model.module if isinstance(model, DistributedDataParallel) else model
         self.model, self.data, self.cfg, self.policy, self.device, self.dist = model, data, cfg, policy, device, dist
+        # --objective classify: rows of text and a class id, the output pooled to [B, C]; None otherwise.
+        self.classify = classification_for(cfg.objective, data, cfg.pool)
         # Forward + loss of a micro-batch; compiled under --compile (the weights are ``model``'s either way).
-        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(self.net, policy)
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(self.net, policy, self.classify)
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
         self._lr_out = self.lr.view(1)  # where the step's lookup writes the learning rate
-        self.batches = DevicePrefetcher(BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed,
-                                                     dist.rank, dist.world_size), device)
+        sampler = (RowSampler(data.train, cfg.batch_size, cfg.seed, dist.rank, dist.world_size) if self.classify else
+                   BlockSampler(data.train, cfg.batch_size, cfg.seq_len, cfg.seed, dist.rank, dist.world_size))
+        self.batches = DevicePrefetcher(sampler, device)
         # --objective mlm: each micro-batch's tokens masked (on the device, from the run's seed); None for clm.
         self.objective = make_objective(cfg.objective, data.tokenizer.vocab_size, cfg.seed)
         self.guard = Guard(cfg.on_nonfinite, cfg.max_consecutive_skips, cfg.min_loss_scale,
@@ -119,9 +122,12 @@ class Trainer:
         # The fixed validation blocks are laid out in global batches, like the training ones:
         # each rank scores its slice of each and the sums are added up, so the val loss is
         # the one a single process with the global batch size computes.
+        # (classify: the first eval_batches global batches of held-out rows.)
         width = cfg.batch_size
-        self._eval_starts = [starts[dist.rank * width:(dist.rank + 1) * width] for starts in
-                             eval_starts(len(data.val), cfg.seq_len, width * dist.world_size, cfg.eval_batches)]
+        self._eval_starts = (eval_rows(len(data.val), width, cfg.eval_batches, dist.rank, dist.world_size)
+                             if self.classify else
+                             [starts[dist.rank * width:(dist.rank + 1) * width] for starts in
+                              eval_starts(len(data.val), cfg.seq_len, width * dist.world_size, cfg.eval_batches)])
         self.stop_requested = False  # set by the SIGINT/SIGTERM handler; checked between steps
         self._stop_agreed = False  # several processes: whether any rank was asked to stop (log steps)
         self.last_checkpoint_step: int | None = None
@@ -323,16 +329,28 @@ class Trainer:
         return newest_checkpoint_before(self.run_dir, streak)
 
     def evaluate(self) -> dict[str, Any]:
-        """Loss, perplexity and next-token accuracy on fixed blocks of the validation split."""
+        """Loss, perplexity and next-token accuracy on fixed blocks of the validation split.
+
+        For ``--objective classify``: loss, accuracy, macro-F1 and the confusion matrix
+        (rows: true class, columns: predicted) over fixed held-out rows.
+        """
         started = time.perf_counter()
-        val_loss, val_acc = validation_figures(self.model, self.data.val, self._eval_starts, self.cfg.seq_len,
-                                               self.policy, self.dist, self.objective)
-        record = {"kind": "eval", "step": self.state.step, "tokens": self.state.tokens,
-                  "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)),
-                  "val_acc": val_acc}
+        record: dict[str, Any] = {"kind": "eval", "step": self.state.step, "tokens": self.state.tokens}
+        if self.classify is not None:
+            record.update(classification_figures(self.model, self.data.val, self._eval_starts, self.policy, self.dist,
+                                                 self.classify))
+        else:
+            val_loss, val_acc = validation_figures(self.model, self.data.val, self._eval_starts, self.cfg.seq_len,
+                                                   self.policy, self.dist, self.objective)
+            record.update({"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 700.0)), "val_acc": val_acc})
         self.metrics.write(record)
-        metrics_log.info("step %d/%d | val_loss %.4f | val_ppl %.2f | val_acc %.3f", record["step"], self.max_steps,
-                         val_loss, record["val_ppl"], record["val_acc"])
+        val_loss = record["val_loss"]
+        if self.classify is not None:
+            metrics_log.info("step %d/%d | val_loss %.4f | val_acc %.3f | val_f1 %.3f", record["step"],
+                             self.max_steps, val_loss, record["val_acc"], record["val_f1"])
+        else:
+            metrics_log.info("step %d/%d | val_loss %.4f | val_ppl %.2f | val_acc %.3f", record["step"],
+                             self.max_steps, val_loss, record["val_ppl"], record["val_acc"])
         self.state.last_val_loss = val_loss
         if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
             self.state.best_val_loss = val_loss

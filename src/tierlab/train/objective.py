@@ -1,4 +1,4 @@
-"""What a model learns to predict: the next token (``clm``, the default) or masked tokens (``mlm``).
+"""What a model learns to predict: the next token (``clm``, the default), masked tokens (``mlm``) or a label (``classify``).
 
 ``--objective mlm`` trains a bidirectional model (an encoder, a Transformer Builder export
 called without a mask) as a masked language model, as BERT was: a mask token is added after
@@ -20,8 +20,10 @@ import torch
 
 from ..config import OBJECTIVES
 from ..errors import ModelError
+from ..models.loader import CLASS_ARGUMENTS  # a factory's argument for the number of classes
 
-__all__ = ["OBJECTIVES", "MaskedLM", "make_objective", "missing_mask_row", "model_vocab"]
+__all__ = ["OBJECTIVES", "Classification", "MaskedLM", "macro_f1", "make_objective", "missing_mask_row", "model_vocab",
+           "split_block"]
 MASK_FRACTION = 0.15
 IGNORE = -100  # cross-entropy's ignore_index: a position that is not scored
 _EVAL_STREAM = 1 << 40  # validation's masks come from streams no training micro-batch uses
@@ -73,5 +75,105 @@ def make_objective(name: str, vocab: int, seed: int) -> MaskedLM | None:
 
 
 def model_vocab(name: str, tokenizer_vocab: int) -> int:
-    """The vocabulary the model must embed: the tokenizer's, plus the mask token for ``mlm``."""
-    return tokenizer_vocab + (1 if name == "mlm" else 0)
+    """The vocabulary the model must embed: the tokenizer's, plus the mask token (``mlm``) or padding (``classify``)."""
+    return tokenizer_vocab + (1 if name in ("mlm", "classify") else 0)
+
+
+class Classification:
+    """``--objective classify``: one label per row, from the model's [B, C] output or its [B, T, C] pooled.
+
+    Rows are padded on the right with a padding token added after the tokenizer's
+    vocabulary (id = its size, as the mask token of ``mlm``); a training block is
+    [B, T + 1]: the T token ids of each row, then its class id.  A model that returns one
+    output per position ([B, T, C]) is pooled over the row's own positions (``pool``):
+    ``mean`` (padding left out), ``last`` (the last text position, what a causal model has
+    read the whole row at) or ``first``.
+    """
+
+    def __init__(self, pad_id: int, pool: str, labels: list[str]):
+        self.pad_id, self.pool, self.labels = pad_id, pool, list(labels)
+
+    @property
+    def classes(self) -> int:
+        return len(self.labels)
+
+    @staticmethod
+    def split(block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs [B, T], class ids [B]) of a [B, T + 1] block."""
+        return block[:, :-1], block[:, -1]
+
+    def pooled(self, logits: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """[B, C] scores: the model's own when it returns [B, C], else its [B, T, C] pooled over the text."""
+        if logits.dim() == 2:
+            return logits
+        text = inputs != self.pad_id  # [B, T]
+        if self.pool == "first":
+            return logits[:, 0]
+        if self.pool == "last":  # (a row with no text at all: its first position)
+            last = (text.sum(1) - 1).clamp_min(0)
+            return logits[torch.arange(logits.size(0), device=logits.device), last]
+        weights = text.unsqueeze(-1).to(logits.dtype)
+        return (logits * weights).sum(1) / weights.sum(1).clamp_min(1)
+
+
+def split_block(block: torch.Tensor, classify: Classification | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of a training block: the next tokens [B, T], or a classification's class ids [B]."""
+    return classify.split(block) if classify is not None else (block[:, :-1], block[:, 1:])
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """The mean over classes of F1 from a [C, C] confusion matrix (rows: true class, columns: predicted).
+
+    A class that is neither in the labels nor predicted is left out of the mean (its F1 is
+    undefined), as scikit-learn's ``f1_score(average="macro")`` with its labels observed.
+    """
+    c = confusion.to(torch.float64)
+    true_positive = c.diag()
+    support, predicted = c.sum(1), c.sum(0)
+    present = (support + predicted) > 0
+    if not bool(present.any()):
+        return float("nan")
+    f1 = 2 * true_positive / (support + predicted).clamp_min(1)
+    return float(f1[present].mean())
+
+
+def classification_for(objective: str, data: object, pool: str) -> Classification | None:
+    """The run's :class:`Classification` (``--objective classify``: its data are labelled rows), else None."""
+    if objective != "classify":
+        return None
+    return Classification(data.pad_id, pool, data.labels)  # type: ignore[attr-defined]
+
+
+
+
+def missing_pad_row(pad_id: int, said: str) -> ModelError:
+    """The error for a classifier whose token embedding has no row for the padding token (train and validate)."""
+    return ModelError(f"The model's forward pass failed on the padding token, id {pad_id} ({said}): --objective "
+                      f"classify pads rows with it, after the tokenizer's {pad_id} tokens, and the model's token "
+                      "embedding has no row for it.", f"build the model with vocab_size >= {pad_id + 1} (its factory "
+                      "gets that by default when it takes a vocab_size argument; a model with its sizes written in "
+                      "needs one more row in its embedding).")
+
+
+def check_class_scores(logits: torch.Tensor, shape: tuple[int, int], classes: int | None,
+                       labels: list[str] | None = None) -> int:
+    """Refuse a classifier output that is not [B, C] or [B, T, C] floats (C = ``classes`` when known); return C."""
+    batch, length = shape
+    per_row = logits.dim() == 2 and logits.size(0) == batch
+    per_position = logits.dim() == 3 and tuple(logits.shape[:2]) == (batch, length)
+    if not (per_row or per_position):
+        raise ModelError(f"The model returned {list(logits.shape)} for input_ids [{batch}, {length}]; --objective "
+                         "classify needs class scores.", f"return [B, C] = [{batch}, classes] (one row of scores per "
+                         f"input row), or [B, T, C] per position, which is pooled (--pool).")
+    if not logits.is_floating_point():
+        raise ModelError(f"The model returned {logits.dtype} scores.", "return floating-point logits.")
+    found = logits.size(-1)
+    if classes is not None and found != classes:
+        named = f" ({', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})" if labels else ""
+        what = "outputs per row" if per_row else "outputs per position"
+        arg = "num_classes"
+        raise ModelError(f"The model returns {found} {what}, and the data has {classes} classes{named}.",
+                         f"give its output layer {classes} outputs: a factory taking {' or '.join(CLASS_ARGUMENTS)} "
+                         f"gets it by default (or --model-arg {arg}={classes}); a language model's head "
+                         "(vocabulary-wide) is not a classifier.")
+    return found

@@ -128,7 +128,7 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, tokens: TokenData, resume_stat
         if identity.read(run_dir) is None:  # a new run (or one from before run ids): its id from now on
             identity.create(run_dir, cfg.model)
         write_json_atomic(run_dir / CONFIG, cfg.replace(resume=None, allow_config_change=False).to_dict())
-        tokens.tokenizer.save(run_dir)
+        tokens.save(run_dir)  # the tokenizer (and a classification's labels)
         metrics, events = JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS)
     except OSError as exc:
         if claimed:  # a new run's half-made directory would block its --name: everything in it is this run's

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..config import MAX_STEPS, TrainConfig
-from ..data import TokenData, prepare_data
+from ..data import LabelledData, TokenData, prepare_data, prepare_rows
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
@@ -31,7 +31,7 @@ from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
-from .objective import missing_mask_row, model_vocab
+from .objective import Classification, check_class_scores, missing_mask_row, missing_pad_row, model_vocab
 from .precision import PrecisionDecision, decide_precision, low_precision_weights
 from .resume import check_same_data, check_same_model
 from .schedule import default_warmup
@@ -47,9 +47,9 @@ class Prepared:
     """What :func:`prepare` hands on: everything checked, nothing written."""
 
     cfg: TrainConfig  # with the warm-up resolved and, for an in-memory module, its name recorded
-    tokens: TokenData
+    tokens: TokenData | LabelledData  # labelled rows for --objective classify
     model: nn.Module  # on the device, returning every position's logits
-    vocab: int  # the model's output size
+    vocab: int  # the model's output size (classify: the number of classes)
     block: torch.Tensor  # a real [B, T + 1] training block for the set-up passes (probe, compile)
     max_steps: int
     weights_warning: str | None  # trainable weights stored in bf16/fp16, in words
@@ -66,8 +66,7 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
     """
     seed_everything(cfg.seed)  # the same on every rank: DDP starts from rank 0's weights anyway
     # Rank 0 fills the token cache, the others then read it.
-    tokens = dist.main_first(lambda: prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, cache_dir,
-                                                  cfg.text_field))
+    tokens = dist.main_first(lambda: read_data(cfg, cache_dir))
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
     max_steps = cfg.max_steps or steps_for_epochs(cfg, tokens)
@@ -80,8 +79,9 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
         raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
                           "shorten the warm-up or train longer.")
     check_sizes(cfg, tokens)
+    classes = len(tokens.labels) if isinstance(tokens, LabelledData) else None
     model = build_or_adopt(model_or_path, cfg.model, cfg.model_args,
-                           model_vocab(cfg.objective, tokens.tokenizer.vocab_size), cfg.causal_mask)
+                           model_vocab(cfg.objective, tokens.tokenizer.vocab_size), cfg.causal_mask, classes)
     if isinstance(model_or_path, nn.Module) and resume_state is None:
         cfg = cfg.replace(model=f"<in-memory {type(model).__name__}>")
     init_source = None
@@ -95,6 +95,16 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
                     low_precision_warning(model, say=dist.is_main), init_source)
 
 
+def read_data(cfg: TrainConfig, cache_dir: Path | None) -> TokenData | LabelledData:
+    """The tokenized corpus, or for ``--objective classify`` its tokenized, labelled rows."""
+    if cfg.objective == "classify":
+        from ..data import default_cache_dir
+
+        return prepare_rows(cfg.data, cfg.tokenizer, cfg.val_fraction, cfg.seq_len, cache_dir or default_cache_dir(),
+                            cfg.text_field, cfg.label_field)
+    return prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, cache_dir, cfg.text_field)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -104,11 +114,16 @@ def seed_everything(seed: int) -> None:
 def steps_for_epochs(cfg: TrainConfig, tokens: TokenData) -> int:
     if cfg.epochs is None:
         return DEFAULT_MAX_STEPS
-    per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum
-    return max(1, math.ceil(cfg.epochs * len(tokens.train) / per_step))
+    per_step = cfg.batch_size * cfg.grad_accum * (1 if isinstance(tokens, LabelledData) else cfg.seq_len)
+    return max(1, math.ceil(cfg.epochs * len(tokens.train) / per_step))  # (classify: rows, not tokens)
 
 
-def check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
+def check_sizes(cfg: TrainConfig, tokens: TokenData | LabelledData) -> None:
+    if isinstance(tokens, LabelledData):  # rows: the training split is never empty (prepare_rows says so)
+        if cfg.eval_every and not len(tokens.val):
+            raise DataError(f"--val-fraction {cfg.val_fraction:g} holds out none of the {len(tokens.train)} rows.",
+                            "use a larger --val-fraction, more rows, or --eval-every 0.")
+        return
     need = cfg.seq_len + 1
     if len(tokens.train) < need:
         raise DataError(f"The training split has {len(tokens.train)} tokens, fewer than one block of "
@@ -120,7 +135,7 @@ def check_sizes(cfg: TrainConfig, tokens: TokenData) -> None:
 
 
 def build_or_adopt(model_or_path: nn.Module | str | None, spec: str, model_args: dict[str, Any],
-                   vocab_size: int, causal_mask: bool = False) -> nn.Module:
+                   vocab_size: int, causal_mask: bool = False, classes: int | None = None) -> nn.Module:
     """The model: the caller's module, or one built from ``spec`` -- either way returning every position's logits.
 
     Shared by train, bench, validate and analyze, so that a module that works in one works
@@ -129,7 +144,7 @@ def build_or_adopt(model_or_path: nn.Module | str | None, spec: str, model_args:
     """
     if isinstance(model_or_path, nn.Module):
         return adapt(model_or_path, causal_mask)
-    return load_model(model_or_path or spec, model_args, vocab_size, causal_mask)
+    return load_model(model_or_path or spec, model_args, vocab_size, causal_mask, classes)
 
 
 def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: torch.device) -> int:
@@ -147,6 +162,9 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
     mask_id = tokens.tokenizer.vocab_size if cfg.objective == "mlm" else None
     if mask_id is not None:
         probe[:, 0] = mask_id  # the mask token must have an embedding row
+    pad_id = tokens.pad_id if isinstance(tokens, LabelledData) else None
+    if pad_id is not None and cfg.seq_len > 1:
+        probe[1, -1] = pad_id  # so must the padding (one row padded: pooling sees both kinds)
     try:
         with eval_mode(model), torch.no_grad():
             output = model(probe)
@@ -158,6 +176,8 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                  if isinstance(exc, IndexError) else [])
         if mask_id is not None and isinstance(exc, IndexError) and not short:
             raise missing_mask_row(mask_id, said) from None
+        if pad_id is not None and isinstance(exc, IndexError) and not short:
+            raise missing_pad_row(pad_id, said) from None
         if short:  # the probe's ids are 0 and 1, so an index out of range is a position past a table's end
             name, rows = short[0]
             raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}] ({said}): "
@@ -167,6 +187,8 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
         raise ModelError(f"The model's forward pass failed on input_ids of shape [2, {cfg.seq_len}]: {said}.",
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
+    if isinstance(tokens, LabelledData):  # class scores: no vocabulary to check, no future to leak
+        return check_class_scores(extract_logits(output), probe.shape, len(tokens.labels), tokens.labels)
     vocab = check_logits(extract_logits(output), probe.shape, tokens, model)
     if vocab > model_vocab(cfg.objective, tokens.tokenizer.vocab_size):
         log.info("the model has %d outputs, more than the %d tokens of tokenizer %s: the extra outputs are never a "
@@ -229,8 +251,11 @@ def _short_position_tables(model: nn.Module, seq_len: int, vocab: int) -> list[t
             if isinstance(m, nn.Embedding) and m.num_embeddings < seq_len and m.num_embeddings != vocab]
 
 
-def first_block(tokens: TokenData, cfg: TrainConfig) -> torch.Tensor:
+def first_block(tokens: TokenData | LabelledData, cfg: TrainConfig) -> torch.Tensor:
     """A real [B, T + 1] block of training tokens (evenly spaced offsets; draws nothing from the sampler)."""
+    if isinstance(tokens, LabelledData):  # the first rows (already in a random order), cycled for a tiny set
+        rows = np.arange(cfg.batch_size) % len(tokens.train)
+        return torch.from_numpy(tokens.train[rows].astype(np.int64))
     (starts,) = eval_starts(len(tokens.train), cfg.seq_len, cfg.batch_size, batches=1)
     return block_at(tokens.train, starts, cfg.seq_len)
 
@@ -245,7 +270,8 @@ def low_precision_warning(model: nn.Module, say: bool = True) -> str | None:
 
 
 def decide_for_run(cfg: TrainConfig, device: torch.device, model: nn.Module, block: torch.Tensor, max_steps: int,
-                   resume_state: dict[str, Any] | None, cache_dir: Path | None) -> PrecisionDecision:
+                   resume_state: dict[str, Any] | None, cache_dir: Path | None,
+                   classify: Classification | None = None) -> PrecisionDecision:
     """``--precision`` for this run: ``auto`` on a CPU with native bf16 measures the model at its batch shape.
 
     A resume with ``auto`` keeps the decision recorded when the run started (on the same
@@ -257,5 +283,5 @@ def decide_for_run(cfg: TrainConfig, device: torch.device, model: nn.Module, blo
         if not reason.endswith(KEPT_ON_RESUME):
             reason += KEPT_ON_RESUME
         return PrecisionDecision("auto", recorded["used"], reason, measured=recorded.get("measured"))
-    probe = AutoProbe(model, block, device, max_steps * cfg.grad_accum, cache_dir, cfg.lr, cfg.clip_grad)
+    probe = AutoProbe(model, block, device, max_steps * cfg.grad_accum, cache_dir, cfg.lr, cfg.clip_grad, classify)
     return decide_precision(cfg.precision, device, cfg.strict_precision, measure=probe)
