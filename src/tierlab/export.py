@@ -39,7 +39,8 @@ from .disk import is_storage_error, write_failed
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
 from .models.loader import absolute_spec
-from .run_files import WEIGHTS
+from .data.rows import read_labels
+from .run_files import LABELS, WEIGHTS
 from .train.run import follow_umask
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,6 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     ``model``: a module, or a model file ``path.py[:factory]`` (e.g. the run's, moved since),
     to load the run's weights into instead of the model the run recorded.
     """
-    from .data import eval_starts, prepare_data
-    from .data.sampler import blocks_at
     from .run_reader import built_vocab, run_model
 
     if fmt not in FORMATS:
@@ -113,16 +112,10 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     if spec is not None:  # a model file given: the safetensors check rebuilds from it, and the README names it
         config = {**config, "model": absolute_spec(spec)}
     model = model.cpu().float().eval()
+    config = {**config, "_run_dir": str(run_dir)}  # (where a classification run's labels.json is read from)
 
     # Real validation batches of the run's own data, as training evaluated them.
-    tokens = prepare_data(config["data"], config["tokenizer"], config["val_fraction"],
-                          Path(cache_dir) if cache_dir else None, config.get("text_field", "text"))
-    seq_len, batch = int(config["seq_len"]), min(int(config["batch_size"]), 8)
-    if len(tokens.val) < seq_len + 1:
-        raise UserError(f"The run's validation split has {len(tokens.val)} tokens, fewer than one block of "
-                        f"{seq_len + 1}.", "export a run trained with a validation split.")
-    inputs = [blocks_at(tokens.val, starts, seq_len)[0] for starts in eval_starts(len(tokens.val), seq_len, batch,
-                                                                                    batches)]
+    inputs = _validation_inputs(config, Path(cache_dir) if cache_dir else None, batches)
     wrapped = _LogitsOnly(model).eval()
     with torch.no_grad():
         expected = [wrapped(x) for x in inputs]
@@ -148,6 +141,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
                                  "keep forward() free of data-dependent Python branches, or export as "
                                  "safetensors (the weights) and run the model from its source.")
         tokenizer.save(staging)
+        if (run_dir / LABELS).is_file():  # a classifier's class names travel with it
+            shutil.copyfile(run_dir / LABELS, staging / LABELS)
         result = ExportResult(fmt, target, [], diff, tolerance, len(inputs), list(inputs[0].shape), notes)
         (staging / "README.md").write_text(_readme(result, config, tokenizer.identity, tokenizer.vocab_size), encoding="utf-8")
         result.files = sorted(p.name for p in staging.iterdir())
@@ -168,6 +163,30 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     return result
 
 
+def _validation_inputs(config: dict[str, Any], cache_dir: Path | None, batches: int) -> list[torch.Tensor]:
+    """Input batches [B, T] of the run's held-out data: token blocks, or a classification's padded rows."""
+    from .data import default_cache_dir, eval_starts, prepare_data, prepare_rows
+    from .data.sampler import blocks_at
+
+    seq_len, batch = int(config["seq_len"]), min(int(config["batch_size"]), 8)
+    if (config.get("objective") or "clm") == "classify":
+        rows = prepare_rows(config["data"], config["tokenizer"], config["val_fraction"], seq_len,
+                            cache_dir or default_cache_dir(), config.get("text_field", "text"),
+                            config.get("label_field", "label")).val
+        if not len(rows):
+            raise UserError("The run holds out no rows to compare the export on.",
+                            "export a run trained with a validation split (--val-fraction).")
+        return [torch.from_numpy(rows[start:start + batch, :-1].astype("int64"))
+                for start in range(0, min(len(rows), batch * batches), batch)]
+    tokens = prepare_data(config["data"], config["tokenizer"], config["val_fraction"], cache_dir,
+                          config.get("text_field", "text"))
+    if len(tokens.val) < seq_len + 1:
+        raise UserError(f"The run's validation split has {len(tokens.val)} tokens, fewer than one block of "
+                        f"{seq_len + 1}.", "export a run trained with a validation split.")
+    return [blocks_at(tokens.val, starts, seq_len)[0] for starts in eval_starts(len(tokens.val), seq_len, batch,
+                                                                              batches)]
+
+
 def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     from safetensors.torch import load_model as load_safetensors
     from safetensors.torch import save_model
@@ -179,11 +198,13 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
          "causal_mask": bool(config.get("causal_mask")), "objective": config.get("objective") or "clm",
-         "vocab_size": vocab}, indent=2) + "\n")
+         "vocab_size": vocab, **_class_spec(staging, config)}, indent=2) + "\n")
     if str(config["model"]).startswith("<in-memory"):
         notes.append("the model was an in-memory module: rebuild it yourself, then load model.safetensors")
         return None
-    rebuilt = load_model(config["model"], config.get("model_args", {}), vocab, bool(config.get("causal_mask")))
+    classes = _class_spec(staging, config).get("num_classes")
+    rebuilt = load_model(config["model"], config.get("model_args", {}), vocab, bool(config.get("causal_mask")),
+                         classes)
     load_safetensors(rebuilt, str(staging / WEIGHTS))
     return _LogitsOnly(rebuilt.eval()).eval()
 
@@ -274,8 +295,29 @@ def _cannot(tool: str, exc: Exception) -> ModelError:
                       "numpy), or export as safetensors (the weights) and run the model from its source.")
 
 
+def _class_spec(staging: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A classification run's labels, padding id and pooling, for model_config.json (empty for a language model)."""
+    labels = _run_labels(config)
+    if labels is None:
+        return {}
+    return {"num_classes": len(labels["labels"]), "labels": labels["labels"], "pad_token_id": labels["pad_token_id"],
+            "pool": config.get("pool") or "mean"}
+
+
+def _run_labels(config: dict[str, Any]) -> dict[str, Any] | None:
+    run_dir = config.get("_run_dir")
+    return read_labels(Path(run_dir)) if run_dir else None
+
+
 def _scores(config: dict[str, Any], tokenizer_size: int) -> str:
     """What the exported logits are, in words, by the run's objective."""
+    labels = _run_labels(config)
+    if labels is not None:
+        names = ", ".join(f"{i} = {name}" for i, name in enumerate(labels["labels"][:20]))
+        return (f"a classifier's scores for {len(labels['labels'])} classes ({names}{', ...' if len(labels['labels']) > 20 else ''}): "
+                f"`[batch, classes]`, or `[batch, tokens, classes]` to pool over the text's positions as training did "
+                f"(--pool {config.get('pool') or 'mean'}); pad each row on the right to {config['seq_len']} tokens "
+                f"with id {labels['pad_token_id']}, as training did. The classes are in `labels.json`")
     if (config.get("objective") or "clm") == "mlm":
         return (f"a masked language model: put the mask token, id {tokenizer_size}, where a token is to be "
                 "predicted; the logits at that position score it")
@@ -305,6 +347,6 @@ def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str, tokeni
               f"(tolerance {result.tolerance:.3g})" if result.checked else "not checked (" + "; ".join(result.notes) + ")")
     return (f"# {result.format} export of a tierlab run\n\nModel: `{config['model']}` with "
             f"`{json.dumps(config.get('model_args', {}))}`, trained on `{config['data']}`.\n\n"
-            f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 `[batch, tokens, vocab]` "
-            f"({_scores(config, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
+            f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 "
+            f"{'class scores' if _run_labels(config) else '`[batch, tokens, vocab]`'} ({_scores(config, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
             f"## Parity with the trained model\n\nLargest absolute logit difference: {parity}.\n")

@@ -10,6 +10,7 @@ EVENTS = "events.jsonl"  # run_start, precision, checkpoint, ...
 SUMMARY = "summary.json"  # written when the run ends
 WEIGHTS = "model.safetensors"  # the final weights
 TOKENIZER = "tokenizer.json"  # the run's tokenizer
+LABELS = "labels.json"  # --objective classify: the class names in id order, the padding id, the fields
 DASHBOARD = "dashboard.png"  # the run at a glance
 CKPT_DIR = "checkpoints"  # step-NNNNNNNN.pt and the `latest` pointer
 LATEST = "latest"

@@ -59,10 +59,10 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
 
         check_recorded_source(run_dir, str(config["model"]))
         model = load_model(config["model"], config.get("model_args", {}), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")))
+                           bool(config.get("causal_mask")), built_classes(run_dir))
     elif isinstance(model, str):
         model = load_model(model, config.get("model_args", {}), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")))
+                           bool(config.get("causal_mask")), built_classes(run_dir))
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
@@ -75,6 +75,14 @@ def built_vocab(config: dict[str, Any], tokenizer: Tokenizer) -> int:
     from .train.objective import model_vocab
 
     return model_vocab(str(config.get("objective") or "clm"), tokenizer.vocab_size)
+
+
+def built_classes(run_dir: Path) -> int | None:
+    """The number of classes a classification run's model was built for (None for a language model)."""
+    from .data.rows import read_labels
+
+    labels = read_labels(run_dir)
+    return len(labels["labels"]) if labels else None
 
 
 def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
@@ -111,7 +119,7 @@ def run_model(run_dir: Path, model: nn.Module | str | None = None,
     tokenizer = run_tokenizer(run_dir)
     if isinstance(model, str):
         model = load_model(model, dict(model_args or config.get("model_args", {})), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")))
+                           bool(config.get("causal_mask")), built_classes(run_dir))
     return load_run_weights(model, run_dir), tokenizer, config
 
 

@@ -10,7 +10,7 @@ from .errors import UserError
 from .models import extract_logits, max_positions
 from .run_reader import RecordedModelMissing, load
 
-__all__ = ["RecordedModelMissing", "generate", "load"]  # tierlab.sample.load, as before
+__all__ = ["RecordedModelMissing", "classify", "fill_masks", "generate", "load"]  # tierlab.sample.load, as before
 
 
 @torch.no_grad()
@@ -77,6 +77,24 @@ def fill_masks(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature:
     for position, token in zip(where, chosen.tolist()):
         ids[position] = token
     return tokenizer.decode(ids)
+
+
+@torch.no_grad()
+def classify(model: nn.Module, tokenizer: Tokenizer, text: str, labels: list[str], seq_len: int,
+             pool: str = "mean") -> list[tuple[str, float]]:
+    """(label, probability) for every class of a classification run (``--objective classify``), likeliest first.
+
+    The text is tokenized, cut and padded to the run's ``seq_len`` exactly as its training
+    rows were, so the model sees what it was trained on.
+    """
+    from .train.objective import Classification
+
+    ids = [int(i) for i in tokenizer.encode(text)][:seq_len]
+    task = Classification(tokenizer.vocab_size, pool, labels)
+    row = torch.full((1, seq_len), task.pad_id, dtype=torch.long, device=next(model.parameters()).device)
+    row[0, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    probabilities = torch.softmax(task.pooled(extract_logits(model(row)).float(), row), -1)[0].tolist()
+    return sorted(zip(labels, probabilities), key=lambda pair: -pair[1])
 
 
 def _choose(logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator) -> torch.Tensor:

@@ -133,6 +133,8 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
         seq_len = seq_len or int(config["seq_len"])
         objective = config.get("objective") or "clm"
         name = model_or_path if isinstance(model_or_path, str) else str(config["model"])
+    if objective == "classify":  # held-out labelled rows; the curve's loss is the label's, its KL per row
+        return _analyze_classifier(model, Path(run), config, name, batch_size, batches, ks, seed, device, cache_dir)
     tokens = prepare_data(data, tokenizer, val_fraction, Path(cache_dir) if cache_dir else None, text_field)
     if run is None:
         name = (f"<in-memory {type(model_or_path).__name__}>" if isinstance(model_or_path, nn.Module)
@@ -158,6 +160,46 @@ def analyze(model_or_path: nn.Module | str | None = None, run: str | Path | None
     curve = robustness_curve(model, pairs, vocab, ks if ks is not None else default_ks(seq_len), seed)
     report = AnalysisReport(name, str(run) if run is not None else None, data, list(pairs[0][0].shape), len(pairs),
                             attention, curve)
+    log.info("%s", report.text())
+    return report
+
+
+class _Pooled(nn.Module):
+    """A classifier as [B, C] scores whatever it returns ([B, T, C] pooled as the run trained it)."""
+
+    def __init__(self, model: nn.Module, classify):
+        super().__init__()
+        self.model, self.classify = model, classify
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.classify.pooled(extract_logits(self.model(input_ids)).float(), input_ids)
+
+
+def _analyze_classifier(model: nn.Module, run: Path, config: dict[str, Any], name: str | None, batch_size: int,
+                        batches: int, ks: list[int] | None, seed: int, device: str,
+                        cache_dir: str | Path | None) -> AnalysisReport:
+    """analyze RUN for ``--objective classify``: attention over held-out rows, robustness of the predicted label."""
+    from ..data import default_cache_dir, prepare_rows
+    from ..data.rows import read_labels
+    from ..train.objective import Classification
+
+    seq_len = int(config["seq_len"])
+    rows = prepare_rows(config["data"], config["tokenizer"], config["val_fraction"], seq_len,
+                        Path(cache_dir) if cache_dir else default_cache_dir(), config.get("text_field", "text"),
+                        config.get("label_field", "label"))
+    if not len(rows.val):
+        raise DataError("The run holds out no rows to analyze on.", "analyze a run trained with --val-fraction > 0.")
+    labels = (read_labels(run) or {}).get("labels") or rows.labels
+    classify = Classification(rows.pad_id, config.get("pool") or "mean", labels)
+    target = torch.device(device)
+    model = model.to(target)
+    pairs = [classify.split(torch.from_numpy(rows.val[start:start + batch_size].astype("int64")).to(target))
+             for start in range(0, min(len(rows.val), batch_size * batches), batch_size)]
+    attention = observe_attention(model, pairs[0][0])
+    curve = robustness_curve(_Pooled(model, classify), pairs, rows.tokenizer.vocab_size,
+                             ks if ks is not None else default_ks(seq_len), seed)
+    report = AnalysisReport(name or str(config["model"]), str(run), config["data"], list(pairs[0][0].shape),
+                            len(pairs), attention, curve)
     log.info("%s", report.text())
     return report
 

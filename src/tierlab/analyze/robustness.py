@@ -71,7 +71,7 @@ def robustness_curve(model: nn.Module, batches: list[tuple[torch.Tensor, torch.T
                 if targets is not None:
                     entry[2] += float(F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1),
                                                       reduction="sum"))
-                entry[3] += b * t
+                entry[3] += kl.numel()  # positions ([B, T] logits), or rows (a classifier's [B, C])
     has_targets = all(targets is not None for _, targets in batches)
     return [RobustnessPoint(k, s[0] / s[3], s[1] / s[3], s[2] / s[3] if has_targets else None)
             for k, s in sums.items()]

@@ -32,6 +32,7 @@ from ..precisions import NAMES
 from ..progress import quieted
 from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
+from ..train.objective import classification_for
 from ..train.setup import first_block, prepare
 from ..train.step_buffer import read
 from ..train.auto_precision import CANDIDATES as AUTO_CANDIDATES
@@ -198,7 +199,8 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     policy.check_model(replica)
     loss_fn = None
     if cfg.compile:
-        loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device, cfg.compile_mode)
+        loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device, cfg.compile_mode,
+                                               classification_for(cfg.objective, tokens, cfg.pool))
     run_dir = scratch / row.precision
     run_dir.mkdir()
     trainer = Trainer(replica, tokens, cfg.replace(precision=row.precision), policy, device, run_dir,

@@ -17,7 +17,7 @@ from ..precisions import NAMES
 from .common import Parser, add_device_option, add_model_and_data_options, folder_exists, options_config
 
 # Train options `tierlab bench precision` passes on (the rest keep TrainConfig's defaults).
-BENCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "data", "text_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed",
+BENCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "pool", "data", "text_field", "label_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed",
                        "compile", "compile_mode")
 
 

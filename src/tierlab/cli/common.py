@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..config import OBJECTIVES, TrainConfig, load_config_file, parse_model_arg
+from ..config import OBJECTIVES, POOLS, TrainConfig, load_config_file, parse_model_arg
 from ..data.formats import field_suffixes, suffix_list
 from ..errors import UserError
 from ..run_files import METRICS
@@ -51,10 +51,15 @@ def add_model_and_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
                         help="argument for the model factory (repeatable)")
     parser.add_argument("--causal-mask", action="store_true", help=CAUSAL_MASK_HELP)
-    parser.add_argument("--objective", choices=list(OBJECTIVES), help="clm (next token, default) or mlm (masked tokens)")
+    parser.add_argument("--objective", choices=list(OBJECTIVES),
+                        help="clm (next token, default), mlm (masked tokens) or classify (a label per row)")
+    parser.add_argument("--pool", choices=list(POOLS), help="--objective classify: how [B, T, C] outputs are pooled "
+                                                            "(mean, the default; last; first)")
     parser.add_argument("--data", help=f"demo (default); a {suffix_list()} file (also .gz/.bz2/.xz), "
                                        "or a directory of them")
     parser.add_argument("--text-field", dest="text_field", metavar="FIELD", help=TEXT_FIELD_HELP)
+    parser.add_argument("--label-field", dest="label_field", metavar="FIELD",
+                        help="--objective classify: the field or column holding each row's label (default label)")
     parser.add_argument("--tokenizer", help="byte (default), bpe:VOCAB or PATH/tokenizer.json")
 
 

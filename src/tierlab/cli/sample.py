@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from .common import RUN_MODEL_HELP, add_device_option, recorded_model_for
@@ -14,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                         "sample a continuation of --prompt.")
     sample.add_argument("run", help="run directory, e.g. runs/NAME")
     sample.add_argument("--prompt", required=True, help="text to continue (an mlm run: text with [MASK] where a "
-                                                         "token is to be filled in)")
+                                                         "token is to be filled in; a classify run: the text to "
+                                                         "label, - reads one text per line from stdin)")
     sample.add_argument("--max-new-tokens", type=int, default=100, metavar="N")
     sample.add_argument("--temperature", type=float, default=None, metavar="T",
                         help="0 picks the likeliest token (default 1; an mlm run: 0)")
@@ -26,14 +28,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from ..data.rows import read_labels
     from ..run_reader import load, run_config
-    from ..sample import fill_masks, generate
+    from ..sample import classify, fill_masks, generate
     from ..train.device import resolve_device
 
-    objective = run_config(Path(ns.run)).get("objective") or "clm"
+    config = run_config(Path(ns.run))
+    objective = config.get("objective") or "clm"
     with recorded_model_for("tierlab sample"):
         model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)), model=ns.model)
-    if objective == "mlm":
+    if objective == "classify":
+        labels = (read_labels(Path(ns.run)) or {}).get("labels") or []
+        texts = sys.stdin.read().splitlines() if ns.prompt == "-" else [ns.prompt]
+        for text in texts:
+            scores = classify(model, tokenizer, text, labels, int(config["seq_len"]), config.get("pool") or "mean")
+            shown = "  ".join(f"{label} {p:.3f}" for label, p in scores[:10])
+            print(f"{scores[0][0]}\t{shown}" + ("\t" + text if len(texts) > 1 else ""))
+    elif objective == "mlm":
         print(fill_masks(model, tokenizer, ns.prompt, 0.0 if ns.temperature is None else ns.temperature, ns.top_k,
                          ns.seed))
     else:

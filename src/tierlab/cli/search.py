@@ -9,7 +9,7 @@ from ..config import TrainConfig
 from .common import add_model_and_data_options, options_config
 
 # Train options `tierlab search` passes on to every trial.
-SEARCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "data", "text_field", "tokenizer", "precision", "device", "seq_len",
+SEARCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "pool", "data", "text_field", "label_field", "tokenizer", "precision", "device", "seq_len",
                         "eval_batches")
 
 

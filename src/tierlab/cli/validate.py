@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import OBJECTIVES
+from ..config import OBJECTIVES, POOLS
 from ..precisions import PORTABLE_NAMES
 from .common import add_device_option, model_args_of, positive
 
@@ -26,8 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      help="check the model as `tierlab train --causal-mask` trains it (a causal mask for every "
                           "nn.MultiheadAttention / nn.TransformerEncoder(Layer) it calls without one)")
     val.add_argument("--objective", default="clm", choices=list(OBJECTIVES),
-                     help="check the model for this objective (mlm: a mask token is added, and a masked position must "
+                     help="check the model for this objective (classify: class scores [B, C] or [B, T, C] for "
+                          "--num-classes, a padding token added; mlm: a mask token is added, and a masked position must "
                           "read the tokens on both sides instead of only those before it)")
+    val.add_argument("--num-classes", type=int, default=2, metavar="C",
+                     help="--objective classify: the classes the model must score (passed to a factory with "
+                          "num_classes/num_labels/n_classes; default 2)")
+    val.add_argument("--pool", default="mean", choices=list(POOLS),
+                     help="--objective classify: how [B, T, C] outputs are pooled (as train --pool)")
     val.add_argument("--vocab-size", type=int, default=256, metavar="N",
                      help="passed to a factory with a vocab_size argument (default 256)")
     val.add_argument("--batch-size", type=int, default=4, metavar="N")
@@ -45,11 +51,11 @@ def run(ns: argparse.Namespace) -> int:
     from ..train.device import resolve_device
     from ..validate import validate
 
-    positive(ns, "batch_size", "seq_len", "vocab_size")
+    positive(ns, "batch_size", "seq_len", "vocab_size", "num_classes")
     report = validate(ns.model, model_args=model_args_of(ns), vocab_size=ns.vocab_size, batch_size=ns.batch_size,
                       seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
                       doctor=not ns.no_doctor, precision=ns.precision, causal_mask=ns.causal_mask,
-                      objective=ns.objective)
+                      objective=ns.objective, classes=ns.num_classes, pool=ns.pool)
     print(report.text())
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")

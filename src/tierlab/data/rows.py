@@ -27,6 +27,7 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json_atomic
 from ..errors import DataError
+from ..run_files import LABELS
 from .compression import STREAM_ERRORS, compression, open_bytes
 from .corpus import Corpus, open_corpus
 from .formats import FORMATS, _to_utf8
@@ -34,7 +35,6 @@ from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer_fil
 
 log = logging.getLogger(__name__)
 
-LABELS = "labels.json"  # in the run directory: the class names in id order, the padding id and the fields
 SPLIT_SEED = 0  # which rows are held out: the same for every run on the same file
 Row = tuple[str, object, str]  # (text, label as read, where: "FILE line N")
 

@@ -28,34 +28,36 @@ def write_outputs(cfg, study: Any, out: Path):
     trials = _real_trials(study)
     counts = {s.name.lower(): sum(t.state == s for t in trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
-    write_csv(trials, out / "trials.csv")
+    write_csv(trials, out / "trials.csv", cfg.metric)
     best_path, best = None, None
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
     if completed:
-        best = min(completed, key=lambda t: t.value)
+        best = (min if cfg.direction == "minimize" else max)(completed, key=lambda t: t.value)
         best_cfg = apply_params(cfg.base, best.params, cfg.steps_per_trial).replace(
             max_steps=cfg.steps_per_trial, epochs=None)
         best_path = out / "best.toml"
         header = (f"# tierlab search: best of {len(completed)} completed trial(s) of study {cfg.study!r}\n"
-                  f"# trial {best.number}: val_loss {best.value:.6g} after {cfg.steps_per_trial} steps\n"
+                  f"# trial {best.number}: {cfg.metric} {best.value:.6g} after {cfg.steps_per_trial} steps\n"
                   f"# train it: tierlab train --config {best_path}\n")
         values = {k: v for k, v in best_cfg.to_dict().items() if k not in PLACE_OPTIONS and k not in SESSION_OPTIONS}
         atomic_write(best_path, header + to_toml(values))
     write_plots(study, out)
     steps = sum(int(t.user_attrs.get("steps", 0)) for t in trials)
-    return SearchResult(study=study, out=out, best_config=best_path, best=best, counts=counts, steps_spent=steps)
+    return SearchResult(study=study, out=out, best_config=best_path, best=best, counts=counts, steps_spent=steps,
+                        metric=cfg.metric)
 
 
-def write_csv(trials: list, path: Path) -> None:
+def write_csv(trials: list, path: Path, metric: str = "val_loss") -> None:
+    """One row per trial; the score's column is named by the metric (val_loss, or val_f1 for a classifier)."""
     names = sorted({k for t in trials for k in t.params})
     rows = []
     for t in trials:
         rows.append({"number": t.number, "state": t.state.name.lower(),
-                     "val_loss": "" if t.value is None else t.value,
+                     metric: "" if t.value is None else t.value,
                      **{f"param_{k}": t.params.get(k, "") for k in names},
                      "steps": t.user_attrs.get("steps", ""), "seconds": _round(t.user_attrs.get("seconds")),
                      "reason": reason(t), "run_dir": t.user_attrs.get("run_dir", "")})
-    fields = ["number", "state", "val_loss", *(f"param_{k}" for k in names), "steps", "seconds", "reason", "run_dir"]
+    fields = ["number", "state", metric, *(f"param_{k}" for k in names), "steps", "seconds", "reason", "run_dir"]
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
@@ -105,7 +107,7 @@ def summary_text(result) -> str:
     best = result.best
     if best is not None:
         params = ", ".join(f"{k}={fmt_param(v)}" for k, v in best.params.items())
-        lines.append(f"best: trial {best.number}, val_loss {best.value:.4f} ({params})")
+        lines.append(f"best: trial {best.number}, {result.metric} {best.value:.4f} ({params})")
         lines.append(f"best config: {result.best_config}  (tierlab train --config {result.best_config})")
     else:
         lines.append("no trial completed: nothing to recommend yet (see trials.csv for the reasons)")

@@ -40,6 +40,8 @@ from .space import DEFAULT_SPACE, Dimension, apply_params, fmt_param
 log = logging.getLogger(__name__)
 
 PRUNERS = ("median", "hyperband", "none")
+# Each objective's trial score and its direction: a language model's validation loss, a classifier's macro-F1.
+METRICS = {"clm": ("val_loss", "minimize"), "mlm": ("val_loss", "minimize"), "classify": ("val_f1", "maximize")}
 _OPEN_ATTEMPTS = 4
 SURPLUS = "surplus: the study already had its trials"
 INTERRUPTED = "interrupted (Ctrl-C or SIGTERM): run again to replace it"
@@ -114,6 +116,15 @@ class SearchConfig:
         return masked_url(self.storage_url)
 
     @property
+    def metric(self) -> str:
+        """What a trial is scored by: the objective's own figure (val_loss; macro-F1 for a classifier)."""
+        return METRICS[self.base.objective][0]
+
+    @property
+    def direction(self) -> str:
+        return METRICS[self.base.objective][1]
+
+    @property
     def eval_every(self) -> int:
         return max(1, self.steps_per_trial // self.evals_per_trial)
 
@@ -126,14 +137,16 @@ class SearchResult:
     best: Any = None  # the best completed trial (an Optuna FrozenTrial), None when none completed
     counts: dict[str, int] = field(default_factory=dict)
     steps_spent: int = 0
+    metric: str = "val_loss"  # what the trials were scored by
 
 
 class _TrialReporter:
     """A ``progress`` for :func:`train` that reports each evaluation to Optuna and prunes."""
 
-    def __init__(self, trial: Any):
-        self.trial = trial
+    def __init__(self, trial: Any, metric: str = "val_loss", direction: str = "minimize"):
+        self.trial, self.metric, self.direction = trial, metric, direction
         self.steps = 0
+        self.best: float | None = None  # the best value of any evaluation so far
 
     def start(self, total_steps: int) -> None:
         pass
@@ -142,12 +155,14 @@ class _TrialReporter:
         self.steps = record["step"]
         if record["kind"] != "eval":
             return
-        value = record["val_loss"]
+        value, name = record[self.metric], self.metric
         if not math.isfinite(value):
-            raise StopTraining("pruned", f"val_loss is {value} at step {record['step']}")
+            raise StopTraining("pruned", f"{name} is {value} at step {record['step']}")
+        if self.best is None or (value < self.best if self.direction == "minimize" else value > self.best):
+            self.best = value
         self.trial.report(value, record["step"])
         if self.trial.should_prune():
-            raise StopTraining("pruned", f"pruned at step {record['step']} (val_loss {value:.4f})")
+            raise StopTraining("pruned", f"pruned at step {record['step']} ({name} {value:.4f})")
 
 
 def open_study(cfg: SearchConfig):
@@ -172,8 +187,16 @@ def open_study(cfg: SearchConfig):
                 storage = optuna.storages.RDBStorage(cfg.storage_url, heartbeat_interval=cfg.heartbeat,
                                                      engine_kwargs=_engine_options(cfg.storage_url,
                                                                                    cfg.storage_timeout))
-            return optuna.create_study(study_name=cfg.study, storage=storage, direction="minimize",
-                                       sampler=sampler, pruner=pruner, load_if_exists=True)
+            study = optuna.create_study(study_name=cfg.study, storage=storage, direction=cfg.direction,
+                                        sampler=sampler, pruner=pruner, load_if_exists=True)
+            if study.direction.name.lower() != cfg.direction:  # a study made for another objective's score
+                raise UserError(f"Study {cfg.study!r} in {shown!r} was created to {study.direction.name.lower()} its "
+                                f"score, and --objective {cfg.base.objective} is scored by {cfg.metric} "
+                                f"({cfg.direction}).", "start another study: pass --study NEW-NAME (or another "
+                                "--out / --storage).")
+            return study
+        except UserError:
+            raise
         except ImportError as exc:  # e.g. a postgresql:// URL without its driver
             raise UserError(f"--storage {shown!r} needs a database driver that is not installed: {exc}.",
                             "install it (for PostgreSQL: pip install 'psycopg[binary]', or pip install "
@@ -328,16 +351,16 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         eval_every=cfg.eval_every, on_nonfinite="raise", resume=None, no_plots=True,
         ckpt_every=0, keep_ckpts=1)
     trial.set_user_attr("run_dir", str(out / "trials" / name))
-    reporter = _TrialReporter(trial)
+    reporter = _TrialReporter(trial, cfg.metric, cfg.direction)
     started = time.perf_counter()
     log.info("trial %d: %s", trial.number, ", ".join(f"{k}={fmt_param(v)}" for k, v in params.items()))
     state, value, why = TrialState.COMPLETE, None, ""
     try:
         run = train(None, None, trial_cfg, progress=reporter, cache_dir=cache_dir)
-        value = run.summary["best_val_loss"]
+        value = run.summary["best_val_loss"] if cfg.metric == "val_loss" else reporter.best
         reporter.steps = run.summary["steps"]
         if value is None or not math.isfinite(value):
-            state, why = TrialState.PRUNED, "no finite validation loss"
+            state, why = TrialState.PRUNED, f"no finite {cfg.metric}"
     except StopTraining as stop:
         state, why = TrialState.PRUNED, stop.reason
     except Diverged as err:
@@ -361,7 +384,7 @@ def _train_trial(cfg: SearchConfig, study: Any, trial: Any, out: Path, cache_dir
         trial.set_user_attr("reason", why)
     if state == TrialState.COMPLETE:
         study.tell(trial, value)
-        log.info("trial %d: best val_loss %.4f", trial.number, value)
+        log.info("trial %d: best %s %.4f", trial.number, cfg.metric, value)
     else:
         study.tell(trial, state=state)
         said = state.name.lower()  # "pruned at step 6 (...)" says it already: not "pruned (pruned at ...)"

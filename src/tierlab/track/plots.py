@@ -62,6 +62,9 @@ def dashboard(run_dirs: list[Path]):
             ax_loss.plot(*_series(run["eval"], "tokens", "val_loss"), color=color, linestyle="--", marker="o",
                          markersize=3, label=f"{label} val")
             ax_acc.plot(*_series(run["eval"], "step", "val_acc"), color=color, marker="o", markersize=3, label=label)
+            if any("val_f1" in r for r in run["eval"]):  # a classifier: macro-F1 beside the accuracy
+                ax_acc.plot(*_series(run["eval"], "step", "val_f1"), color=color, linestyle="--", marker="s",
+                            markersize=3, label=f"{label} macro-F1")
         ax_lr.plot(*_series(run["train"], "step", "lr"), color=color, label=label)
         ax_norm.plot(*_series(run["train"], "step", "grad_norm"), color=color, label=label)
         clip = run["config"].get("clip_grad")
@@ -77,8 +80,8 @@ def dashboard(run_dirs: list[Path]):
     from matplotlib.ticker import EngFormatter
 
     scored = _scored(runs)
-    _dress(ax_loss, "loss" if scored == "next-token" else f"loss ({scored} positions)", "tokens",
-           "cross-entropy (nats)")
+    loss_title = {"next-token": "loss", "label": "loss (per row's label)"}.get(scored, f"loss ({scored} positions)")
+    _dress(ax_loss, loss_title, "tokens", "cross-entropy (nats)")
     ax_loss.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.5M: readable token counts
     _dress(ax_lr, "learning rate", "step", "lr")
     _dress(ax_norm, "gradient norm before clipping", "step", "norm")
@@ -92,7 +95,8 @@ def dashboard(run_dirs: list[Path]):
         ax_scale.set_xticks([])
         ax_scale.set_yticks([])
     _dress(ax_speed, "throughput", "step", "tokens / s")
-    _dress(ax_acc, f"validation {scored} accuracy", "step", "accuracy")
+    _dress(ax_acc, "validation accuracy and macro-F1" if scored == "label" else f"validation {scored} accuracy",
+           "step", "accuracy")
     if not ax_acc.lines:
         ax_acc.text(0.5, 0.5, "no evaluation records", ha="center", va="center", transform=ax_acc.transAxes,
                     color="gray")
@@ -113,10 +117,14 @@ def _scale_at(steps: list, scales: list, step: int) -> float:
 
 
 def _scored(runs: list[dict]) -> str:
-    """What the runs' loss and accuracy count: next tokens, masked tokens (--objective mlm), or both."""
+    """What the runs' loss and accuracy count: next tokens, masked tokens (--objective mlm), labels, or several."""
     objectives = {run["config"].get("objective") or "clm" for run in runs}
     if objectives == {"mlm"}:
         return "masked-token"
+    if objectives == {"classify"}:
+        return "label"
+    if "classify" in objectives:
+        return "mixed-objective"
     return "next-token" if objectives == {"clm"} else "next- and masked-token"
 
 
@@ -157,6 +165,28 @@ def summary_table(run_dirs: list[Path]) -> str:
     table = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
     note = _incomparable_note(run_dirs)
     return table + (f"\n{note}" if note else "")
+
+
+def confusion_table(run_dir: Path) -> str | None:
+    """A classification run's last confusion matrix as text (rows: true label, columns: predicted), else None."""
+    from ..data.rows import read_labels
+
+    labels = read_labels(Path(run_dir))
+    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "eval" and "confusion" in r]
+    if labels is None or not evals:
+        return None
+    last, names = evals[-1], [str(n) for n in labels["labels"]]
+    matrix = last["confusion"]
+    if len(names) > 30:
+        return (f"{Path(run_dir).name}: {len(names)} classes, too many to print; the confusion matrix is in "
+                f"{METRICS} (eval records, \"confusion\")")
+    cells = [["true \\ predicted", *names]] + [[name, *map(str, row)] for name, row in zip(names, matrix)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
+    recall = [row[i] / max(1, sum(row)) for i, row in enumerate(matrix)]
+    return (f"{Path(run_dir).name}: confusion matrix at step {last['step']} ({sum(map(sum, matrix))} held-out rows; "
+            f"accuracy {last['val_acc']:.3f}, macro-F1 {last['val_f1']:.3f})\n" + "\n".join(lines) +
+            "\nper-class recall: " + ", ".join(f"{n} {r:.2f}" for n, r in zip(names, recall)))
 
 
 def _incomparable_note(run_dirs: list[Path]) -> str | None:

@@ -77,6 +77,7 @@ class LoopState:
     best_val_loss: float | None = None
     last_val_loss: float | None = None
     tokens_per_s: list = field(default_factory=list)
+    last_scores: dict = field(default_factory=dict)  # classify: the last evaluation's val_acc and val_f1
 
 
 class Trainer:
@@ -352,6 +353,8 @@ class Trainer:
             metrics_log.info("step %d/%d | val_loss %.4f | val_ppl %.2f | val_acc %.3f", record["step"],
                              self.max_steps, val_loss, record["val_ppl"], record["val_acc"])
         self.state.last_val_loss = val_loss
+        if self.classify is not None:
+            self.state.last_scores = {"val_acc": record["val_acc"], "val_f1": record["val_f1"]}
         if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
             self.state.best_val_loss = val_loss
         if self.progress:

@@ -240,6 +240,7 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
         "median_tokens_per_s": statistics.median(state.tokens_per_s) if state.tokens_per_s else None,
         "rollbacks": trainer.guard.state.rollbacks, "compile_seconds": compile_seconds,
         "world_size": dist.world_size, "global_batch_size": trainer.global_batch,
+        **{f"final_{k}": v for k, v in state.last_scores.items()},  # classify: final_val_acc, final_val_f1
     }
     closing.attempt(run_dir / SUMMARY, write_json_atomic, run_dir / SUMMARY,
                     {k: finite_or_none(v) for k, v in summary.items()})

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..models import extract_logits, max_positions
 from ..train.device import cpu_native_bf16
-from ..train.objective import missing_mask_row
+from ..train.objective import Classification, missing_mask_row, missing_pad_row, model_vocab
 from ..train.setup import build_or_adopt
 from . import checks
 from .checks import Probe
@@ -22,27 +22,33 @@ __all__ = ["CheckResult", "Report", "validate"]
 def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
              doctor: bool = True, seed: int = 0, precision: str = "fp32", causal_mask: bool = False,
-             objective: str = "clm") -> Report:
+             objective: str = "clm", classes: int = 2, pool: str = "mean") -> Report:
     """Run every check on ``model`` (a module, ``path.py[:factory]`` or an export's folder) and return the :class:`Report`.
 
     ``causal_mask``: check the model as ``tierlab train --causal-mask`` trains it.  ``objective``
     ``"mlm"``: as ``--objective mlm`` trains it (a mask token after the ``vocab_size`` tokens;
-    the causality check becomes "a masked position reads both sides").
+    the causality check becomes "a masked position reads both sides").  ``"classify"``: as
+    ``--objective classify`` trains it with ``classes`` labels (a padding token after the
+    ``vocab_size`` tokens; the output [B, C], or [B, T, C] pooled by ``pool``; no causality check).
     """
     cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)
     mask_id = vocab_size if objective == "mlm" else None
-    model = build_or_adopt(model, name, model_args or {}, vocab_size + (mask_id is not None), causal_mask)
+    classify = Classification(vocab_size, pool, [str(i) for i in range(classes)]) if objective == "classify" else None
+    model = build_or_adopt(model, name, model_args or {}, model_vocab(objective, vocab_size), causal_mask,
+                           classes if classify is not None else None)
     dev = torch.device(device)
     model.to(dev)
-    if mask_id is not None:  # the mask token needs an embedding row: said as train says it, not as a failed check
+    extra_id = mask_id if mask_id is not None else (vocab_size if classify is not None else None)
+    if extra_id is not None:  # the mask or padding token needs an embedding row: said as train says it
         try:
             with torch.no_grad():
-                model.eval()(torch.full((1, 2), mask_id, dtype=torch.long, device=dev))
+                model.eval()(torch.full((1, 2), extra_id, dtype=torch.long, device=dev))
         except IndexError as exc:
-            raise missing_mask_row(mask_id, f"IndexError: {exc}") from None
+            missing = missing_mask_row if mask_id is not None else missing_pad_row
+            raise missing(extra_id, f"IndexError: {exc}") from None
         except Exception:  # noqa: BLE001 - any other failure is the shapes check's to report
             pass
     max_len = max_len or max_positions(model)
@@ -55,12 +61,15 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
         # The vocabulary is the logits' last dimension when they are laid out [B, T, V]; otherwise
         # (e.g. [B, V, T]) the given vocab_size, so the shapes check names the layout it expected.
         vocab = out.shape[-1] if out.dim() == 3 and out.shape[1] == 2 else vocab_size
+        if classify is not None:  # the classes the model scores, in whichever layout; shapes checks the count
+            vocab = classes
     except Exception as exc:  # noqa: BLE001 - the checks that run the model cannot: report it as shapes
         vocab = 0
         no_forward = CheckResult("shapes", "fail", f"forward on input_ids [1, 2] raised "
                                  f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}", {},
                                  "make forward(input_ids) accept a LongTensor [B, T] and return logits")
-    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision, mask_id)
+    probe = Probe(model, vocab, batch_size, seq_len, max_len, dev, seed, precision, mask_id, classify,
+                  vocab_size if classify is not None else None)
     results: list[CheckResult] = []
     recommendation = None
     for check in checks.ALL:

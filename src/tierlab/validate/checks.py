@@ -22,6 +22,7 @@ from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, extract_logits, future_leak
                       repeatable_logits)
 from ..train.device import synchronize
 from ..train.memory import SavedForBackward
+from ..train.objective import Classification
 from ..train.precision import DTYPES, low_precision_weights
 from .report import CheckResult
 
@@ -37,6 +38,10 @@ class Probe:
     seed: int = 0
     precision: str = "fp32"  # the speed check's autocast precision: fp32, bf16 or fp16
     mask_id: int | None = None  # --objective mlm: the mask token's id (the causality check becomes a context check)
+    # --objective classify: ``vocab`` is the number of classes, the output is pooled to one position [B, 1, C],
+    # token ids are drawn below ``token_range`` and each row's target is a class id derived from its first token.
+    classify: Classification | None = None
+    token_range: int | None = None
 
     def autocast(self):
         dtype = DTYPES[self.precision]
@@ -44,13 +49,23 @@ class Probe:
 
     def tokens(self, batch: int, length: int, seed: int | None = None) -> torch.Tensor:
         g = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        return torch.randint(0, self.vocab, (batch, length), generator=g).to(self.device)
+        return torch.randint(0, self.token_range or self.vocab, (batch, length), generator=g).to(self.device)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        return extract_logits(self.model(ids))
+        """[B, T, V] logits, or a classifier's pooled scores as one position [B, 1, C]."""
+        output = extract_logits(self.model(ids))
+        return self.classify.pooled(output, ids).unsqueeze(1) if self.classify is not None else output
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy in fp32 of ``logits`` against ``targets`` (a classifier: one class id per row)."""
+        if self.classify is not None:
+            targets = targets.reshape(targets.size(0), -1)[:, 0] % self.vocab
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 def shapes(p: Probe) -> CheckResult:
+    if p.classify is not None:
+        return class_shapes(p)
     lengths = sorted({1, max(1, p.seq_len // 2), p.max_len or p.seq_len})
     bad, tried = [], []
     p.model.eval()
@@ -73,8 +88,37 @@ def shapes(p: Probe) -> CheckResult:
                        f"T in {lengths}", {"tried": tried})
 
 
+def class_shapes(p: Probe) -> CheckResult:
+    """A classifier returns [B, C] (or [B, T, C], pooled) with C = the classes, for every B and T."""
+    lengths = sorted({1, max(1, p.seq_len // 2), p.max_len or p.seq_len})
+    bad, tried, layouts = [], [], set()
+    p.model.eval()
+    with torch.no_grad():
+        for b in sorted({1, p.batch_size}):
+            for t in lengths:
+                tried.append([b, t])
+                try:
+                    shape = list(extract_logits(p.model(p.tokens(b, t))).shape)
+                except Exception as exc:  # noqa: BLE001 - a failing shape is the finding
+                    bad.append(f"[{b}, {t}] raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
+                    continue
+                if shape in ([b, p.vocab], [b, t, p.vocab]):
+                    layouts.add("[B, C]" if len(shape) == 2 else "[B, T, C] (pooled by --pool)")
+                else:
+                    bad.append(f"[{b}, {t}] gave {shape}, expected {[b, p.vocab]} or {[b, t, p.vocab]}")
+    if bad:
+        return CheckResult("shapes", "fail", "; ".join(bad[:3]), {"tried": tried},
+                           f"forward(input_ids [B, T]) must return class scores [B, {p.vocab}] (or [B, T, "
+                           f"{p.vocab}]) for every B and T up to the model's maximum length")
+    return CheckResult("shapes", "pass", f"class scores {' and '.join(sorted(layouts))}, C = {p.vocab}, for B in "
+                       f"{sorted({1, p.batch_size})}, T in {lengths}", {"tried": tried, "classes": p.vocab})
+
+
 def causality(p: Probe) -> CheckResult:
     """Changing token p must not change the logits at positions before p (a masked LM: see :func:`mlm_context`)."""
+    if p.classify is not None:
+        return CheckResult("causality", "skip", "not tested: a classifier (--objective classify) reads the whole row "
+                           "by design", {"objective": "classify"})
     if p.mask_id is not None:
         return mlm_context(p)
     length = min(16, p.max_len or 16, p.seq_len)
@@ -135,7 +179,7 @@ def gradient_flow(p: Probe) -> CheckResult:
     ids = p.tokens(p.batch_size, p.seq_len, seed=2)
     logits = p.logits(ids[:, :-1]) if p.seq_len > 1 else p.logits(ids)
     target = ids[:, 1:] if p.seq_len > 1 else ids
-    F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1)).backward()
+    p.loss(logits, target).backward()
     missing, zero, nonfinite, norms = [], [], [], {}
     for name, param in p.model.named_parameters():
         if not param.requires_grad:
@@ -182,8 +226,11 @@ def numerics(p: Probe) -> CheckResult:
         return CheckResult("numerics", "fail", "the outputs are probabilities, not logits: every position's outputs "
                            "lie in [0, 1] and sum to 1 (a softmax at the end of forward)", {"probabilities": True},
                            PROBABILITIES_FIX)
-    loss = F.cross_entropy(logits[:, :-1].reshape(-1, p.vocab), ids[:, 1:].reshape(-1)).item() \
-        if p.seq_len > 1 else F.cross_entropy(logits.reshape(-1, p.vocab), ids.reshape(-1)).item()
+    if p.classify is not None:  # one position: the pooled scores
+        loss = p.loss(logits, ids).item()
+    else:
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, p.vocab), ids[:, 1:].reshape(-1)).item() \
+            if p.seq_len > 1 else F.cross_entropy(logits.reshape(-1, p.vocab), ids.reshape(-1)).item()
     expected = math.log(p.vocab)
     figures = {"initial_loss": loss, "ln_vocab": expected, "logit_mean": logits.mean().item(),
                "logit_std": logits.std().item(), "logit_max": logits.abs().max().item()}
@@ -244,8 +291,7 @@ def memory(p: Probe) -> CheckResult:
         baseline = torch.cuda.memory_allocated(p.device)
     # Activation memory = what autograd saves for backward, measured on any device.
     with SavedForBackward() as saved:
-        logits = p.logits(ids)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1))
+        loss = p.loss(p.logits(ids), ids)
     activations = saved.bytes
     loss.backward()
     peak = (torch.cuda.max_memory_allocated(p.device) - baseline) if cuda else None
@@ -277,7 +323,7 @@ def speed(p: Probe, repeats: int = 5) -> CheckResult:
         start = time.perf_counter()
         with p.autocast():
             logits = p.logits(ids)
-        F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), ids.reshape(-1)).backward()
+        p.loss(logits, ids).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
         synchronize(p.device)

@@ -14,7 +14,6 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
 from ..train.auto_precision import AutoProbe
 from ..train.device import native_bf16
@@ -54,9 +53,7 @@ def _measure(p: Probe, ids: torch.Tensor):
         handles.append(module.register_forward_hook(hook))
     try:
         p.model.train()  # training's activations (dropout's rescaling included) are what must fit fp16
-        logits = p.logits(ids).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1))
-        loss.backward()
+        p.loss(p.logits(ids), ids).backward()
     finally:
         for h in handles:
             h.remove()
@@ -75,13 +72,16 @@ def _eval_forward(p: Probe, ids: torch.Tensor, dtype: torch.dtype | None = None)
     with torch.no_grad(), autocast:
         logits = p.logits(ids)
     logits = logits.float()
-    return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids.reshape(-1)).item()
+    return logits, p.loss(logits, ids).item()
 
 
 def _auto_here(p: Probe) -> PrecisionDecision:
     """What ``--precision auto`` picks for this model at the probe's batch shape (measured, or from the cache)."""
     block = p.tokens(p.batch_size, p.seq_len + 1, seed=3)  # inputs [B, T] and their targets
-    return decide_precision("auto", p.device, measure=AutoProbe(p.model, block, p.device, None, None))
+    if p.classify is not None:
+        block[:, -1] %= p.vocab  # the last column of a classification block is the row's class id
+    return decide_precision("auto", p.device, measure=AutoProbe(p.model, block, p.device, None, None,
+                                                                classify=p.classify))
 
 
 def precision_doctor(p: Probe) -> tuple[CheckResult, str]:
