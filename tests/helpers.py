@@ -51,11 +51,11 @@ def write_model(directory: Path, source: str, name: str = "my_model.py") -> Path
     return path
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real ``tierlab`` command, as a user runs it (a separate process)."""
+def run_cli(*args: str, cwd: Path, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+    """The real ``tierlab`` command, as a user runs it (a separate process); ``input`` is its stdin."""
     env = dict(os.environ)
     return subprocess.run([sys.executable, "-m", "tierlab", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -279,3 +279,32 @@ def silent_wandb_env(port: int) -> dict[str, str]:
     """Environment for W&B in online mode against a server that never answers (a dummy key: no login prompt)."""
     return {"WANDB_BASE_URL": f"http://127.0.0.1:{port}", "WANDB_API_KEY": "0" * 40, "WANDB_SILENT": "true",
             "WANDB_MODE": "online"}
+
+
+_CUES = {"neg": ("awful", "dull", "boring"), "pos": ("great", "lovely", "superb"), "mixed": ("fine", "okay", "so-so")}
+
+
+def labelled_rows(count: int = 240, seed: int = 0, classes: tuple[str, ...] = ("neg", "pos")) -> list[tuple[str, str]]:
+    """(text, label) rows a small model learns: each text holds two cue words of its label among filler words.
+
+    Sorted by label, as many labelled files are (all negatives, then all positives).
+    """
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        label = classes[i % len(classes)]
+        words = [rng.choice(_WORDS) for _ in range(rng.randint(3, 8))] + [rng.choice(_CUES[label]) for _ in range(2)]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return sorted(rows, key=lambda row: row[1])
+
+
+def write_labelled_csv(path: Path, rows: list[tuple[str, object]] | None = None, header=("text", "label")) -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(labelled_rows() if rows is None else rows)
+    return path

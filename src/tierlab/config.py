@@ -258,10 +258,6 @@ class TrainConfig:
              "--causal-mask and --objective mlm contradict each other: a masked language model reads both sides.",
              "drop --causal-mask to train it as a masked LM, or drop --objective mlm to train it causally.")
         need(self.pool in POOLS, f"--pool {self.pool!r} is not a pooling.", f"use one of {', '.join(POOLS)}.")
-        need(self.objective != "classify" or self.data != "demo",
-             "--objective classify needs labelled rows, and the built-in demo text has no labels.",
-             "pass --data FILE.csv (or .tsv, .jsonl, .parquet) with a text and a label column, e.g. text,label / "
-             "good movie,1 (see --text-field and --label-field).")
         need(isinstance(self.label_field, str) and bool(self.label_field.strip()), "--label-field needs a field name.",
              "pass the column that holds the labels, e.g. --label-field sentiment.")
         need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,

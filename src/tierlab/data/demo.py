@@ -23,3 +23,25 @@ def demo_text(lines: int = DEMO_LINES, seed: int = DEMO_VERSION) -> str:
         b = rng.randrange(10 ** rng.randint(1, 3))
         out.append(f"{a}+{b}={a + b}\n")
     return "".join(out)
+
+
+# --objective classify on --data demo: the same arithmetic with the operator hidden, labelled by it.
+DEMO_ROWS_VERSION = 1
+DEMO_ROWS = 20_000
+_OPERATORS = (("plus", lambda a, b: a + b), ("minus", lambda a, b: a - b), ("times", lambda a, b: a * b))
+
+
+def demo_rows_csv(rows: int = DEMO_ROWS, seed: int = DEMO_ROWS_VERSION) -> str:
+    """``text,label`` rows like ``"17?6=102",times``: which operator makes the line true.
+
+    Learnable by degrees, as the demo text is: the size of the result against the operands
+    tells the product at once, the sign a difference, and the rest takes the arithmetic.
+    A pure function of the version constant: every machine classifies byte-identical rows.
+    """
+    rng = random.Random(seed)
+    out = ["text,label\n"]
+    for _ in range(rows):
+        a, b = rng.randrange(1, 10 ** rng.randint(1, 2)), rng.randrange(1, 10 ** rng.randint(1, 2))
+        name, apply = _OPERATORS[rng.randrange(3)]
+        out.append(f"{a}?{b}={apply(a, b)},{name}\n")
+    return "".join(out)

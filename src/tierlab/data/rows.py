@@ -25,11 +25,12 @@ from typing import IO, Iterator
 
 import numpy as np
 
-from ..atomic import atomic_path, write_json_atomic
+from ..atomic import atomic_path, atomic_write, write_json_atomic
 from ..errors import DataError
 from ..run_files import LABELS
 from .compression import STREAM_ERRORS, compression, open_bytes
 from .corpus import Corpus, open_corpus
+from .demo import DEMO_ROWS_VERSION, demo_rows_csv
 from .formats import FORMATS, _to_utf8
 from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer_file, train_bpe
 
@@ -91,8 +92,11 @@ def read_labels(run_dir: Path) -> dict[str, object] | None:
 
 def prepare_rows(data: str, tokenizer_spec: str, val_fraction: float, seq_len: int, cache_dir: Path,
                  text_field: str = "text", label_field: str = "label") -> LabelledData:
-    """Read, map, split and tokenize the labelled rows of ``data``; every bad input a plain DataError."""
-    corpus = open_corpus(data, cache_dir, text_field)
+    """Read, map, split and tokenize the labelled rows of ``data``; every bad input a plain DataError.
+
+    ``demo``: the built-in rows (see :func:`~tierlab.data.demo.demo_rows_csv`), written once into the cache.
+    """
+    corpus = open_corpus(str(demo_rows_file(cache_dir)) if data == "demo" else data, cache_dir, text_field)
     if not FORMATS[corpus.kind].field_based:
         raise DataError(f"--objective classify needs labelled rows, and {data!r} is plain text.",
                         f"pass a CSV, TSV, JSON-lines or Parquet file with a {json.dumps(text_field)} and a "
@@ -126,6 +130,15 @@ def prepare_rows(data: str, tokenizer_spec: str, val_fraction: float, seq_len: i
              ", ".join(labels[:10]) + (", ..." if len(labels) > 10 else ""), n_val)
     return LabelledData(corpus, corpus_hash, tokenizer, labels, table[train_rows], table[val_rows], max_id,
                         val_fraction, label_field, truncated)
+
+
+def demo_rows_file(cache_dir: Path) -> Path:
+    """The built-in labelled rows as a CSV file in the cache (written on first use, atomically)."""
+    path = cache_dir / f"demo-classify-v{DEMO_ROWS_VERSION}.csv"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, demo_rows_csv())
+    return path
 
 
 def _class_ids(raw: list[object]) -> tuple[list[str], np.ndarray]:
