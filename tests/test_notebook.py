@@ -36,6 +36,7 @@ def test_the_notebook_executes(tmp_path):
     assert "PASS  causality" in text and "'status': 'completed'" in text and "'steps': 300" in text
     assert "12+34=" in text  # the sample
     assert "exported safetensors" in text and "max |logit diff| 0 (tolerance 0)" in text
+    assert "classifier: confusion matrix at step 150" in text and "('times'," in text  # the classifier section
     images = [o for c in executed.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 1  # run.plot() shows the dashboard
     assert list((tmp_path / "runs").glob("run-*/export-safetensors/model.safetensors"))

@@ -96,19 +96,15 @@ def test_a_classifier_learns_the_labels_and_records_them(tmp_path):
 
 def test_classify_resume_from_a_mid_run_checkpoint_is_exact(tmp_path):
     data = write_labelled_csv(tmp_path / "reviews.csv", labelled_rows(90))  # several epochs in 20 steps
-    args = ("--objective", "classify", "--data", data, "--model-arg", "n_layer=1", "--model-arg", "d_model=32",
-            "--model-arg", "n_head=2", "--model-arg", "max_seq_len=64", "--precision", "fp32", "--batch-size", "8",
-            "--seq-len", "24", "--max-steps", "20", "--log-every", "5", "--eval-every", "10", "--ckpt-every", "10",
-            "--no-plots", "--quiet")
-    assert run_cli("train", *args, "--name", "full", cwd=tmp_path).returncode == 0
-    part = tmp_path / "runs" / "part"
-    assert run_cli("train", *args, "--name", "part", cwd=tmp_path).returncode == 0
-    resumed = run_cli("train", "--resume", part / "checkpoints" / "step-00000010.pt", cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr
+    cfg = _config(tmp_path, data, model_args=dict(TINY_MODEL), batch_size=8, max_steps=20, log_every=5,
+                  eval_every=10, ckpt_every=10, no_plots=True)
+    tierlab.train(config=cfg.replace(name="full"))
+    part = tierlab.train(config=cfg.replace(name="part")).dir
+    # Back to the step-10 checkpoint as if the process had died after it: records cut there, weights from it.
+    tierlab.resume(part / "checkpoints" / "step-00000010.pt")
     assert_same_run(tmp_path / "runs" / "full", part)
-    changed = run_cli("train", "--resume", part, "--label-field", "other", "--max-steps", "30",
-                      "--allow-config-change", cwd=tmp_path)
-    assert_user_error(changed, "different label_field")
+    with pytest.raises(ConfigError, match="different label_field"):
+        tierlab.resume(part, {"label_field": "other"})
 
 
 def test_a_builder_export_classifier_goes_through_validate_train_sample_export(tmp_path):
@@ -196,3 +192,19 @@ def test_search_scores_a_classifier_by_macro_f1(tmp_path):
     as_lm = run_cli("search", "--data", "demo", "--trials", "1", "--steps-per-trial", "4", "--out", tmp_path / "search",
                     cwd=tmp_path)
     assert_user_error(as_lm, "was created to maximize", "--study NEW-NAME")
+
+
+def test_a_language_model_run_starts_a_classifier(tmp_path):
+    lm = tierlab.train(config=fast_config(tmp_path, name="lm", max_steps=5, eval_every=0, no_plots=True))
+    data = write_labelled_csv(tmp_path / "reviews.csv", labelled_rows(60))
+    for source in (lm.dir, lm.dir / "checkpoints" / "step-00000005.pt"):  # final weights (tied: stored once), a checkpoint
+        cfg = _config(tmp_path, data, model_args=dict(TINY_MODEL), init_from=str(source), max_steps=1, lr=1e-9,
+                      warmup_steps=0, eval_every=0, name=f"ft-{source.suffix or 'dir'}", no_plots=True)
+        tuned = tierlab.train(config=cfg)
+        before, after = lm.model.state_dict(), tuned.model.state_dict()
+        assert torch.allclose(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"], atol=1e-6)
+        assert torch.allclose(after["tok_emb.weight"][:256], before["tok_emb.weight"], atol=1e-6)
+        assert after["head.weight"].shape == (2, 32)  # the class head is new
+    with pytest.raises(ConfigError, match="do not fit this classifier"):
+        tierlab.train(config=_config(tmp_path, data, model=str(CLASSIFIER), model_args={}, init_from=str(lm.dir),
+                                     name="mismatch"))

@@ -60,8 +60,12 @@ def find_weights(spec: str) -> WeightSource:
                         state["model"] if state is not None else None)
 
 
-def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -> WeightSource:
-    """Load the weights ``spec`` names into ``model`` (strictly), after checking the tokenizer they were trained with."""
+def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str, classifier: bool = False) -> WeightSource:
+    """Load the weights ``spec`` names into ``model`` (strictly), after checking the tokenizer they were trained with.
+
+    ``classifier`` (``--objective classify``): a language model's weights start a classifier
+    (fine-tuning): see :func:`_load_into_classifier`.
+    """
     source = find_weights(spec)
     if source.tokenizer is not None and source.tokenizer != tokenizer_identity:
         fix = (f"--tokenizer {source.tokenizer_file}" if source.tokenizer_file else
@@ -72,7 +76,9 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
     from safetensors import SafetensorError
 
     try:
-        if source.path.suffix == ".safetensors":
+        if classifier:
+            _load_into_classifier(model, source, spec)
+        elif source.path.suffix == ".safetensors":
             from safetensors.torch import load_model as load_safetensors
 
             load_safetensors(model, str(source.path))  # strict; knows tied weights
@@ -88,6 +94,57 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str) -
                           "values).") from None
     log.info("starting from the weights in %s (a new run: optimizer, schedule and data from the start)", source.path)
     return source
+
+
+def _load_into_classifier(model: nn.Module, source: WeightSource, spec: str) -> None:
+    """A classifier from a language model's weights: every tensor that fits is taken, the head stays new.
+
+    Tensors of the same name and shape are copied; a table with fewer rows in the weights
+    (the token embedding, which gained the padding token) gets its first rows copied;
+    the rest -- the class head, which has no counterpart in a language model -- keeps its
+    fresh initialisation, and says so.  Weights that fit almost nothing are refused, as a
+    strict load would refuse them.
+    """
+    import torch
+
+    weights = dict(source.weights) if source.weights is not None else _safetensors_with_aliases(source.path)
+    own = model.state_dict()
+    taken, grown, fresh = [], [], []
+    with torch.no_grad():
+        for name, tensor in own.items():
+            given = weights.get(name)
+            if given is not None and given.shape == tensor.shape:
+                tensor.copy_(given)
+                taken.append(name)
+            elif (given is not None and given.dim() == tensor.dim() >= 1 and given.shape[1:] == tensor.shape[1:]
+                  and given.shape[0] < tensor.shape[0]):
+                tensor[:given.shape[0]].copy_(given)
+                grown.append(f"{name} (its first {given.shape[0]} rows)")
+            else:
+                fresh.append(name)
+    model_size = sum(t.numel() for t in own.values())
+    fresh_size = sum(own[n].numel() for n in fresh)
+    if not taken or fresh_size > model_size / 2:
+        raise ConfigError(f"The weights in {source.path} do not fit this classifier: {len(fresh)} of its {len(own)} "
+                          f"tensors ({_first(fresh, 3)}) have no counterpart of their shape there.",
+                          "start from a run of the same model (file, factory and --model-arg values).")
+    log.info("classifier from %s: %d tensors taken, %s; new (the class head): %s", spec, len(taken),
+             ", ".join(grown) if grown else "none grown", _first(fresh, 6) if fresh else "none")
+
+
+def _safetensors_with_aliases(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors under every name the model had: a tied weight is stored once, its other names
+    in the file's metadata (what safetensors' save_model writes)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata() or {}
+    for removed, kept in metadata.items():
+        if kept in tensors and removed not in tensors:
+            tensors[removed] = tensors[kept]
+    return tensors
 
 
 _SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) from "

@@ -88,7 +88,8 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
     if resume_state is not None:
         check_same_model(resume_state, model, ckpt_path)
     elif cfg.init_from:  # a resume has its own weights
-        init_source = load_initial_weights(model, cfg.init_from, tokens.tokenizer.identity)
+        init_source = load_initial_weights(model, cfg.init_from, tokens.tokenizer.identity,
+                                           classifier=isinstance(tokens, LabelledData))
     model.to(device)
     vocab = probe_model(model, cfg, tokens, device)
     return Prepared(cfg, tokens, model, vocab, first_block(tokens, cfg), max_steps,
