@@ -209,20 +209,27 @@ def _table_texts(fh: IO[bytes], path: Path, field: str, delimiter: str) -> Itera
         text_stream.detach()  # the caller closes the byte stream
 
 
-def _parquet_texts(path: Path, field: str) -> Iterator[tuple[str, int]]:
-    """The ``field`` string column of a Parquet file (what Hugging Face datasets ship), row group by row group."""
+def open_parquet(path: Path):
+    """A ``pyarrow.parquet.ParquetFile``, with plain errors for a missing pyarrow and an unreadable file."""
     try:
         import pyarrow as pa
-        import pyarrow.compute as pc
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{str(path)!r} is a Parquet file, and reading Parquet needs pyarrow, which is not installed.",
                         "pip install 'tierlab[parquet]' (or pip install pyarrow), then run the same command.") from None
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{str(path)!r} is not a readable Parquet file ({exc}).",
                         "download or write it again.") from None
+
+
+def _parquet_texts(path: Path, field: str) -> Iterator[tuple[str, int]]:
+    """The ``field`` string column of a Parquet file (what Hugging Face datasets ship), row group by row group."""
+    parquet = open_parquet(path)  # (first: it says how to install a missing pyarrow)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     schema = parquet.schema_arrow
     strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
     if field not in schema.names:

@@ -31,7 +31,7 @@ from ..run_files import LABELS
 from .compression import STREAM_ERRORS, compression, open_bytes
 from .corpus import Corpus, open_corpus
 from .demo import DEMO_ROWS_VERSION, demo_rows_csv
-from .formats import FORMATS, _to_utf8
+from .formats import FORMATS, _to_utf8, open_parquet
 from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer_file, train_bpe
 
 log = logging.getLogger(__name__)
@@ -297,16 +297,7 @@ def _table_rows(fh: IO[bytes], path: Path, text_field: str, label_field: str, de
 
 
 def _parquet_rows(path: Path, text_field: str, label_field: str) -> Iterator[Row]:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{str(path)!r} is a Parquet file, and reading Parquet needs pyarrow, which is not installed.",
-                        "pip install 'tierlab[parquet]' (or pip install pyarrow), then run the same command.") from None
-    try:
-        parquet = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{str(path)!r} is not a readable Parquet file ({exc}).", "download or write it again.") from None
+    parquet = open_parquet(path)
     names = parquet.schema_arrow.names
     for name in (text_field, label_field):
         if name not in names:

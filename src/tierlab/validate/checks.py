@@ -63,23 +63,28 @@ class Probe:
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
-def shapes(p: Probe) -> CheckResult:
-    if p.classify is not None:
-        return class_shapes(p)
+def _output_shapes(p: Probe, forward) -> tuple[list[int], list[list[int]], list[tuple[int, int, object]]]:
+    """(lengths, tried, [(B, T, shape list or the error text)]) of ``forward`` over the probe's batch sizes and lengths."""
     lengths = sorted({1, max(1, p.seq_len // 2), p.max_len or p.seq_len})
-    bad, tried = [], []
+    tried, found = [], []
     p.model.eval()
     with torch.no_grad():
         for b in sorted({1, p.batch_size}):
             for t in lengths:
                 tried.append([b, t])
                 try:
-                    shape = list(p.logits(p.tokens(b, t)).shape)
+                    found.append((b, t, list(forward(p.tokens(b, t)).shape)))
                 except Exception as exc:  # noqa: BLE001 - a failing shape is the finding
-                    bad.append(f"[{b}, {t}] raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-                    continue
-                if shape != [b, t, p.vocab]:
-                    bad.append(f"[{b}, {t}] gave {shape}, expected {[b, t, p.vocab]}")
+                    found.append((b, t, f"[{b}, {t}] raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"))
+    return lengths, tried, found
+
+
+def shapes(p: Probe) -> CheckResult:
+    if p.classify is not None:
+        return class_shapes(p)
+    lengths, tried, found = _output_shapes(p, p.logits)
+    bad = [shape if isinstance(shape, str) else f"[{b}, {t}] gave {shape}, expected {[b, t, p.vocab]}"
+           for b, t, shape in found if shape != [b, t, p.vocab]]
     if bad:
         return CheckResult("shapes", "fail", "; ".join(bad[:3]), {"tried": tried},
                            "forward(input_ids [B, T]) must return logits [B, T, V] for every B and T up to the "
@@ -90,22 +95,14 @@ def shapes(p: Probe) -> CheckResult:
 
 def class_shapes(p: Probe) -> CheckResult:
     """A classifier returns [B, C] (or [B, T, C], pooled) with C = the classes, for every B and T."""
-    lengths = sorted({1, max(1, p.seq_len // 2), p.max_len or p.seq_len})
-    bad, tried, layouts = [], [], set()
-    p.model.eval()
-    with torch.no_grad():
-        for b in sorted({1, p.batch_size}):
-            for t in lengths:
-                tried.append([b, t])
-                try:
-                    shape = list(extract_logits(p.model(p.tokens(b, t))).shape)
-                except Exception as exc:  # noqa: BLE001 - a failing shape is the finding
-                    bad.append(f"[{b}, {t}] raised {type(exc).__name__}: {str(exc).splitlines()[0][:120]}")
-                    continue
-                if shape in ([b, p.vocab], [b, t, p.vocab]):
-                    layouts.add("[B, C]" if len(shape) == 2 else "[B, T, C] (pooled by --pool)")
-                else:
-                    bad.append(f"[{b}, {t}] gave {shape}, expected {[b, p.vocab]} or {[b, t, p.vocab]}")
+    lengths, tried, found = _output_shapes(p, lambda ids: extract_logits(p.model(ids)))
+    bad, layouts = [], set()
+    for b, t, shape in found:
+        if shape in ([b, p.vocab], [b, t, p.vocab]):
+            layouts.add("[B, C]" if len(shape) == 2 else "[B, T, C] (pooled by --pool)")
+        else:
+            bad.append(shape if isinstance(shape, str) else
+                       f"[{b}, {t}] gave {shape}, expected {[b, p.vocab]} or {[b, t, p.vocab]}")
     if bad:
         return CheckResult("shapes", "fail", "; ".join(bad[:3]), {"tried": tried},
                            f"forward(input_ids [B, T]) must return class scores [B, {p.vocab}] (or [B, T, "
