@@ -109,3 +109,9 @@ def test_the_row_sampler_visits_every_row_once_per_epoch_and_resumes_exactly():
     assert ranks[0] + ranks[1] == seen[0]  # two ranks split the global batch one process draws
     inputs, labels = RowSampler.split(torch.from_numpy(rows[:2]))
     assert inputs.shape == (2, 2) and labels.tolist() == [0, 1]
+
+
+def test_an_edited_label_mapping_is_a_plain_error(tmp_path):
+    (tmp_path / "labels.json").write_text('["a", "b"]')
+    with pytest.raises(DataError, match="is not a label mapping tierlab wrote"):
+        read_labels(tmp_path)

@@ -208,3 +208,32 @@ def test_a_language_model_run_starts_a_classifier(tmp_path):
     with pytest.raises(ConfigError, match="do not fit this classifier"):
         tierlab.train(config=_config(tmp_path, data, model=str(CLASSIFIER), model_args={}, init_from=str(lm.dir),
                                      name="mismatch"))
+
+
+def test_a_classifier_ending_in_softmax_and_date_labels_are_plain(tmp_path):
+    data = write_labelled_csv(tmp_path / "reviews.csv", labelled_rows(60))
+    probs = write_model(tmp_path, """
+        import torch.nn as nn
+
+        class Model(nn.Module):
+            def __init__(self, vocab_size=257, num_classes=2):
+                super().__init__()
+                self.emb, self.out = nn.Embedding(vocab_size, 8), nn.Linear(8, num_classes)
+
+            def forward(self, ids):
+                return self.out(self.emb(ids).mean(1)).softmax(-1)
+    """, "probs.py")
+    with pytest.raises(ModelError, match="returns probabilities, not scores"):
+        tierlab.train(config=_config(tmp_path, data, model=str(probs), model_args={}))
+    pa = pytest.importorskip("pyarrow")
+    import datetime
+
+    import pyarrow.parquet as pq
+
+    rows = labelled_rows(40)
+    days = [datetime.date(2026, 1, 1 + (lab == "pos")) for _, lab in rows]
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": days}), tmp_path / "d.parquet")
+    from tierlab.data.rows import prepare_rows
+
+    assert prepare_rows(str(tmp_path / "d.parquet"), "byte", 0.25, 16, tmp_path / "cache").labels == \
+        ["2026-01-01", "2026-01-02"]

@@ -84,10 +84,17 @@ def read_labels(run_dir: Path) -> dict[str, object] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"{path} is not readable JSON ({exc}).",
                         "restore it from a copy of the run (it maps the class ids to names).") from None
+    labels = record.get("labels") if isinstance(record, dict) else None
+    if (not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(n, str) for n in labels)
+            or len(set(labels)) != len(labels) or not isinstance(record.get("pad_token_id"), int)):
+        raise DataError(f"{path} is not a label mapping tierlab wrote: it needs \"labels\", two or more distinct "
+                        "names in class-id order, and an integer \"pad_token_id\".",
+                        "restore it from a copy of the run (tierlab writes it when the run starts).")
+    return record
 
 
 def prepare_rows(data: str, tokenizer_spec: str, val_fraction: float, seq_len: int, cache_dir: Path,
@@ -164,7 +171,9 @@ def _label_name(value: object) -> str:
     """A label as its class name: strings as they are (stripped), JSON numbers and booleans as JSON writes them."""
     if isinstance(value, str):
         return value.strip()
-    return json.dumps(value)
+    if isinstance(value, (bool, int, float)) or value is None:
+        return json.dumps(value)
+    return str(value)  # a Parquet date, decimal, bytes...: as Python writes it
 
 
 def _rows_hash(corpus: Corpus, label_field: str) -> str:

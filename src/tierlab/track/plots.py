@@ -177,6 +177,9 @@ def confusion_table(run_dir: Path) -> str | None:
         return None
     last, names = evals[-1], [str(n) for n in labels["labels"]]
     matrix = last["confusion"]
+    if len(matrix) != len(names):  # labels.json edited after the run
+        return (f"{Path(run_dir).name}: its labels.json names {len(names)} classes and its confusion matrix has "
+                f"{len(matrix)}: restore labels.json from a copy of the run to see the matrix")
     if len(names) > 30:
         return (f"{Path(run_dir).name}: {len(names)} classes, too many to print; the confusion matrix is in "
                 f"{METRICS} (eval records, \"confusion\")")
