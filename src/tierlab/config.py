@@ -260,6 +260,9 @@ class TrainConfig:
         need(self.pool in POOLS, f"--pool {self.pool!r} is not a pooling.", f"use one of {', '.join(POOLS)}.")
         need(isinstance(self.label_field, str) and bool(self.label_field.strip()), "--label-field needs a field name.",
              "pass the column that holds the labels, e.g. --label-field sentiment.")
+        need(self.objective != "classify" or self.label_field != self.text_field,
+             f"--label-field and --text-field both name {self.label_field!r}: the label would be the text itself.",
+             "name the column of labels with --label-field and the column of text with --text-field.")
         need(self.wandb_mode is None or self.wandb_mode in WANDB_MODES,
              f"--wandb-mode {self.wandb_mode!r} is not a W&B mode.", "use online, offline or disabled.")
         need(self.wandb is None or bool(self.wandb.strip()), "--wandb needs a project name.",

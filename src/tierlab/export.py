@@ -39,7 +39,6 @@ from .disk import is_storage_error, write_failed
 from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
 from .models.loader import absolute_spec
-from .data.rows import read_labels
 from .run_files import LABELS, WEIGHTS
 from .train.run import follow_umask
 
@@ -98,7 +97,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     ``model``: a module, or a model file ``path.py[:factory]`` (e.g. the run's, moved since),
     to load the run's weights into instead of the model the run recorded.
     """
-    from .run_reader import built_vocab, run_model
+    from .run_reader import built_vocab, run_labels, run_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not an export format.", f"use one of {', '.join(FORMATS)}.")
@@ -112,7 +111,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     if spec is not None:  # a model file given: the safetensors check rebuilds from it, and the README names it
         config = {**config, "model": absolute_spec(spec)}
     model = model.cpu().float().eval()
-    config = {**config, "_run_dir": str(run_dir)}  # (where a classification run's labels.json is read from)
+    labels = run_labels(run_dir, config, tokenizer)  # a classifier's: its names travel with the export
 
     # Real validation batches of the run's own data, as training evaluated them.
     inputs = _validation_inputs(config, Path(cache_dir) if cache_dir else None, batches)
@@ -126,7 +125,8 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         follow_umask(staging)  # mkdtemp's 0700 would become the export folder's mode
         notes: list[str] = []
         exporter = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt]
-        run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, built_vocab(config, tokenizer))
+        built = {"vocab_size": built_vocab(config, tokenizer), **_class_spec(labels, config)}
+        run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, built)
         diff = None
         if run_exported is not None:
             with torch.no_grad():
@@ -141,10 +141,11 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
                                  "keep forward() free of data-dependent Python branches, or export as "
                                  "safetensors (the weights) and run the model from its source.")
         tokenizer.save(staging)
-        if (run_dir / LABELS).is_file():  # a classifier's class names travel with it
+        if labels is not None:
             shutil.copyfile(run_dir / LABELS, staging / LABELS)
         result = ExportResult(fmt, target, [], diff, tolerance, len(inputs), list(inputs[0].shape), notes)
-        (staging / "README.md").write_text(_readme(result, config, tokenizer.identity, tokenizer.vocab_size), encoding="utf-8")
+        (staging / "README.md").write_text(_readme(result, config, labels, tokenizer.identity, tokenizer.vocab_size),
+                                           encoding="utf-8")
         result.files = sorted(p.name for p in staging.iterdir())
         if target.exists():
             target.rmdir()  # empty (checked above)
@@ -187,7 +188,7 @@ def _validation_inputs(config: dict[str, Any], cache_dir: Path | None, batches: 
                                                                               batches)]
 
 
-def _safetensors(wrapped, model, config, example, staging, notes, vocab):
+def _safetensors(wrapped, model, config, example, staging, notes, built):
     from safetensors.torch import load_model as load_safetensors
     from safetensors.torch import save_model
 
@@ -198,18 +199,17 @@ def _safetensors(wrapped, model, config, example, staging, notes, vocab):
     (staging / "model_config.json").write_text(json.dumps(
         {"model": config["model"], "model_args": config.get("model_args", {}),
          "causal_mask": bool(config.get("causal_mask")), "objective": config.get("objective") or "clm",
-         "vocab_size": vocab, **_class_spec(staging, config)}, indent=2) + "\n")
+         **built}, indent=2) + "\n")
     if str(config["model"]).startswith("<in-memory"):
         notes.append("the model was an in-memory module: rebuild it yourself, then load model.safetensors")
         return None
-    classes = _class_spec(staging, config).get("num_classes")
-    rebuilt = load_model(config["model"], config.get("model_args", {}), vocab, bool(config.get("causal_mask")),
-                         classes)
+    rebuilt = load_model(config["model"], config.get("model_args", {}), built["vocab_size"],
+                         bool(config.get("causal_mask")), built.get("num_classes"))
     load_safetensors(rebuilt, str(staging / WEIGHTS))
     return _LogitsOnly(rebuilt.eval()).eval()
 
 
-def _torchscript(wrapped, model, config, example, staging, notes, vocab):
+def _torchscript(wrapped, model, config, example, staging, notes, built):
     path = staging / "model.pt"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -235,7 +235,7 @@ def _torchscript(wrapped, model, config, example, staging, notes, vocab):
     return lambda x: loaded(x)
 
 
-def _onnx(wrapped, model, config, example, staging, notes, vocab):
+def _onnx(wrapped, model, config, example, staging, notes, built):
     try:
         import onnxscript  # noqa: F401 - the torch.export based exporter needs it
     except ImportError:
@@ -295,23 +295,16 @@ def _cannot(tool: str, exc: Exception) -> ModelError:
                       "numpy), or export as safetensors (the weights) and run the model from its source.")
 
 
-def _class_spec(staging: Path, config: dict[str, Any]) -> dict[str, Any]:
+def _class_spec(labels: dict[str, Any] | None, config: dict[str, Any]) -> dict[str, Any]:
     """A classification run's labels, padding id and pooling, for model_config.json (empty for a language model)."""
-    labels = _run_labels(config)
     if labels is None:
         return {}
     return {"num_classes": len(labels["labels"]), "labels": labels["labels"], "pad_token_id": labels["pad_token_id"],
             "pool": config.get("pool") or "mean"}
 
 
-def _run_labels(config: dict[str, Any]) -> dict[str, Any] | None:
-    run_dir = config.get("_run_dir")
-    return read_labels(Path(run_dir)) if run_dir else None
-
-
-def _scores(config: dict[str, Any], tokenizer_size: int) -> str:
+def _scores(config: dict[str, Any], labels: dict[str, Any] | None, tokenizer_size: int) -> str:
     """What the exported logits are, in words, by the run's objective."""
-    labels = _run_labels(config)
     if labels is not None:
         names = ", ".join(f"{i} = {name}" for i, name in enumerate(labels["labels"][:20]))
         return (f"a classifier's scores for {len(labels['labels'])} classes ({names}{', ...' if len(labels['labels']) > 20 else ''}): "
@@ -326,18 +319,21 @@ def _scores(config: dict[str, Any], tokenizer_size: int) -> str:
     return f"the next-token scores at each position{causal}"
 
 
-def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str, tokenizer_size: int) -> str:
+def _readme(result: ExportResult, config: dict[str, Any], labels: dict[str, Any] | None, tokenizer: str,
+            tokenizer_size: int) -> str:
+    shape = "[B, classes] or [B, T, classes]" if labels is not None else "[B, T, V]"
     load = {
         "safetensors": ("```python\nimport json\n\nfrom safetensors.torch import load_model\n"
                         "from tierlab.models import load_model as build\n\n"
                         "spec = json.load(open(\"model_config.json\"))\n"
                         "model = build(spec[\"model\"], spec[\"model_args\"], spec[\"vocab_size\"], "
-                        "causal_mask=spec[\"causal_mask\"])  # or build your model yourself\n"
+                        "causal_mask=spec[\"causal_mask\"],\n              classes=spec.get(\"num_classes\"))"
+                        "  # or build your model yourself\n"
                         "load_model(model, \"model.safetensors\")\nmodel.eval()\n```"),
         "torchscript": "```python\nimport torch\n\nmodel = torch.jit.load(\"model.pt\")  # no Python source needed\n"
                        "logits = model(input_ids)  # input_ids: int64 [B, T]\n```",
         "onnx": "```python\nimport onnxruntime\n\nsession = onnxruntime.InferenceSession(\"model.onnx\")\n"
-                "logits = session.run([\"logits\"], {\"input_ids\": input_ids})[0]  # int64 [B, T] -> float32 [B, T, V]\n"
+                f"logits = session.run([\"logits\"], {{\"input_ids\": input_ids}})[0]  # int64 [B, T] -> float32 {shape}\n"
                 "```",
     }[result.format]
     tok = ("byte-level: token id = UTF-8 byte (0-255); `list(text.encode())` encodes, "
@@ -348,5 +344,6 @@ def _readme(result: ExportResult, config: dict[str, Any], tokenizer: str, tokeni
     return (f"# {result.format} export of a tierlab run\n\nModel: `{config['model']}` with "
             f"`{json.dumps(config.get('model_args', {}))}`, trained on `{config['data']}`.\n\n"
             f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 "
-            f"{'class scores' if _run_labels(config) else '`[batch, tokens, vocab]`'} ({_scores(config, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
+            f"{'class scores' if labels is not None else '`[batch, tokens, vocab]`'} "
+            f"({_scores(config, labels, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
             f"## Parity with the trained model\n\nLargest absolute logit difference: {parity}.\n")

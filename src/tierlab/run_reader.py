@@ -13,10 +13,10 @@ from typing import Any
 from torch import nn
 
 from .data.tokenizer import ByteTokenizer, Tokenizer, load_tokenizer_file
-from .errors import ModelError, UserError
+from .errors import DataError, ModelError, UserError
 from .models import load_model
 from .models.loader import PRESETS, split_spec
-from .run_files import CONFIG, TOKENIZER, WEIGHTS
+from .run_files import CONFIG, EVENTS, LABELS, TOKENIZER, WEIGHTS
 from .train.checkpoint import load_checkpoint
 
 
@@ -59,10 +59,10 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
 
         check_recorded_source(run_dir, str(config["model"]))
         model = load_model(config["model"], config.get("model_args", {}), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")), built_classes(run_dir))
+                           bool(config.get("causal_mask")), built_classes(run_dir, config, tokenizer))
     elif isinstance(model, str):
         model = load_model(model, config.get("model_args", {}), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")), built_classes(run_dir))
+                           bool(config.get("causal_mask")), built_classes(run_dir, config, tokenizer))
     if checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
@@ -77,12 +77,39 @@ def built_vocab(config: dict[str, Any], tokenizer: Tokenizer) -> int:
     return model_vocab(str(config.get("objective") or "clm"), tokenizer.vocab_size)
 
 
-def built_classes(run_dir: Path) -> int | None:
+def built_classes(run_dir: Path, config: dict[str, Any], tokenizer: Tokenizer) -> int | None:
     """The number of classes a classification run's model was built for (None for a language model)."""
-    from .data.rows import read_labels
-
-    labels = read_labels(run_dir)
+    labels = run_labels(run_dir, config, tokenizer)
     return len(labels["labels"]) if labels else None
+
+
+def run_labels(run_dir: Path, config: dict[str, Any], tokenizer: Tokenizer | None = None) -> dict[str, Any] | None:
+    """A classification run's labels.json, checked against the rest of the run (None for a language model's run).
+
+    A classifier's model is built for as many classes as the file names, and pads with its
+    ``pad_token_id``: a file deleted or edited since would otherwise surface as a mismatch
+    blamed on the model, or as quietly wrong pooling.
+    """
+    from .data.rows import read_labels
+    from .track.records import read_jsonl
+
+    if (config.get("objective") or "clm") != "classify":
+        return None
+    labels = read_labels(run_dir)
+    fix = f"restore {LABELS} from a copy of the run (tierlab writes it when the run starts)."
+    if labels is None:
+        raise DataError(f"{str(run_dir)!r} is a classification run, but its {LABELS} (the class names, and how many "
+                        "classes the model has) is missing.", fix)
+    if tokenizer is not None and labels["pad_token_id"] != tokenizer.vocab_size:
+        raise DataError(f"{str(run_dir / LABELS)!r} says the padding token is id {labels['pad_token_id']}, but the "
+                        f"run's tokenizer puts it at {tokenizer.vocab_size}.", fix)
+    start = next((e for e in read_jsonl(run_dir / EVENTS) if e.get("event") == "run_start"), {}) \
+        if (run_dir / EVENTS).is_file() else {}
+    trained = start.get("classes")
+    if isinstance(trained, int) and trained != len(labels["labels"]):
+        raise DataError(f"{str(run_dir / LABELS)!r} names {len(labels['labels'])} classes, but the run trained a "
+                        f"classifier of {trained}.", fix)
+    return labels
 
 
 def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:
@@ -119,7 +146,7 @@ def run_model(run_dir: Path, model: nn.Module | str | None = None,
     tokenizer = run_tokenizer(run_dir)
     if isinstance(model, str):
         model = load_model(model, dict(model_args or config.get("model_args", {})), built_vocab(config, tokenizer),
-                           bool(config.get("causal_mask")), built_classes(run_dir))
+                           bool(config.get("causal_mask")), built_classes(run_dir, config, tokenizer))
     return load_run_weights(model, run_dir), tokenizer, config
 
 

@@ -138,6 +138,42 @@ def test_robustness_curve_is_monotone_on_a_toy_model():
     assert all(p.loss is not None for p in curve)
 
 
+class Recorder(nn.Module):
+    """[B, 2] scores; remembers every input it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen, self.weight = [], nn.Parameter(torch.zeros(2))
+
+    def forward(self, ids):
+        self.seen.append(ids.clone())
+        return ids.float().mean(-1, keepdim=True) * self.weight
+
+
+def test_a_classifiers_padding_is_never_perturbed():
+    pad, rows = 99, torch.full((4, 12), 99)
+    lengths = [12, 5, 2, 1]
+    for row, length in enumerate(lengths):
+        rows[row, :length] = torch.arange(1, length + 1)
+    model = Recorder()
+    robustness_curve(model, [(rows, torch.zeros(4, dtype=torch.long))], 50, [0, 1, 4, 8], pad_id=pad)
+    for perturbed in model.seen:
+        assert torch.equal(perturbed == pad, rows == pad)  # padding stays, and no text becomes padding
+    changed = (model.seen[-1] != rows).sum(-1)  # k = 8: at most 8 per row, at most the row's text
+    assert all(c <= min(8, n) for c, n in zip(changed.tolist(), lengths)) and changed[0] >= 6
+
+
+def test_attention_statistics_count_only_the_rows_asked_for():
+    weights = torch.zeros(2, T, T)
+    weights[:, :, 0] = 1.0  # every row on the first token ...
+    weights[:, 8:] = 0.0
+    weights[:, 8:, :] = 1.0 / T  # ... but rows 8 and after (padding, say) spread out
+    queries = torch.zeros(2, T, dtype=torch.bool)
+    queries[:, :8] = True
+    assert head_stats(0, 0, weights, causal=False, queries=queries).first_token == pytest.approx(1.0)
+    assert head_stats(0, 0, weights, causal=False).first_token < 0.6
+
+
 def test_cli_on_a_trained_run_and_on_a_model_file(tmp_path):
     run = tierlab.train(config=fast_config(tmp_path, max_steps=10))
     result = run_cli("analyze", "--run", str(run.dir), "--json", "r.json", "--png", "att.png", cwd=tmp_path)

@@ -9,7 +9,8 @@ import torch
 from helpers import labelled_rows, write_labelled_csv
 from tierlab.data.rows import prepare_rows, read_labels
 from tierlab.data.sampler import RowSampler
-from tierlab.errors import DataError
+from tierlab.config import TrainConfig
+from tierlab.errors import ConfigError, DataError
 
 
 def _prepare(path, tmp_path, **options):
@@ -44,6 +45,11 @@ def test_labels_of_every_kind_and_format(tmp_path):
     flags = tmp_path / "f.jsonl"
     flags.write_text('{"text": "x", "label": true}\n{"text": "y", "label": false}\n')
     assert _prepare(flags, tmp_path, val_fraction=0.01).labels == ["false", "true"]
+    spelt = tmp_path / "s.csv"  # one value, two spellings: one class (pandas writes an int column with NaN as floats)
+    spelt.write_text("text,label\na,1\nb,1.0\nc,2\n")
+    assert _prepare(spelt, tmp_path, val_fraction=0.01).labels == ["1", "2"]
+    flags.write_text('{"text": "x", "label": true}\n{"text": "y", "label": "True"}\n{"text": "z", "label": false}\n')
+    assert _prepare(flags, tmp_path, val_fraction=0.01).labels == ["false", "true"]
     tsv = tmp_path / "r.tsv"
     tsv.write_text("label\ttext\npos\tnice, really\nneg\tnot, at all\n")
     assert _prepare(tsv, tmp_path, val_fraction=0.01).labels == ["neg", "pos"]
@@ -66,6 +72,13 @@ def test_parquet_rows(tmp_path):
     ("text,label\nhi,pos\nho,pos\n", ["has the label 'pos'", "two classes or more"]),
     ("text,label\nhi,pos\nho,\n", ["line 3 has no label"]),
     ("text,label\n", ["holds no rows"]),
+    ("text,label\nhi,pos\nho,NaN\n", ["line 3 has no label", "'NaN', a missing value"]),
+    ("id,text,labels\n1,hi,pos\n2,ho,neg\n", ["has no column \"label\"", "--label-field labels"]),  # a typo
+    ("id,text, Label\n1,hi,pos\n2,ho,neg\n", ["--label-field ' Label'"]),  # a stray space, another case
+    ("text;label\nhi;pos\nho;neg\n", ["separated by semicolons"]),
+    ('text,label\n"hi,pos\nho,neg\n', ["line 2 has no label", "unclosed quote"]),
+    ("text,label\n" + "".join(f"row {i},{i}\n" for i in range(40)), ["40 different values in 40 rows",
+                                                                      "looks like an id or a text column"]),
 ])
 def test_bad_rows_are_plain_errors(tmp_path, content, fragments):
     path = tmp_path / "bad.csv"
@@ -74,6 +87,19 @@ def test_bad_rows_are_plain_errors(tmp_path, content, fragments):
         _prepare(path, tmp_path)
     for fragment in fragments:
         assert fragment in str(err.value)
+
+
+def test_rows_that_cannot_teach_are_said(tmp_path, caplog):
+    path = tmp_path / "r.csv"  # "rare" has one row, and the fixed split holds it out; one text is empty
+    path.write_text("text,label\n" + "".join(f"t{i},{'ab'[i % 2]}\n" for i in range(30)) + "last,rare\n,a\n")
+    with caplog.at_level("WARNING", logger="tierlab"):
+        data = _prepare(path, tmp_path, val_fraction=0.5)
+    assert "rare" not in [data.labels[c] for c in data.train[:, -1]]
+    assert "'rare' have no training row" in caplog.text and "1 of 32 rows" in caplog.text
+    with pytest.raises(DataError, match="built-in demo rows have the columns"):
+        _prepare("demo", tmp_path, label_field="stars")
+    with pytest.raises(ConfigError, match="both name 'text'"):
+        TrainConfig(objective="classify", label_field="text")
 
 
 def test_plain_text_is_refused_for_classification(tmp_path):

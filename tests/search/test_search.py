@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from helpers import GREEDY_MODEL, TINY_MODEL, SilentServer, assert_user_error, fast_config, run_cli, write_model
-from tierlab.errors import ConfigError
+from tierlab.errors import ConfigError, DataError
 
 optuna = pytest.importorskip("optuna")
 
@@ -164,6 +164,13 @@ def test_search_mistakes_are_user_errors(tmp_path):
         load_space(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match="--pruner 'random'"):
         SearchConfig(base=fast_config(tmp_path), pruner="random")
+    rows = tmp_path / "r.csv"
+    rows.write_text("review,label\nhi,pos\nho,neg\n")
+    storage = tmp_path / "s.db"  # a data mistake is said before any study (or failed trial) is recorded
+    with pytest.raises(DataError, match="has no column \"text\""):
+        run_search(SearchConfig(base=fast_config(tmp_path, objective="classify", data=str(rows)), trials=1,
+                                storage=f"sqlite:///{storage}", out=str(tmp_path / "s")))
+    assert not storage.exists()
 
 
 def test_an_unreachable_storage_exits_2_with_one_line(tmp_path):

@@ -44,7 +44,7 @@ def test_every_run_writes_its_dashboard_unless_told_not_to(runs):
 
 def test_report_one_run_without_eval_or_scaler(runs):
     out, _, plain = runs
-    result = run_cli("report", plain.dir, cwd=out)
+    result = run_cli("report", ".", cwd=plain.dir)  # from inside the run: still named by its folder
     assert result.returncode == 0, result.stderr
     assert _is_drawn(_image(plain.dir / "dashboard.png"))
     lines = result.stdout.splitlines()

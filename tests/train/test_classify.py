@@ -11,7 +11,7 @@ from torch import nn
 import tierlab
 from helpers import TINY_MODEL, assert_same_run, assert_user_error, fast_config, labelled_rows, run_cli, \
     write_labelled_csv, write_model
-from tierlab.errors import ConfigError, ModelError
+from tierlab.errors import ConfigError, DataError, ModelError
 from tierlab.train.distributed import SINGLE
 from tierlab.train.evaluate import classification_figures, eval_rows
 from tierlab.train.objective import Classification, macro_f1
@@ -66,6 +66,13 @@ def test_the_evaluation_counts_every_held_out_row_once():
     figures = classification_figures(Constant(0, 2), val, batches, policy, SINGLE, Classification(99, "mean", ["a", "b"]))
     assert figures["confusion"] == [[8, 0], [5, 0]] and figures["val_acc"] == pytest.approx(8 / 13)
     assert figures["val_f1"] == pytest.approx((2 * 8 / (8 + 13)) / 2)
+    many = np.zeros((13, 5), dtype=np.int64)  # 40 classes: per-class counts, no 40 x 40 matrix per evaluation
+    many[:, -1] = np.arange(13) % 3
+    labels = [f"c{i}" for i in range(40)]
+    wide = classification_figures(Constant(1, 40), many, batches, policy, SINGLE, Classification(99, "mean", labels))
+    assert "confusion" not in wide and wide["val_acc"] == pytest.approx(4 / 13)
+    assert wide["val_f1"] == pytest.approx(macro_f1(torch.tensor(np.bincount(many[:, -1] * 40 + 1, minlength=1600)
+                                                                 .reshape(40, 40))))
     split = [eval_rows(13, 2, 10, rank, 2) for rank in (0, 1)]  # two ranks: each row on exactly one of them
     assert sorted(np.concatenate(split[0] + split[1]).tolist()) == list(range(13))
 
@@ -92,6 +99,22 @@ def test_a_classifier_learns_the_labels_and_records_them(tmp_path):
     assert "true \\ predicted" in report.stdout and "per-class recall" in report.stdout
     analysed = tierlab.analyze(run=run.dir, batches=1)
     assert analysed.robustness[0].kl == 0 and analysed.robustness[0].loss is not None
+    warned = run_cli("sample", run.dir, "--prompt", "great", "--temperature", "0.5", cwd=tmp_path)
+    assert warned.returncode == 0 and "--temperature ignored" in warned.stderr
+    assert_user_error(run_cli("sample", run.dir, "--prompt", " ", cwd=tmp_path), "--prompt is empty")
+    # labels.json edited or deleted: said as such, not blamed on the model (nor loaded as a language model)
+    labels = run.dir / "labels.json"
+    kept = json.loads(labels.read_text())
+    labels.write_text(json.dumps({**kept, "labels": ["neg", "pos", "meh"]}))
+    with pytest.raises(DataError, match="names 3 classes, but the run trained a classifier of 2"):
+        tierlab.load(run.dir)
+    labels.write_text(json.dumps({**kept, "pad_token_id": 255}))
+    with pytest.raises(DataError, match="says the padding token is id 255"):
+        tierlab.export_run(run.dir, "safetensors", out=tmp_path / "e")
+    labels.unlink()
+    assert_user_error(run_cli("sample", run.dir, "--prompt", "great", cwd=tmp_path),
+                      "is a classification run, but its labels.json", "restore labels.json")
+    assert not (tmp_path / "e").exists()
 
 
 def test_classify_resume_from_a_mid_run_checkpoint_is_exact(tmp_path):
@@ -114,6 +137,9 @@ def test_a_builder_export_classifier_goes_through_validate_train_sample_export(t
                       "--no-doctor", cwd=tmp_path)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "class scores [B, C], C = 3" in checked.stdout and "SKIP  causality" in checked.stdout
+    assert "vs ln(C) = 1.099" in checked.stdout  # a fresh 3-way classifier's loss is ln 3, not ln of the vocabulary
+    with pytest.raises(ConfigError, match="--num-classes 1: a classifier tells two classes or more apart"):
+        tierlab.validate(str(CLASSIFIER), objective="classify", classes=1)
     trained = run_cli("train", "--model", CLASSIFIER, "--objective", "classify", "--data", data, "--seq-len", "32",
                       "--batch-size", "8", "--max-steps", "10", "--eval-every", "10", "--precision", "fp32",
                       "--name", "enc", "--no-plots", "--quiet", cwd=tmp_path)
@@ -166,6 +192,8 @@ def test_a_language_model_head_or_no_labels_is_refused_plainly(tmp_path):
         tierlab.train(config=_config(tmp_path, data, model=str(no_pad), model_args={}))
     with pytest.raises(ConfigError, match="--pool 'max' is not a pooling"):
         _config(tmp_path, data, pool="max")
+    with pytest.raises(ConfigError, match="--pool first reads the model's first position, and this model is causal"):
+        tierlab.train(config=_config(tmp_path, data, pool="first"))  # TinyGPT: position 0 has read one token
     missing = run_cli("train", "--objective", "classify", "--data", data, "--label-field", "stars", cwd=tmp_path)
     assert_user_error(missing, "has no column \"stars\"", "--label-field")
     assert not (tmp_path / "runs").exists()
@@ -194,7 +222,7 @@ def test_search_scores_a_classifier_by_macro_f1(tmp_path):
     assert_user_error(as_lm, "was created to maximize", "--study NEW-NAME")
 
 
-def test_a_language_model_run_starts_a_classifier(tmp_path):
+def test_a_language_model_run_starts_a_classifier(tmp_path, caplog):
     lm = tierlab.train(config=fast_config(tmp_path, name="lm", max_steps=5, eval_every=0, no_plots=True))
     data = write_labelled_csv(tmp_path / "reviews.csv", labelled_rows(60))
     for source in (lm.dir, lm.dir / "checkpoints" / "step-00000005.pt"):  # final weights (tied: stored once), a checkpoint
@@ -205,6 +233,12 @@ def test_a_language_model_run_starts_a_classifier(tmp_path):
         assert torch.allclose(after["blocks.0.attn.qkv.weight"], before["blocks.0.attn.qkv.weight"], atol=1e-6)
         assert torch.allclose(after["tok_emb.weight"][:256], before["tok_emb.weight"], atol=1e-6)
         assert after["head.weight"].shape == (2, 32)  # the class head is new
+    relabelled = [(text, {"neg": "bad", "pos": "good"}[label]) for text, label in labelled_rows(60)]
+    other = write_labelled_csv(tmp_path / "other.csv", relabelled)
+    with caplog.at_level("WARNING", logger="tierlab"):  # a classifier of other labels: its head is reused, said
+        tierlab.train(config=_config(tmp_path, other, model_args=dict(TINY_MODEL), init_from=str(tuned.dir),
+                                     max_steps=1, eval_every=0, name="relabel", no_plots=True))
+    assert "is a classifier of other labels" in caplog.text and "0: 'neg' -> 'bad'" in caplog.text
     with pytest.raises(ConfigError, match="do not fit this classifier"):
         tierlab.train(config=_config(tmp_path, data, model=str(CLASSIFIER), model_args={}, init_from=str(lm.dir),
                                      name="mismatch"))

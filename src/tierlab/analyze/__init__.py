@@ -180,7 +180,7 @@ def _analyze_classifier(model: nn.Module, run: Path, config: dict[str, Any], nam
                         cache_dir: str | Path | None) -> AnalysisReport:
     """analyze RUN for ``--objective classify``: attention over held-out rows, robustness of the predicted label."""
     from ..data import default_cache_dir, prepare_rows
-    from ..data.rows import read_labels
+    from ..run_reader import run_labels
     from ..train.objective import Classification
 
     seq_len = int(config["seq_len"])
@@ -189,15 +189,16 @@ def _analyze_classifier(model: nn.Module, run: Path, config: dict[str, Any], nam
                         config.get("label_field", "label"))
     if not len(rows.val):
         raise DataError("The run holds out no rows to analyze on.", "analyze a run trained with --val-fraction > 0.")
-    labels = (read_labels(run) or {}).get("labels") or rows.labels
+    labels = run_labels(run, config)["labels"]
     classify = Classification(rows.pad_id, config.get("pool") or "mean", labels)
     target = torch.device(device)
     model = model.to(target)
     pairs = [classify.split(torch.from_numpy(rows.val[start:start + batch_size].astype("int64")).to(target))
              for start in range(0, min(len(rows.val), batch_size * batches), batch_size)]
-    attention = observe_attention(model, pairs[0][0])
+    # Text positions only: what padding attends to, or a pad byte replaced, says nothing of the classifier.
+    attention = observe_attention(model, pairs[0][0], queries=pairs[0][0] != rows.pad_id)
     curve = robustness_curve(_Pooled(model, classify), pairs, rows.tokenizer.vocab_size,
-                             ks if ks is not None else default_ks(seq_len), seed)
+                             ks if ks is not None else default_ks(seq_len), seed, pad_id=rows.pad_id)
     report = AnalysisReport(name or str(config["model"]), str(run), config["data"], list(pairs[0][0].shape),
                             len(pairs), attention, curve)
     log.info("%s", report.text())

@@ -72,8 +72,12 @@ class AttentionReport:
                 "collapsed": [f"L{h.layer}H{h.head}" for h in self.collapsed]}
 
 
-def observe_attention(model: nn.Module, ids: torch.Tensor) -> AttentionReport:
-    """Run ``model`` on ``ids`` [B, T] and describe every attention head it has."""
+def observe_attention(model: nn.Module, ids: torch.Tensor, queries: torch.Tensor | None = None) -> AttentionReport:
+    """Run ``model`` on ``ids`` [B, T] and describe every attention head it has.
+
+    ``queries`` [B, T] (bool) limits the statistics to those query rows: a classifier's text
+    positions, so that what padding attends to does not count.
+    """
     maps, sources = _capture(model, ids)
     if not maps:
         return AttentionReport(False, "no attention weights could be observed: the model uses neither "
@@ -84,12 +88,13 @@ def observe_attention(model: nn.Module, ids: torch.Tensor) -> AttentionReport:
     t = ids.size(1)
     maps = [m for m in maps if m.shape[-2:] == (t, t)]  # self-attention over the input only
     causal = all(float(torch.triu(m, 1).sum()) <= 1e-4 * m.numel() for m in maps)
-    heads = [head_stats(layer, h, m[:, h], causal) for layer, m in enumerate(maps) for h in range(m.size(1))]
+    heads = [head_stats(layer, h, m[:, h], causal, queries) for layer, m in enumerate(maps) for h in range(m.size(1))]
     return AttentionReport(True, " + ".join(sorted(sources)), heads, causal, [m.mean(0) for m in maps])
 
 
-def head_stats(layer: int, head: int, weights: torch.Tensor, causal: bool) -> HeadStats:
-    """Statistics of one head's weights [B, T, T] (rows: queries, columns: keys).
+def head_stats(layer: int, head: int, weights: torch.Tensor, causal: bool,
+               queries: torch.Tensor | None = None) -> HeadStats:
+    """Statistics of one head's weights [B, T, T] (rows: queries, columns: keys), over ``queries`` rows if given.
 
     Row 0 is left out: under a causal mask it can only see itself, so its entropy is 0 by
     construction and would make every causal head look collapsed.
@@ -97,23 +102,31 @@ def head_stats(layer: int, head: int, weights: torch.Tensor, causal: bool) -> He
     w = weights.double().clamp_min(0)
     t = w.size(-1)
     rows = w[:, 1:, :]  # [B, T-1, T]
+    counted = (torch.ones(w.shape[:2], dtype=torch.float64) if queries is None
+               else queries.to(device="cpu", dtype=torch.float64))[:, 1:]  # [B, T-1]: 1 where a row counts
+    if not float(counted.sum()):  # every row one token long: nothing but row 0, so count it
+        counted = torch.ones_like(counted)
+
+    def mean(values: torch.Tensor) -> torch.Tensor:
+        return (values * counted).sum() / counted.sum()
+
     entropy = -(rows * rows.clamp_min(1e-30).log()).sum(-1)  # [B, T-1]
     visible = torch.arange(2, t + 1, dtype=torch.float64) if causal else torch.full((t - 1,), float(t))
     normalized = entropy / visible.log()
     index = torch.arange(1, t)
-    previous = w[:, index, index - 1].mean()
-    first = w[:, 1:, 0].mean()
-    diagonal = w[:, index, index].mean()
-    near_zero = (entropy < NEAR_ZERO_ENTROPY).double().mean()
+    previous = mean(w[:, index, index - 1])
+    first = mean(w[:, 1:, 0])
+    diagonal = mean(w[:, index, index])
+    near_zero = mean((entropy < NEAR_ZERO_ENTROPY).double())
     shares = {"previous-token": float(previous), "first-token": float(first), "diagonal": float(diagonal)}
     best = max(shares, key=shares.get)
     if shares[best] > 0.5:
         pattern = best
-    elif float(normalized.mean()) > 0.9:
+    elif float(mean(normalized)) > 0.9:
         pattern = "uniform"
     else:
         pattern = "mixed"
-    return HeadStats(layer, head, float(entropy.mean()), float(normalized.mean()), float(previous), float(first),
+    return HeadStats(layer, head, float(mean(entropy)), float(mean(normalized)), float(previous), float(first),
                      float(diagonal), float(near_zero), bool(near_zero >= COLLAPSE_SHARE), pattern)
 
 

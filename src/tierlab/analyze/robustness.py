@@ -43,17 +43,27 @@ def default_ks(seq_len: int) -> list[int]:
 
 @torch.no_grad()
 def robustness_curve(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor | None]], vocab_size: int,
-                     ks: list[int], seed: int = 0) -> list[RobustnessPoint]:
-    """The curve over ``ks`` for ``batches`` of (inputs [B, T], targets [B, T] or None)."""
+                     ks: list[int], seed: int = 0, pad_id: int | None = None) -> list[RobustnessPoint]:
+    """The curve over ``ks`` for ``batches`` of (inputs [B, T], targets [B, T] or None).
+
+    With ``pad_id`` (a classifier's right-padded rows) only text positions are replaced: a row
+    with fewer than k text tokens has all of them replaced, never its padding.
+    """
     generator = torch.Generator().manual_seed(seed)
     sums = {k: [0.0, 0.0, 0.0, 0] for k in ks}  # kl, flips, loss, positions
     with eval_mode(model):
         for inputs, targets in batches:
             b, t = inputs.shape
             device = inputs.device
-            # One random order of positions and one random replacement per position, per row.
-            order = torch.argsort(torch.rand(b, t, generator=generator), dim=1).to(device)
+            # One random order of positions and one random replacement per position, per row;
+            # padding sorts after every text position and is replaced by itself.
+            draw = torch.rand(b, t, generator=generator)
             replacement = torch.randint(0, vocab_size, (b, t), generator=generator).to(device)
+            if pad_id is not None:
+                padding = (inputs == pad_id).cpu()
+                draw = draw.masked_fill(padding, 2.0)
+                replacement = torch.where(padding.to(device), inputs, replacement)
+            order = torch.argsort(draw, dim=1).to(device)
             clean = extract_logits(model(inputs)).float()
             log_p = F.log_softmax(clean, -1)
             top = clean.argmax(-1)

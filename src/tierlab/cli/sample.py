@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from .common import RUN_MODEL_HELP, add_device_option, recorded_model_for
+
+log = logging.getLogger(__name__)
+SHOWN_LABELS = 10  # a classify run's line: the likeliest label, then this many labels with their probability
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,8 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
-    from ..data.rows import read_labels
-    from ..run_reader import load, run_config
+    from ..errors import UserError
+    from ..run_reader import load, run_config, run_labels
     from ..sample import classify, fill_masks, generate
     from ..train.device import resolve_device
 
@@ -38,11 +42,20 @@ def run(ns: argparse.Namespace) -> int:
     with recorded_model_for("tierlab sample"):
         model, tokenizer = load(ns.run, ns.checkpoint, device=str(resolve_device(ns.device)), model=ns.model)
     if objective == "classify":
-        labels = (read_labels(Path(ns.run)) or {}).get("labels") or []
+        if not ns.prompt.strip():
+            raise UserError("--prompt is empty: a classifier labels a text, and there is none.",
+                            "pass the text to label, e.g. --prompt \"a good movie\" (or --prompt - to read "
+                            "one text per line from stdin).")
+        ignored = [name for name, value in (("--temperature", ns.temperature), ("--top-k", ns.top_k),
+                                            ("--seed", ns.seed)) if value is not None]
+        if ignored:
+            log.warning("%s ignored: a classification run prints every label's probability, it samples nothing",
+                        ", ".join(ignored))
+        labels = run_labels(Path(ns.run), config, tokenizer)["labels"]
         texts = sys.stdin.read().splitlines() if ns.prompt == "-" else [ns.prompt]
         for text in texts:
             scores = classify(model, tokenizer, text, labels, int(config["seq_len"]), config.get("pool") or "mean")
-            shown = "  ".join(f"{label} {p:.3f}" for label, p in scores[:10])
+            shown = "  ".join(f"{label} {p:.3f}" for label, p in scores[:SHOWN_LABELS])
             print(f"{scores[0][0]}\t{shown}" + ("\t" + text if len(texts) > 1 else ""))
     elif objective == "mlm":
         print(fill_masks(model, tokenizer, ns.prompt, 0.0 if ns.temperature is None else ns.temperature, ns.top_k,

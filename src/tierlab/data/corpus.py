@@ -162,7 +162,7 @@ def _refuse_several_splits(root: Path, spec: str, files: tuple[Path, ...]) -> No
     pick = splits.get("train", next(iter(splits.values())))
     raise DataError(f"Directory {spec!r} holds the {', '.join(sorted(splits))} splits of a dataset; read whole, "
                     "training would see the held-out ones.",
-                    f"pass the training split alone: --data '{pick}' (tierlab holds out the last --val-fraction "
+                    f"pass the training split alone: --data '{pick}' (tierlab holds out --val-fraction "
                     f"of it for evaluation); to read every file anyway: --data '{root}/**/*{''.join(files[0].suffixes)}'.")
 
 

@@ -15,10 +15,12 @@ next to pre-training corpora, and one pass of the tokenizer over them takes seco
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
 import logging
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator
@@ -37,6 +39,9 @@ from .tokenizer import ByteTokenizer, HFTokenizer, Tokenizer, load_tokenizer_fil
 log = logging.getLogger(__name__)
 
 SPLIT_SEED = 0  # which rows are held out: the same for every run on the same file
+# A label column with at least this many values, more than this share of the rows, is an id or text column.
+MIN_SUSPECT_CLASSES, MAX_CLASS_SHARE = 20, 0.5
+MISSING_LABELS = {"nan", "null", "none"}  # how pandas and friends write a missing value into a CSV
 Row = tuple[str, object, str]  # (text, label as read, where: "FILE line N")
 
 
@@ -103,6 +108,10 @@ def prepare_rows(data: str, tokenizer_spec: str, val_fraction: float, seq_len: i
 
     ``demo``: the built-in rows (see :func:`~tierlab.data.demo.demo_rows_csv`), written once into the cache.
     """
+    if data == "demo" and (text_field, label_field) != ("text", "label"):
+        raise DataError(f"The built-in demo rows have the columns \"text\" and \"label\", not "
+                        f"{json.dumps(text_field)} and {json.dumps(label_field)}.",
+                        "drop --text-field and --label-field for --data demo, or pass your own file with --data.")
     corpus = open_corpus(str(demo_rows_file(cache_dir)) if data == "demo" else data, cache_dir, text_field)
     if not FORMATS[corpus.kind].field_based:
         raise DataError(f"--objective classify needs labelled rows, and {data!r} is plain text.",
@@ -115,12 +124,25 @@ def prepare_rows(data: str, tokenizer_spec: str, val_fraction: float, seq_len: i
     if len(labels) < 2:
         raise DataError(f"Every row of {data!r} has the label {labels[0]!r}: there is nothing to tell apart.",
                         f"check --label-field (now {label_field!r}): a classifier needs two classes or more.")
+    if len(labels) >= MIN_SUSPECT_CLASSES and len(labels) > len(rows) * MAX_CLASS_SHARE:
+        raise DataError(f"The {json.dumps(label_field)} column of {data!r} holds {len(labels)} different values in "
+                        f"{len(rows)} rows: nearly every row would be a class of its own, so it looks like an id or "
+                        "a text column, not labels.",
+                        "name the column of labels with --label-field (a classifier needs several rows per class).")
+    empty = sum(1 for text, _, _ in rows if not text.strip())
+    if empty:
+        log.warning("%d of %d rows of %s have empty text: the model sees only padding for them (their label is "
+                    "still a target)", empty, len(rows), data)
     order = np.random.default_rng(SPLIT_SEED).permutation(len(rows))
     n_val = int(len(rows) * val_fraction)
     if len(rows) - n_val < 1:
         raise DataError(f"{data!r} has {len(rows)} row(s): none is left for training after --val-fraction "
                         f"{val_fraction:g}.", "use more rows or a smaller --val-fraction.")
     val_rows, train_rows = order[:n_val], order[n_val:]
+    unseen = [labels[c] for c in sorted(set(range(len(labels))) - set(ids[train_rows].tolist()))]
+    if unseen:
+        log.warning("class(es) %s have no training row (only held-out ones): the model cannot learn them; give "
+                    "each class more rows", ", ".join(map(repr, unseen[:10])) + (", ..." if len(unseen) > 10 else ""))
     corpus_hash = _rows_hash(corpus, label_field)
     tokenizer = _tokenizer(tokenizer_spec, [rows[i][0] for i in train_rows], corpus_hash, val_fraction, cache_dir)
     encoded = _encode([text for text, _, _ in rows], tokenizer)
@@ -149,9 +171,12 @@ def demo_rows_file(cache_dir: Path) -> Path:
 
 
 def _class_ids(raw: list[object]) -> tuple[list[str], np.ndarray]:
-    """(class names in id order, each row's id): numbers in numeric order, other names alphabetically."""
+    """(class names in id order, each row's id): numbers in numeric order, other names alphabetically.
+
+    One class is one value however it is spelt: ``1`` and ``1.0`` (a column pandas wrote as
+    floats), ``True`` and ``true`` (Python's and JSON's booleans); the first spelling names it.
+    """
     names = [_label_name(v) for v in raw]
-    distinct = set(names)
 
     def numeric(name: str) -> float | None:
         try:
@@ -159,7 +184,17 @@ def _class_ids(raw: list[object]) -> tuple[list[str], np.ndarray]:
         except ValueError:
             return None
 
-    if all(numeric(n) is not None for n in distinct):
+    if all(numeric(n) is not None for n in set(names)):
+        key = numeric
+    elif all(n.lower() in ("true", "false") for n in set(names)):
+        key = str.lower
+    else:
+        key = None
+    if key is not None:  # the first spelling of each value names its class
+        spelling: dict[object, str] = {}
+        names = [spelling.setdefault(key(n), n) for n in names]
+    distinct = set(names)
+    if key is numeric:
         labels = sorted(distinct, key=lambda n: (numeric(n), n))
     else:
         labels = sorted(distinct)
@@ -233,8 +268,12 @@ def _checked(path: Path, where: str, text: object, label: object, text_field: st
         raise DataError(f"{str(path)!r} {where} has no text in {json.dumps(text_field)} "
                         f"(it holds {'nothing' if text is None else type(text).__name__}).",
                         "give every row its text, or remove the row.")
-    if label is None or (isinstance(label, str) and not label.strip()):
-        raise DataError(f"{str(path)!r} {where} has no label in {json.dumps(label_field)}.",
+    if label is None or (isinstance(label, str) and label.strip().lower() in {"", *MISSING_LABELS}):
+        said = f" (it holds {label.strip()!r}, a missing value)" if isinstance(label, str) and label.strip() else ""
+        swallowed = (" — an unclosed quote in its text may have taken in the lines after it"
+                     if label is None and "\n" in text else "")
+        raise DataError(f"{str(path)!r} {where} has no label in {json.dumps(label_field)}{said}{swallowed}.",
+                        "close the quote of that text." if swallowed else
                         "give every row a label, or remove the rows without one.")
     if isinstance(label, (list, dict)) or (isinstance(label, float) and label != label):
         raise DataError(f"{str(path)!r} {where}: its label {json.dumps(label)} is not one class.",
@@ -261,18 +300,37 @@ def _jsonl_rows(fh: IO[bytes], path: Path, text_field: str, label_field: str) ->
         for name in (text_field, label_field):
             if name not in record:
                 raise _missing(f"{str(path)!r} line {lineno} has no field {json.dumps(name)}", "fields", list(record),
-                               name, text_field)
+                               name, (text_field, label_field))
         yield _checked(path, f"line {lineno}", record[text_field], record[label_field], text_field, label_field)
 
 
-def _missing(problem: str, what: str, candidates: list[str], missing: str, text_field: str) -> DataError:
-    """The error for a row without the text or the label field: what it has, and the option that names another."""
+def _missing(problem: str, what: str, candidates: list[str], missing: str, fields: tuple[str, str]) -> DataError:
+    """The error for a row without the text or the label field: what it has, and the option that names another.
+
+    The suggestion is a column whose name is close to the missing one (a typo, a stray space,
+    another case); never the column the other option already names.
+    """
+    text_field, label_field = fields
     option = "--text-field" if missing == text_field else "--label-field"
-    found = f" (its {what}: {', '.join(map(str, candidates[:8]))})" if candidates else ""
-    others = [c for c in candidates if c != text_field] or candidates  # (the label is not in the text column)
-    fix = f"name the one that holds it: {option} {others[0]}." if others else \
-        f"give the rows a {json.dumps(missing)} field."
+    found = f" (its {what}: {', '.join(json.dumps(str(c)) for c in candidates[:8])})" if candidates else ""
+    other = label_field if missing == text_field else text_field
+    free = [str(c) for c in candidates if c != other]
+    by_key = {c.strip().lower(): c for c in free}
+    close = difflib.get_close_matches(missing.strip().lower(), list(by_key), n=1, cutoff=0.6)
+    if len(candidates) == 1 and ";" in str(candidates[0]):
+        fix = "the file looks separated by semicolons: tierlab reads commas (.csv) or tabs (.tsv); save it as one."
+    elif close or len(free) == 1:
+        fix = f"name the column that holds it: {option} {_shell_word(by_key[close[0]] if close else free[0])}."
+    elif free:
+        fix = f"name the column that holds it with {option} (one of {', '.join(_shell_word(c) for c in free[:8])})."
+    else:
+        fix = f"give the rows a {json.dumps(missing)} field."
     return DataError(f"{problem}{found}.", fix)
+
+
+def _shell_word(name: str) -> str:
+    """A column name as it would be typed on a command line (quoted when it holds spaces)."""
+    return shlex.quote(name)
 
 
 def _table_rows(fh: IO[bytes], path: Path, text_field: str, label_field: str, delimiter: str) -> Iterator[Row]:
@@ -286,12 +344,17 @@ def _table_rows(fh: IO[bytes], path: Path, text_field: str, label_field: str, de
             return
         for name in (text_field, label_field):
             if name not in header:
-                raise _missing(f"{str(path)!r} has no column {json.dumps(name)}", "columns", header, name, text_field)
+                raise _missing(f"{str(path)!r} has no column {json.dumps(name)}", "columns", header, name,
+                               (text_field, label_field))
         t, lab = header.index(text_field), header.index(label_field)
-        for row in reader:
+        while True:
+            start = reader.line_num + 1  # where the row begins (a quoted text may span lines)
+            row = next(reader, None)
+            if row is None:
+                break
             if not row:
                 continue
-            where = f"line {reader.line_num}"
+            where = f"line {start}"
             yield _checked(path, where, row[t] if t < len(row) else None, row[lab] if lab < len(row) else None,
                            text_field, label_field)
     except UnicodeDecodeError as exc:
@@ -310,7 +373,8 @@ def _parquet_rows(path: Path, text_field: str, label_field: str) -> Iterator[Row
     names = parquet.schema_arrow.names
     for name in (text_field, label_field):
         if name not in names:
-            raise _missing(f"{str(path)!r} has no column {json.dumps(name)}", "columns", names, name, text_field)
+            raise _missing(f"{str(path)!r} has no column {json.dumps(name)}", "columns", names, name,
+                           (text_field, label_field))
     number = 0
     for batch in parquet.iter_batches(columns=[text_field, label_field], batch_size=4096):
         texts, labels = batch.column(0).to_pylist(), batch.column(1).to_pylist()

@@ -260,6 +260,11 @@ def _unreachable(exc: BaseException) -> bool:
 
 def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
     """Run trials until the study holds ``cfg.trials`` of them; then write the outputs."""
+    from ..train.setup import read_data
+
+    # A data mistake (a missing column, an empty corpus) would fail every trial: say it before
+    # a study or a trial is recorded.  The tokenized data is cached, so the first trial reuses it.
+    read_data(cfg.base, Path(cache_dir) if cache_dir else None)
     study = open_study(cfg)
     from optuna.trial import TrialState
 

@@ -13,12 +13,17 @@ from .records import read_jsonl
 FIGSIZE, DPI = (15, 8.5), 100  # 1500 x 850 pixels
 
 
+def _run_name(run_dir: str | Path) -> str:
+    """A run's name as titles show it: its folder's, also when given as ``.`` from inside it."""
+    return Path(run_dir).resolve().name
+
+
 def _load(run_dir: Path) -> dict[str, Any]:
     metrics = read_jsonl(run_dir / METRICS)
     events = read_jsonl(run_dir / EVENTS)
     config_path = run_dir / CONFIG
     return {
-        "name": run_dir.name,
+        "name": _run_name(run_dir),
         "train": [r for r in metrics if r.get("kind") == "train"],
         "eval": [r for r in metrics if r.get("kind") == "eval"],
         "skips": sorted({e["step"] for e in events if e.get("event") == "step_skipped"}),
@@ -157,7 +162,7 @@ def summary_table(run_dirs: list[Path]) -> str:
             s = {"status": "no summary", "steps": last.get("step"), "tokens": last.get("tokens"),
                  "final_loss": last.get("loss"), "skipped_steps": last.get("skipped_steps"),
                  "final_loss_scale": last.get("loss_scale")}
-        rows.append([Path(d).name, s.get("status", "?"), _fmt(s.get("steps")), _fmt(s.get("tokens")),
+        rows.append([_run_name(d), s.get("status", "?"), _fmt(s.get("steps")), _fmt(s.get("tokens")),
                      _fmt(s.get("final_loss"), ".4f"), _fmt(s.get("best_val_loss"), ".4f"),
                      s.get("precision") or "-", _fmt(s.get("skipped_steps")), _fmt(s.get("final_loss_scale"), "g"),
                      _fmt(s.get("median_tokens_per_s"), ",.0f")])
@@ -170,24 +175,29 @@ def summary_table(run_dirs: list[Path]) -> str:
 def confusion_table(run_dir: Path) -> str | None:
     """A classification run's last confusion matrix as text (rows: true label, columns: predicted), else None."""
     from ..data.rows import read_labels
+    from ..train.objective import CONFUSION_CLASSES
 
     labels = read_labels(Path(run_dir))
-    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "eval" and "confusion" in r]
+    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "eval" and "val_acc" in r]
     if labels is None or not evals:
         return None
     last, names = evals[-1], [str(n) for n in labels["labels"]]
+    if "confusion" not in last:
+        return (f"{_run_name(run_dir)}: {len(names)} classes at step {last['step']} (accuracy {last['val_acc']:.3f}, "
+                f"macro-F1 {last['val_f1']:.3f}); a confusion matrix is recorded for {CONFUSION_CLASSES} classes "
+                "or fewer")
     matrix = last["confusion"]
     if len(matrix) != len(names):  # labels.json edited after the run
-        return (f"{Path(run_dir).name}: its labels.json names {len(names)} classes and its confusion matrix has "
+        return (f"{_run_name(run_dir)}: its labels.json names {len(names)} classes and its confusion matrix has "
                 f"{len(matrix)}: restore labels.json from a copy of the run to see the matrix")
-    if len(names) > 30:
-        return (f"{Path(run_dir).name}: {len(names)} classes, too many to print; the confusion matrix is in "
+    if len(names) > CONFUSION_CLASSES:
+        return (f"{_run_name(run_dir)}: {len(names)} classes, too many to print; the confusion matrix is in "
                 f"{METRICS} (eval records, \"confusion\")")
     cells = [["true \\ predicted", *names]] + [[name, *map(str, row)] for name, row in zip(names, matrix)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
     lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in cells]
     recall = [row[i] / max(1, sum(row)) for i, row in enumerate(matrix)]
-    return (f"{Path(run_dir).name}: confusion matrix at step {last['step']} ({sum(map(sum, matrix))} held-out rows; "
+    return (f"{_run_name(run_dir)}: confusion matrix at step {last['step']} ({sum(map(sum, matrix))} held-out rows; "
             f"accuracy {last['val_acc']:.3f}, macro-F1 {last['val_f1']:.3f})\n" + "\n".join(lines) +
             "\nper-class recall: " + ", ".join(f"{n} {r:.2f}" for n, r in zip(names, recall)))
 
@@ -202,7 +212,7 @@ def _incomparable_note(run_dirs: list[Path]) -> str | None:
     for d in run_dirs:
         path = Path(d) / CONFIG
         cfg = json.loads(path.read_text()) if path.is_file() else {}
-        setups.setdefault((str(cfg.get("data", "?")), str(cfg.get("tokenizer", "?"))), []).append(Path(d).name)
+        setups.setdefault((str(cfg.get("data", "?")), str(cfg.get("tokenizer", "?"))), []).append(_run_name(d))
     if len(setups) < 2:
         return None
     groups = "; ".join(f"{', '.join(names)}: {tok} on {Path(data).name}" for (data, tok), names in setups.items())

@@ -10,7 +10,7 @@ from torch import nn
 from ..data import blocks_at
 from ..models import extract_logits
 from .distributed import Dist
-from .objective import Classification, MaskedLM, macro_f1
+from .objective import CONFUSION_CLASSES, Classification, MaskedLM, macro_f1, macro_f1_of_counts
 from .precision import PrecisionPolicy
 
 
@@ -67,9 +67,10 @@ def classification_figures(model: nn.Module, val: np.ndarray, rows_per_batch: li
                            policy: PrecisionPolicy, dist: Dist, classify: Classification) -> dict:
     """val_loss, val_acc, val_f1 (macro) and the confusion matrix over the rows at ``rows_per_batch``, all ranks'."""
     device, classes = policy.device, classify.classes
+    dense = classes <= CONFUSION_CLASSES  # else per-class counts only: right, true, predicted (3 * C numbers)
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(classes * classes, dtype=torch.float64, device=device)  # true * C + predicted
+    counts = torch.zeros(classes * classes if dense else 3 * classes, dtype=torch.float64, device=device)
     for rows in rows_per_batch:
         if not len(rows):
             continue  # (the last global batch may not reach this rank)
@@ -77,10 +78,24 @@ def classification_figures(model: nn.Module, val: np.ndarray, rows_per_batch: li
         with policy.autocast():
             scores = classify.pooled(extract_logits(model(x)).float(), x)
         loss_sum += F.cross_entropy(scores, y, reduction="sum")
-        confusion.index_add_(0, y * classes + scores.argmax(-1), torch.ones_like(y, dtype=torch.float64))
+        predicted, one = scores.argmax(-1), torch.ones_like(y, dtype=torch.float64)
+        if dense:
+            counts.index_add_(0, y * classes + predicted, one)  # true * C + predicted
+        else:
+            counts.index_add_(0, y, (predicted == y).to(torch.float64))
+            counts.index_add_(0, classes + y, one)
+            counts.index_add_(0, 2 * classes + predicted, one)
     model.train()
-    totals = dist.sum_(torch.cat([loss_sum.view(1), confusion])).tolist()  # host sync: evaluations only
-    matrix = torch.tensor(totals[1:], dtype=torch.float64).view(classes, classes)
-    count = float(matrix.sum())
-    return {"val_loss": totals[0] / count, "val_acc": float(matrix.diag().sum()) / count,
-            "val_f1": macro_f1(matrix), "confusion": matrix.to(torch.int64).tolist()}
+    totals = dist.sum_(torch.cat([loss_sum.view(1), counts])).tolist()  # host sync: evaluations only
+    figures = torch.tensor(totals[1:], dtype=torch.float64)
+    if dense:
+        matrix = figures.view(classes, classes)
+        right, count, f1 = float(matrix.diag().sum()), float(matrix.sum()), macro_f1(matrix)
+    else:
+        true_positive, support, given = figures.view(3, classes)
+        right, count, f1 = float(true_positive.sum()), float(support.sum()), macro_f1_of_counts(true_positive,
+                                                                                                 support, given)
+    record = {"val_loss": totals[0] / count, "val_acc": right / count, "val_f1": f1}
+    if dense:
+        record["confusion"] = matrix.to(torch.int64).tolist()
+    return record

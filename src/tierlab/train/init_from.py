@@ -33,6 +33,7 @@ class WeightSource:
     tokenizer: str | None  # the identity the weights were trained with, where recorded
     tokenizer_file: Path | None  # the run's tokenizer.json, to name in a fix
     weights: dict[str, Any] | None = None  # a checkpoint's model state, read once
+    run_dir: Path | None = None  # the run the weights come from, where they are a run's
 
 
 def find_weights(spec: str) -> WeightSource:
@@ -57,13 +58,14 @@ def find_weights(spec: str) -> WeightSource:
     tokenizer = state.get("tokenizer") if state is not None else _run_tokenizer(run_dir)
     tokenizer_file = run_dir / TOKENIZER
     return WeightSource(weights, tokenizer, tokenizer_file if tokenizer_file.is_file() else None,
-                        state["model"] if state is not None else None)
+                        state["model"] if state is not None else None, run_dir)
 
 
-def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str, classifier: bool = False) -> WeightSource:
+def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str,
+                         labels: list[str] | None = None) -> WeightSource:
     """Load the weights ``spec`` names into ``model`` (strictly), after checking the tokenizer they were trained with.
 
-    ``classifier`` (``--objective classify``): a language model's weights start a classifier
+    ``labels`` (``--objective classify``: the class names): a language model's weights start a classifier
     (fine-tuning): see :func:`_load_into_classifier`.
     """
     source = find_weights(spec)
@@ -76,8 +78,8 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str, c
     from safetensors import SafetensorError
 
     try:
-        if classifier:
-            _load_into_classifier(model, source, spec)
+        if labels is not None:
+            _load_into_classifier(model, source, spec, labels)
         elif source.path.suffix == ".safetensors":
             from safetensors.torch import load_model as load_safetensors
 
@@ -96,7 +98,7 @@ def load_initial_weights(model: nn.Module, spec: str, tokenizer_identity: str, c
     return source
 
 
-def _load_into_classifier(model: nn.Module, source: WeightSource, spec: str) -> None:
+def _load_into_classifier(model: nn.Module, source: WeightSource, spec: str, labels: list[str]) -> None:
     """A classifier from a language model's weights: every tensor that fits is taken, the head stays new.
 
     Tensors of the same name and shape are copied; a table with fewer rows in the weights
@@ -128,8 +130,23 @@ def _load_into_classifier(model: nn.Module, source: WeightSource, spec: str) -> 
         raise ConfigError(f"The weights in {source.path} do not fit this classifier: {len(fresh)} of its {len(own)} "
                           f"tensors ({_first(fresh, 3)}) have no counterpart of their shape there.",
                           "start from a run of the same model (file, factory and --model-arg values).")
-    log.info("classifier from %s: %d tensors taken, %s; new (the class head): %s", spec, len(taken),
-             ", ".join(grown) if grown else "none grown", _first(fresh, 6) if fresh else "none")
+    log.info("classifier from %s: %d tensors taken, %s; new (no tensor of that name and shape in the weights, "
+             "so freshly initialised): %s", spec, len(taken), ", ".join(grown) if grown else "none grown",
+             _first(fresh, 6) if fresh else "none")
+    _say_other_labels(source, labels, whole_head=not fresh)
+
+
+def _say_other_labels(source: WeightSource, labels: list[str], whole_head: bool) -> None:
+    """Warn when the weights are a classifier of other labels whose head was taken as it is."""
+    from ..data.rows import read_labels
+
+    theirs = read_labels(source.run_dir) if source.run_dir is not None else None
+    if theirs is None or theirs["labels"] == labels or not whole_head:
+        return
+    pairs = ", ".join(f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(theirs["labels"], labels)))
+    log.warning("--init-from %s is a classifier of other labels, and its class head was taken as it is: class %s. "
+                "If they mean other things, it starts from the wrong answers (a fresh head needs a model built "
+                "without it, or relabelled data)", source.run_dir, pairs)
 
 
 def _safetensors_with_aliases(path: Path) -> dict[str, Any]:

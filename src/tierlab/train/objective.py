@@ -121,15 +121,24 @@ def split_block(block: torch.Tensor, classify: Classification | None) -> tuple[t
     return classify.split(block) if classify is not None else (block[:, :-1], block[:, 1:])
 
 
+# Eval records carry the confusion matrix up to this many classes; beyond, its C * C numbers per
+# evaluation would swell metrics.jsonl (and the all-reduce), so only per-class counts are kept.
+CONFUSION_CLASSES = 30
+
+
 def macro_f1(confusion: torch.Tensor) -> float:
-    """The mean over classes of F1 from a [C, C] confusion matrix (rows: true class, columns: predicted).
+    """The mean over classes of F1 from a [C, C] confusion matrix (rows: true class, columns: predicted)."""
+    c = confusion.to(torch.float64)
+    return macro_f1_of_counts(c.diag(), c.sum(1), c.sum(0))
+
+
+def macro_f1_of_counts(true_positive: torch.Tensor, support: torch.Tensor, predicted: torch.Tensor) -> float:
+    """Macro-F1 from per-class counts: rows rightly given the class, rows of the class, rows given it.
 
     A class that is neither in the labels nor predicted is left out of the mean (its F1 is
     undefined), as scikit-learn's ``f1_score(average="macro")`` with its labels observed.
     """
-    c = confusion.to(torch.float64)
-    true_positive = c.diag()
-    support, predicted = c.sum(1), c.sum(0)
+    true_positive, support, predicted = (t.to(torch.float64) for t in (true_positive, support, predicted))
     present = (support + predicted) > 0
     if not bool(present.any()):
         return float("nan")

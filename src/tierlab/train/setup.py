@@ -26,7 +26,7 @@ from ..data import LabelledData, TokenData, prepare_data, prepare_rows
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
-                      looks_like_probabilities, max_positions, vocab_fix)
+                      looks_like_probabilities, max_positions, repeatable_logits, vocab_fix)
 from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
@@ -89,7 +89,7 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
         check_same_model(resume_state, model, ckpt_path)
     elif cfg.init_from:  # a resume has its own weights
         init_source = load_initial_weights(model, cfg.init_from, tokens.tokenizer.identity,
-                                           classifier=isinstance(tokens, LabelledData))
+                                           labels=tokens.labels if isinstance(tokens, LabelledData) else None)
     model.to(device)
     vocab = probe_model(model, cfg, tokens, device)
     return Prepared(cfg, tokens, model, vocab, first_block(tokens, cfg), max_steps,
@@ -189,7 +189,10 @@ def probe_model(model: nn.Module, cfg: TrainConfig, tokens: TokenData, device: t
                          "make forward(input_ids) accept a LongTensor [B, T] (try a smaller --seq-len if the "
                          "model has fewer positions).") from None
     if isinstance(tokens, LabelledData):  # class scores: no vocabulary to check, no future to leak
-        return check_class_scores(extract_logits(output), probe.shape, len(tokens.labels), tokens.labels)
+        classes = check_class_scores(extract_logits(output), probe.shape, len(tokens.labels), tokens.labels)
+        if cfg.pool == "first" and extract_logits(output).dim() == 3:
+            _refuse_a_blind_first_position(model, probe[:1, :min(cfg.seq_len, 64)])
+        return classes
     vocab = check_logits(extract_logits(output), probe.shape, tokens, model)
     if vocab > model_vocab(cfg.objective, tokens.tokenizer.vocab_size):
         log.info("the model has %d outputs, more than the %d tokens of tokenizer %s: the extra outputs are never a "
@@ -240,6 +243,21 @@ def _refuse_a_future_leak(model: nn.Module, ids: torch.Tensor) -> None:
                          "next token and the loss would mean nothing.",
                          f"{CAUSAL_FIX}; for a Hugging Face model use its ...ForCausalLM class. "
                          "`tierlab validate --model ...` names the first position that leaks.")
+
+
+def _refuse_a_blind_first_position(model: nn.Module, ids: torch.Tensor) -> None:
+    """``--pool first`` on a causal model: its first position has read one token, so it would train at chance."""
+    length = ids.size(1)
+    if length < 2:
+        return
+    with eval_mode(model), torch.no_grad():
+        logits_of = lambda x: extract_logits(model(x))  # noqa: E731
+        base = repeatable_logits(logits_of, ids)
+        blind = base is not None and future_leak(logits_of, ids, length - 1, vocab=2, base=base) is None
+    if blind:
+        raise ConfigError("--pool first reads the model's first position, and this model is causal: that position "
+                          "sees only the first token of each row, so the classifier would learn next to nothing.",
+                          "use --pool last (the position that has read the whole row) or --pool mean.")
 
 
 def _short_position_tables(model: nn.Module, seq_len: int, vocab: int) -> list[tuple[str, int]]:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..models import extract_logits, max_positions
 from ..train.device import cpu_native_bf16
 from ..train.objective import Classification, missing_mask_row, missing_pad_row, model_vocab
@@ -32,6 +33,9 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     ``vocab_size`` tokens; the output [B, C], or [B, T, C] pooled by ``pool``; no causality check).
     """
     cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
+    if objective == "classify" and classes < 2:
+        raise ConfigError(f"--num-classes {classes}: a classifier tells two classes or more apart.",
+                          "pass --num-classes 2 or more (the number of labels your data has).")
     name = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
         torch.manual_seed(seed)

@@ -228,15 +228,18 @@ def numerics(p: Probe) -> CheckResult:
     else:
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, p.vocab), ids[:, 1:].reshape(-1)).item() \
             if p.seq_len > 1 else F.cross_entropy(logits.reshape(-1, p.vocab), ids.reshape(-1)).item()
-    expected = math.log(p.vocab)
-    figures = {"initial_loss": loss, "ln_vocab": expected, "logit_mean": logits.mean().item(),
-               "logit_std": logits.std().item(), "logit_max": logits.abs().max().item()}
+    # A fresh model's loss is near ln of the number of choices: the vocabulary, or a classifier's classes.
+    outputs, name = (p.classify.classes, "C") if p.classify is not None else (p.vocab, "V")
+    expected = math.log(outputs)
+    figures = {"initial_loss": loss, "ln_vocab" if p.classify is None else "ln_classes": expected,
+               "logit_mean": logits.mean().item(), "logit_std": logits.std().item(),
+               "logit_max": logits.abs().max().item()}
     if abs(loss - expected) > 1.0:
-        return CheckResult("numerics", "warn", f"initial loss {loss:.3f} is far from ln(V) = {expected:.3f} "
+        return CheckResult("numerics", "warn", f"initial loss {loss:.3f} is far from ln({name}) = {expected:.3f} "
                            f"(logit std {figures['logit_std']:.3g})", figures,
                            "a fresh model should predict near-uniformly: check the output layer's init scale "
                            "and the attention's 1/sqrt(d) factor")
-    return CheckResult("numerics", "pass", f"finite logits; initial loss {loss:.3f} vs ln(V) = {expected:.3f}",
+    return CheckResult("numerics", "pass", f"finite logits; initial loss {loss:.3f} vs ln({name}) = {expected:.3f}",
                        figures)
 
 
