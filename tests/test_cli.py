@@ -94,6 +94,9 @@ def test_third_party_model_file_with_a_named_factory(tmp_path):
     assert summary["final_val_loss"] < 3.0
 
 
+# ~25 s: a Hugging Face model also trains in-suite through test_classify (a sequence classifier) and
+# test_objective (BertForMaskedLM); this one, a GPT-2 with a BPE tokenizer in bf16, runs with -m slow.
+@pytest.mark.slow
 def test_hugging_face_model(tmp_path):
     pytest.importorskip("transformers")
     model = write_model(tmp_path, """

@@ -102,3 +102,27 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def follow_umask(path: Path) -> None:
+    """Give ``path`` the mode a plain open() or mkdir() gives: 0o666 (a file) or 0o777 (a folder) less the umask.
+
+    safetensors writes through a temporary file (mode 0600) and tempfile.mkdtemp makes 0700
+    folders, while everything else tierlab writes follows the user's umask (0644 and 0755
+    under the usual 022).
+    """
+    base = 0o777 if Path(path).is_dir() else 0o666
+    os.chmod(path, base & ~_umask())
+
+
+def _umask() -> int:
+    try:
+        with open("/proc/self/status") as fh:  # Linux: read without changing it
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o077)  # elsewhere: set and put back (in between, the strictest mask, never a looser one)
+    os.umask(mask)
+    return mask

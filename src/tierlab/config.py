@@ -102,6 +102,10 @@ class TrainConfig:
     # --- how long ---------------------------------------------------------------------
     max_steps: int | None = _opt(None, "optimizer steps to run (default 400 unless --epochs is given)")
     epochs: float | None = _opt(None, "passes over the training tokens (alternative to --max-steps)")
+    early_stop: int | None = _opt(None, "stop when this many evaluations in a row have not improved the best val_loss "
+                                        "by --early-stop-delta (status early_stopped; best weights in "
+                                        "best.safetensors)")
+    early_stop_delta: float = _opt(0.0, "--early-stop: the least fall of val_loss that counts as an improvement")
     # --- batch ------------------------------------------------------------------------
     batch_size: int = _opt(16, "sequences per micro-batch")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
@@ -213,6 +217,15 @@ class TrainConfig:
             value = getattr(self, name)
             need(math.isfinite(value) and value > 0, f"{_flag(name)} must be a positive number of seconds, got {value}.",
                  f"pass e.g. {_flag(name)} {example}.")
+        need(self.early_stop is None or (isinstance(self.early_stop, int) and self.early_stop >= 1),
+             f"--early-stop must be a number of evaluations, 1 or more, got {self.early_stop}.",
+             "use e.g. --early-stop 3 (stop after 3 evaluations without improvement).")
+        need(self.early_stop is None or self.eval_every > 0,
+             "--early-stop counts evaluations, and --eval-every 0 turns them off.",
+             "pass --eval-every N (e.g. 100) with --early-stop, or drop --early-stop.")
+        need(math.isfinite(self.early_stop_delta) and self.early_stop_delta >= 0,
+             f"--early-stop-delta must be a finite number, 0 or more, got {self.early_stop_delta}.",
+             "use e.g. 0.01 (a fall of val_loss smaller than that is no improvement).")
         need(self.eval_every >= 0, f"--eval-every must be 0 (off) or positive, got {self.eval_every}.",
              "pass 0 to disable evaluation or a positive step interval.")
         need(0.0 < self.val_fraction < 1.0, f"--val-fraction must be between 0 and 1, got {self.val_fraction}.",
@@ -419,7 +432,8 @@ OPTION_GROUPS = {
     "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
-    "length and batch": ("max_steps", "epochs", "batch_size", "grad_accum", "seq_len"),
+    "length and batch": ("max_steps", "epochs", "early_stop", "early_stop_delta", "batch_size", "grad_accum",
+                         "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
     "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",
                                "rollback_lr_factor", "max_rollbacks", "max_consecutive_skips", "min_loss_scale"),

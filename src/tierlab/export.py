@@ -40,7 +40,7 @@ from .errors import ModelError, UserError
 from .models import extract_logits, max_positions
 from .models.loader import absolute_spec
 from .run_files import LABELS, WEIGHTS
-from .train.run import follow_umask
+from .atomic import follow_umask
 
 log = logging.getLogger(__name__)
 

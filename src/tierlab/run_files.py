@@ -9,6 +9,7 @@ METRICS = "metrics.jsonl"  # one record per log step and per evaluation
 EVENTS = "events.jsonl"  # run_start, precision, checkpoint, ...
 SUMMARY = "summary.json"  # written when the run ends
 WEIGHTS = "model.safetensors"  # the final weights
+BEST_WEIGHTS = "best.safetensors"  # --early-stop: the weights of the best evaluation
 TOKENIZER = "tokenizer.json"  # the run's tokenizer
 LABELS = "labels.json"  # --objective classify: the class names in id order, the padding id, the fields
 DASHBOARD = "dashboard.png"  # the run at a glance

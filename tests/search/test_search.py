@@ -276,3 +276,13 @@ def test_a_trial_out_of_memory_fails_alone_and_the_study_goes_on(tmp_path):
     assert [t.state.name for t in result.study.trials] == ["FAIL", "FAIL"]
     assert all(t.user_attrs["reason"].startswith("out of memory: Out of memory at step 1 with batch 16")
                for t in result.study.trials)
+
+
+def test_trials_stop_early_when_asked_and_still_count(tmp_path):
+    base = fast_config(tmp_path, early_stop=1, early_stop_delta=10.0, log_every=4)  # the 2nd evaluation stops it
+    result = run_search(SearchConfig(base=base, trials=1, steps_per_trial=20, evals_per_trial=5, pruner="none",
+                                     out=str(tmp_path / "s")))
+    (trial,) = result.study.trials
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["steps"] == 8
+    summary = (tmp_path / "s" / "trials" / "trial-0000" / "summary.json").read_text()
+    assert '"status": "early_stopped"' in summary

@@ -10,7 +10,7 @@ from .common import add_model_and_data_options, options_config
 
 # Train options `tierlab search` passes on to every trial.
 SEARCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "pool", "data", "text_field", "label_field", "tokenizer", "precision", "device", "seq_len",
-                        "eval_batches")
+                        "eval_batches", "early_stop", "early_stop_delta")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,7 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                              ("--device", str, f"device of every trial (default {TrainConfig.device})"),
                              ("--seq-len", int, f"tokens per sequence (default {TrainConfig.seq_len})"),
                              ("--eval-batches", int,
-                              f"validation batches per evaluation (default {TrainConfig.eval_batches})")):
+                              f"validation batches per evaluation (default {TrainConfig.eval_batches})"),
+                             ("--early-stop", int, "stop a trial after this many of its evaluations without "
+                                                   "improvement (see tierlab train --early-stop; default off)"),
+                             ("--early-stop-delta", float, "--early-stop: the least fall of val_loss that counts as "
+                                                           "an improvement (default 0)")):
         search.add_argument(flag, type=kind, help=text)
     search.add_argument("--trials", type=int, default=30, metavar="N",
                         help="trials the study should hold in all (default 30); re-running adds the missing ones")

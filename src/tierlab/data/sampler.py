@@ -103,13 +103,14 @@ class RowSampler:
 
     def next_block(self) -> torch.Tensor:
         """The next [B, T + 1] int64 block: inputs are ``[:, :-1]``, class ids ``[:, -1]``."""
-        picked = []
-        for _ in range(self.batch_size * self.world_size):
-            picked.append(self._epoch_order()[self.position])
-            self.position += 1
+        picked, needed = [], self.batch_size * self.world_size
+        while needed:  # whole runs of the epoch's order (a batch may span the end of an epoch, or several)
+            take = min(needed, len(self.rows) - self.position)
+            picked.append(self._epoch_order()[self.position:self.position + take])
+            self.position, needed = self.position + take, needed - take
             if self.position == len(self.rows):
                 self.epoch, self.position, self._order = self.epoch + 1, 0, None
-        mine = np.asarray(picked[self.rank * self.batch_size:(self.rank + 1) * self.batch_size])
+        mine = np.concatenate(picked)[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
         return torch.from_numpy(self.rows[mine].astype(np.int64))
 
     @staticmethod

@@ -348,6 +348,18 @@ PROBABILITIES_FIX = ("return the raw scores (drop the final softmax): cross-entr
                      "on probabilities the loss barely moves")
 
 
+def refuse_non_logits(logits: torch.Tensor, what: str = "logits", unit: str = "position") -> None:
+    """A ModelError for outputs that cannot be raw scores: integers, or probabilities (a softmax at the end).
+
+    ``what``/``unit``: how messages name them ("logits" per "position"; a classifier's "scores" per "row").
+    """
+    if not logits.is_floating_point():
+        raise ModelError(f"The model returned {logits.dtype} {what}.", "return floating-point logits.")
+    if looks_like_probabilities(logits):
+        raise ModelError(f"The model returns probabilities, not {what}: every {unit}'s {logits.size(-1)} outputs "
+                         "lie in [0, 1] and sum to 1.", PROBABILITIES_FIX + ".")
+
+
 def looks_like_probabilities(logits: torch.Tensor) -> bool:
     """True when every position's outputs lie in [0, 1] and sum to 1: a softmax, not logits.
 

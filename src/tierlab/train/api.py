@@ -272,11 +272,12 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
 
 
 def _fit(trainer: Trainer, run_dir: Path) -> str:
-    """Train to the end and return "completed"; every other ending is raised, as the caller needs to know it."""
+    """Train to the end and return "completed" (or "early_stopped"); every other ending is raised, as the caller
+    needs to know it."""
     try:
         with _graceful_stop(trainer, repeat_window_s=3.0 if trainer.dist.active else 0.0):
-            trainer.fit()
-        return "completed"
+            state = trainer.fit()
+        return "early_stopped" if state.early_stopped else "completed"
     except KeyboardInterrupt as exc:
         trainer.events.emit("interrupted", step=trainer.state.step)
         raise Interrupted(run_dir, trainer.state.step) from exc

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write, write_json_atomic
+from ..atomic import atomic_path, atomic_write, follow_umask, write_json_atomic
 from ..disk import continue_fix, os_error_in, write_failed
 from ..errors import UserError
 from ..run_files import CKPT_DIR, LATEST
@@ -279,3 +279,18 @@ def own_part(state: dict[str, Any], dist: Dist) -> dict[str, Any]:
         return {"rng": state["rng"], "sampler": state["sampler"], "window": state["window"]}
     parts = state["ranks"]
     return parts[dist.rank % len(parts)]
+
+
+def save_weights(path: Path, model: torch.nn.Module, gathered: dict[str, Any] | None = None) -> None:
+    """Weights as safetensors (model.safetensors, best.safetensors), atomically: a write that fails leaves the
+    previous file as it was.  ``gathered``: the full state of a sharded (--fsdp) model, gathered onto this rank."""
+    from safetensors.torch import save_file, save_model
+
+    with atomic_path(path) as tmp:
+        if gathered is None:
+            save_model(model, str(tmp))
+        else:
+            # Tied weights (an output head sharing the embedding) appear under both names: keep one.
+            names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
+            save_file({k: v.contiguous() for k, v in gathered.items() if k in names}, str(tmp))
+    follow_umask(path)  # safetensors writes 0600

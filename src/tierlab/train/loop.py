@@ -33,6 +33,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..config import TrainConfig
 from ..data import BlockSampler, DevicePrefetcher, LabelledData, RowSampler, TokenData, eval_starts
+from ..disk import continue_fix, is_storage_error, write_failed
+from ..run_files import BEST_WEIGHTS
 from ..track import EventLog, JsonlWriter
 from .checkpoint import (
     CKPT_DIR,
@@ -43,6 +45,7 @@ from .checkpoint import (
     own_part,
     rng_state,
     save_checkpoint,
+    save_weights,
     set_rng_state,
     verify_checkpoint,
 )
@@ -78,6 +81,12 @@ class LoopState:
     last_val_loss: float | None = None
     tokens_per_s: list = field(default_factory=list)
     last_scores: dict = field(default_factory=dict)  # classify: the last evaluation's val_acc and val_f1
+    # --early-stop: the step of the best evaluation (its weights in best.safetensors), the loss an
+    # evaluation must beat by --early-stop-delta, and how many in a row have not.
+    best_step: int | None = None
+    early_stop_reference: float | None = None
+    evals_without_improvement: int = 0
+    early_stopped: bool = False
 
 
 class Trainer:
@@ -147,7 +156,9 @@ class Trainer:
         if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.run_dir) is None:
             self.checkpoint()  # rollback needs a good state to return to, even at step 0
         self._start_window()
-        while self.state.step < self.max_steps:
+        # Resumed when patience had already run out: nothing more to train (a larger --early-stop goes on).
+        self.state.early_stopped = self._early_stop_due()
+        while self.state.step < self.max_steps and not self.state.early_stopped:
             self.train_step()
             step = self.state.step
             ckpt_due = bool(cfg.ckpt_every) and step % cfg.ckpt_every == 0
@@ -158,16 +169,23 @@ class Trainer:
             if cfg.eval_every and (step % cfg.eval_every == 0 or step == self.max_steps):
                 self.evaluate()
             stopping = self._stop_agreed if self.dist.active else self.stop_requested
+            # --early-stop: at the first log step once patience has run out (every rank sees the same
+            # all-reduced val_loss, so all stop together), checkpointed like any ending.
+            early = self._early_stop_due() and step % cfg.log_every == 0 and step < self.max_steps
+            if early:
+                self._early_stop()
             if (ckpt_due or stopping) and cfg.on_nonfinite == "rollback" and self.buffered:
                 # A rollback returns here: the steps since the last record are read first (one more record),
                 # so a checkpoint never carries unread non-finite steps that every rollback would replay.
                 if self.flush():
                     self.rollback()
                     continue
-            if ckpt_due or stopping:
+            if ckpt_due or stopping or early:
                 self.checkpoint()
             if stopping:
                 raise KeyboardInterrupt
+            if early:
+                break
         if self.last_checkpoint_step != self.state.step:
             self.checkpoint()
         self._refuse_a_run_that_did_not_train()
@@ -357,10 +375,52 @@ class Trainer:
             self.state.last_scores = {"val_acc": record["val_acc"], "val_f1": record["val_f1"]}
         if math.isfinite(val_loss) and (self.state.best_val_loss is None or val_loss < self.state.best_val_loss):
             self.state.best_val_loss = val_loss
+            if self.cfg.early_stop is not None:
+                self._save_best_weights()
+        if self.cfg.early_stop is not None:
+            self._count_patience(val_loss)
         if self.progress:
             self.progress.update(record)
         self._window_excluded += time.perf_counter() - started  # evaluation is not training throughput
         return record
+
+    # ----------------------------------------------------------------------- early stopping
+    def _count_patience(self, val_loss: float) -> None:
+        """An evaluation that beats the reference by --early-stop-delta resets the count; any other adds one."""
+        s = self.state
+        if math.isfinite(val_loss) and (s.early_stop_reference is None or
+                                        val_loss < s.early_stop_reference - self.cfg.early_stop_delta):
+            s.early_stop_reference, s.evals_without_improvement = val_loss, 0
+        else:
+            s.evals_without_improvement += 1
+
+    def _early_stop_due(self) -> bool:
+        return self.cfg.early_stop is not None and self.state.evals_without_improvement >= self.cfg.early_stop
+
+    def _early_stop(self) -> None:
+        s = self.state
+        s.early_stopped = True
+        self.events.emit("early_stop", step=s.step, patience=self.cfg.early_stop, delta=self.cfg.early_stop_delta,
+                         best_step=s.best_step, best_val_loss=s.best_val_loss)
+        log.info("early stop at step %d: %d evaluations without a val_loss below %.4f%s; the best (%.4f, step %s) "
+                 "is in %s", s.step, s.evals_without_improvement, s.early_stop_reference,
+                 f" - {self.cfg.early_stop_delta:g}" if self.cfg.early_stop_delta else "", s.best_val_loss,
+                 s.best_step, BEST_WEIGHTS)
+
+    def _save_best_weights(self) -> None:
+        """best.safetensors: the weights of the best evaluation so far (a collective under --fsdp)."""
+        gathered = full_model_state(self.model) if self.dist.sharded else None
+        self.state.best_step = self.state.step
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / BEST_WEIGHTS
+        try:
+            save_weights(path, self.model, gathered)
+        except Exception as exc:
+            if not is_storage_error(exc):
+                raise
+            raise write_failed(path, exc, "the previous best weights and the checkpoints are kept",
+                               continue_fix(self.run_dir)) from None
 
     # ----------------------------------------------------------------------- checkpoints
     def rank_state(self) -> dict[str, Any]:

@@ -174,13 +174,9 @@ def check_class_scores(logits: torch.Tensor, shape: tuple[int, int], classes: in
         raise ModelError(f"The model returned {list(logits.shape)} for input_ids [{batch}, {length}]; --objective "
                          "classify needs class scores.", f"return [B, C] = [{batch}, classes] (one row of scores per "
                          f"input row), or [B, T, C] per position, which is pooled (--pool).")
-    if not logits.is_floating_point():
-        raise ModelError(f"The model returned {logits.dtype} scores.", "return floating-point logits.")
-    from ..models import PROBABILITIES_FIX, looks_like_probabilities
+    from ..models import refuse_non_logits
 
-    if looks_like_probabilities(logits):
-        raise ModelError(f"The model returns probabilities, not scores: every row's {logits.size(-1)} outputs lie in "
-                         "[0, 1] and sum to 1.", PROBABILITIES_FIX + ".")
+    refuse_non_logits(logits, "scores", "row")
     found = logits.size(-1)
     if classes is not None and found != classes:
         named = f" ({', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})" if labels else ""

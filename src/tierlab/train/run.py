@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
@@ -17,17 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from safetensors.torch import save_file, save_model
 from torch import nn
 
-from ..atomic import atomic_path, remove_leftovers, write_json_atomic
+from ..atomic import remove_leftovers, write_json_atomic
 from ..config import TrainConfig
 from ..disk import STORAGE_ERRNOS, continue_fix, describe, free_space, is_storage_error, os_error_in, write_failed
 from ..errors import ConfigError, UserError
 from ..run_files import CKPT_DIR, CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
 from . import identity
-from .checkpoint import latest_or_none
+from .checkpoint import latest_or_none, save_weights
 from .distributed import Dist, full_model_state
 from .guards import Diverged
 
@@ -42,30 +40,6 @@ log = logging.getLogger(__name__)
 
 def default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
-
-
-def follow_umask(path: Path) -> None:
-    """Give ``path`` the mode a plain open() or mkdir() gives: 0o666 (a file) or 0o777 (a folder) less the umask.
-
-    safetensors writes through a temporary file (mode 0600) and tempfile.mkdtemp makes 0700
-    folders, while everything else tierlab writes follows the user's umask (0644 and 0755
-    under the usual 022).
-    """
-    base = 0o777 if Path(path).is_dir() else 0o666
-    os.chmod(path, base & ~_umask())
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as fh:  # Linux: read without changing it
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o077)  # elsewhere: set and put back (in between, the strictest mask, never a looser one)
-    os.umask(mask)
-    return mask
 
 
 @dataclass
@@ -226,7 +200,7 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
     if not dist.is_main:
         return
     if not dist.sharded or weights:
-        closing.attempt(run_dir / WEIGHTS, _save_weights, run_dir / WEIGHTS, model, weights)
+        closing.attempt(run_dir / WEIGHTS, save_weights, run_dir / WEIGHTS, model, weights)
     else:
         log.warning("the sharded weights could not be gathered after the failure: the last checkpoint holds them")
     status = "failed" if closing.error else status
@@ -242,6 +216,8 @@ def close_run(run_dir: Path, model: nn.Module, trainer: Trainer, decision: Preci
         "world_size": dist.world_size, "global_batch_size": trainer.global_batch,
         **{f"final_{k}": v for k, v in state.last_scores.items()},  # classify: final_val_acc, final_val_f1
     }
+    if trainer.cfg.early_stop is not None:  # where best.safetensors comes from
+        summary["best_step"] = state.best_step
     closing.attempt(run_dir / SUMMARY, write_json_atomic, run_dir / SUMMARY,
                     {k: finite_or_none(v) for k, v in summary.items()})
     status = "failed" if closing.error else status  # (the summary itself may have failed)
@@ -255,18 +231,6 @@ def _flush_unless_diverging(trainer: Trainer) -> None:
         trainer.flush()
     except Diverged:
         pass  # already diverging or interrupted: the record is written, the verdict stands
-
-
-def _save_weights(path: Path, model: nn.Module, gathered: dict[str, Any] | None) -> None:
-    """model.safetensors, atomically: a write that fails leaves the previous session's file as it was."""
-    with atomic_path(path) as tmp:
-        if gathered is None:
-            save_model(model, str(tmp))
-        else:
-            # Tied weights (an output head sharing the embedding) appear under both names: keep one.
-            names = {n for n, _ in model.named_parameters()} | {n for n, _ in model.named_buffers()}
-            save_file({k: v.contiguous() for k, v in gathered.items() if k in names}, str(tmp))
-    follow_umask(path)  # safetensors writes 0600
 
 
 class _Closing:

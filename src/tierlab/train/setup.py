@@ -25,8 +25,8 @@ from ..config import MAX_STEPS, TrainConfig
 from ..data import LabelledData, TokenData, prepare_data, prepare_rows
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
-from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
-                      looks_like_probabilities, max_positions, repeatable_logits, vocab_fix)
+from ..models import (CAUSAL_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
+                      max_positions, refuse_non_logits, repeatable_logits, vocab_fix)
 from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
@@ -210,11 +210,7 @@ def check_logits(logits: torch.Tensor, shape: torch.Size | tuple[int, int], toke
     if logits.dim() != 3 or tuple(logits.shape[:2]) != (batch, length):
         raise ModelError(f"The model returned logits of shape {list(logits.shape)} for input_ids [{batch}, {length}].",
                          f"return logits [B, T, V] = [{batch}, {length}, vocab_size]: one row per position.")
-    if not logits.is_floating_point():
-        raise ModelError(f"The model returned {logits.dtype} logits.", "return floating-point logits.")
-    if looks_like_probabilities(logits):
-        raise ModelError(f"The model returns probabilities, not logits: every position's {logits.size(-1)} outputs "
-                         "lie in [0, 1] and sum to 1.", PROBABILITIES_FIX + ".")
+    refuse_non_logits(logits)
     vocab = logits.size(-1)
     if tokens.max_id >= vocab:
         raise DataError(f"The data holds token id {tokens.max_id} but the model has only {vocab} outputs "
