@@ -44,12 +44,12 @@ from .atomic import follow_umask
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("safetensors", "torchscript", "onnx")
+FORMATS = ("safetensors", "torchscript", "onnx", "bundle")
 # Largest |logit difference| accepted on the validation batches, per format, relative to the
 # logits' scale: the tolerance is TOLERANCE[fmt] * max(1, largest |logit|), since fp32 rounding
 # grows with the values.  safetensors stores the same numbers; TorchScript runs the same
 # kernels; ONNX Runtime runs its own kernels, which sum in another order.
-TOLERANCE = {"safetensors": 0.0, "torchscript": 1e-5, "onnx": 1e-4}
+TOLERANCE = {"safetensors": 0.0, "torchscript": 1e-5, "onnx": 1e-4, "bundle": 0.0}
 
 
 @dataclass
@@ -124,7 +124,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
     try:
         follow_umask(staging)  # mkdtemp's 0700 would become the export folder's mode
         notes: list[str] = []
-        exporter = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx}[fmt]
+        exporter = {"safetensors": _safetensors, "torchscript": _torchscript, "onnx": _onnx, "bundle": _bundle}[fmt]
         built = {"vocab_size": built_vocab(config, tokenizer), **_class_spec(labels, config)}
         run_exported = exporter(wrapped, model, config, inputs[0], staging, notes, built)
         diff = None
@@ -144,8 +144,15 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
         if labels is not None:
             shutil.copyfile(run_dir / LABELS, staging / LABELS)
         result = ExportResult(fmt, target, [], diff, tolerance, len(inputs), list(inputs[0].shape), notes)
-        (staging / "README.md").write_text(_readme(result, config, labels, tokenizer.identity, tokenizer.vocab_size),
-                                           encoding="utf-8")
+        if fmt == "bundle":  # a model card: what the model is, how it was trained, how it came out
+            from .bundle import model_card, write_bundle
+
+            write_bundle(staging, run_dir, config, built["model"], model, tokenizer.identity)
+            files = sorted([p.name for p in staging.iterdir()] + ["README.md"])
+            readme = model_card(run_dir, config, model, _parity_text(result), files)
+        else:
+            readme = _readme(result, config, labels, tokenizer.identity, tokenizer.vocab_size)
+        (staging / "README.md").write_text(readme, encoding="utf-8")
         result.files = sorted(p.name for p in staging.iterdir())
         if target.exists():
             target.rmdir()  # empty (checked above)
@@ -186,6 +193,18 @@ def _validation_inputs(config: dict[str, Any], cache_dir: Path | None, batches: 
                         f"{seq_len + 1}.", "export a run trained with a validation split.")
     return [blocks_at(tokens.val, starts, seq_len)[0] for starts in eval_starts(len(tokens.val), seq_len, batch,
                                                                               batches)]
+
+
+def _bundle(wrapped, model, config, example, staging, notes, built):
+    """The safetensors export, rebuilt from the bundle's own copy of the model source for the parity check."""
+    from .bundle import bundle_source
+
+    from .models.loader import PRESETS
+
+    built["model"] = bundle_source(config, staging)  # bundle-relative, or the name of a built-in model
+    source = built["model"] if built["model"] in PRESETS else str(staging / built["model"])
+    return _safetensors(wrapped, model, {**config, "model": source}, example, staging, notes,
+                        {k: v for k, v in built.items() if k != "model"})
 
 
 def _safetensors(wrapped, model, config, example, staging, notes, built):
@@ -319,6 +338,14 @@ def _scores(config: dict[str, Any], labels: dict[str, Any] | None, tokenizer_siz
     return f"the next-token scores at each position{causal}"
 
 
+def _parity_text(result: ExportResult) -> str:
+    """The parity check's outcome in words, for the README of an export."""
+    if not result.checked:
+        return "not checked (" + "; ".join(result.notes) + ")"
+    return (f"largest absolute logit difference {result.max_abs_diff:.3g} on {result.batches} validation batches of "
+            f"shape {result.shape} (tolerance {result.tolerance:.3g})")
+
+
 def _readme(result: ExportResult, config: dict[str, Any], labels: dict[str, Any] | None, tokenizer: str,
             tokenizer_size: int) -> str:
     shape = "[B, classes] or [B, T, classes]" if labels is not None else "[B, T, V]"
@@ -339,11 +366,10 @@ def _readme(result: ExportResult, config: dict[str, Any], labels: dict[str, Any]
     tok = ("byte-level: token id = UTF-8 byte (0-255); `list(text.encode())` encodes, "
            "`bytes(ids).decode(errors='replace')` decodes" if tokenizer == "byte"
            else "`tokenizer.json` (Hugging Face tokenizers): `tokenizers.Tokenizer.from_file(\"tokenizer.json\")`")
-    parity = (f"{result.max_abs_diff:.3g} on {result.batches} validation batches of shape {result.shape} "
-              f"(tolerance {result.tolerance:.3g})" if result.checked else "not checked (" + "; ".join(result.notes) + ")")
+    parity = _parity_text(result)
     return (f"# {result.format} export of a tierlab run\n\nModel: `{config['model']}` with "
             f"`{json.dumps(config.get('model_args', {}))}`, trained on `{config['data']}`.\n\n"
             f"Input: `input_ids`, int64 `[batch, tokens]`; output: `logits`, float32 "
             f"{'class scores' if labels is not None else '`[batch, tokens, vocab]`'} "
             f"({_scores(config, labels, tokenizer_size)}).\n\n## Loading\n\n{load}\n\n## Tokenizer\n\n{tok}\n\n"
-            f"## Parity with the trained model\n\nLargest absolute logit difference: {parity}.\n")
+            f"## Parity with the trained model\n\n{parity[0].upper() + parity[1:]}.\n")
