@@ -91,7 +91,6 @@ def run_labels(run_dir: Path, config: dict[str, Any], tokenizer: Tokenizer | Non
     blamed on the model, or as quietly wrong pooling.
     """
     from .data.rows import read_labels
-    from .track.records import read_jsonl
 
     if (config.get("objective") or "clm") != "classify":
         return None
@@ -103,13 +102,28 @@ def run_labels(run_dir: Path, config: dict[str, Any], tokenizer: Tokenizer | Non
     if tokenizer is not None and labels["pad_token_id"] != tokenizer.vocab_size:
         raise DataError(f"{str(run_dir / LABELS)!r} says the padding token is id {labels['pad_token_id']}, but the "
                         f"run's tokenizer puts it at {tokenizer.vocab_size}.", fix)
-    start = next((e for e in read_jsonl(run_dir / EVENTS) if e.get("event") == "run_start"), {}) \
-        if (run_dir / EVENTS).is_file() else {}
-    trained = start.get("classes")
+    start = run_start_event(run_dir)
+    trained, names = start.get("classes"), start.get("labels")
     if isinstance(trained, int) and trained != len(labels["labels"]):
-        raise DataError(f"{str(run_dir / LABELS)!r} names {len(labels['labels'])} classes, but the run trained a "
-                        f"classifier of {trained}.", fix)
+        raise DataError(f"{str(run_dir / LABELS)!r} names {len(labels['labels'])} classes, but the run trained "
+                        f"{trained}.", fix)
+    if isinstance(names, list) and names != labels["labels"]:  # renamed or reordered: every label would be wrong
+        raise DataError(f"{str(run_dir / LABELS)!r} names the classes {_first(labels['labels'])}, but the run "
+                        f"trained {_first(names)} (its run_start event).", fix)
     return labels
+
+
+def run_start_event(run_dir: Path) -> dict[str, Any]:
+    """A run's run_start event (empty when there is none: not a tierlab run)."""
+    from .track.records import read_jsonl
+
+    if not (run_dir / EVENTS).is_file():
+        return {}
+    return next((e for e in read_jsonl(run_dir / EVENTS) if e.get("event") == "run_start"), {})
+
+
+def _first(names: list[Any], shown: int = 8) -> str:
+    return repr(list(names[:shown]))[:-1] + (", ...]" if len(names) > shown else "]")
 
 
 def recorded_model_file(run_dir: Path, config: dict[str, Any]) -> None:

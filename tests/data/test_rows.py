@@ -48,6 +48,9 @@ def test_labels_of_every_kind_and_format(tmp_path):
     spelt = tmp_path / "s.csv"  # one value, two spellings: one class (pandas writes an int column with NaN as floats)
     spelt.write_text("text,label\na,1\nb,1.0\nc,2\n")
     assert _prepare(spelt, tmp_path, val_fraction=0.01).labels == ["1", "2"]
+    ids = tmp_path / "ids.csv"  # 20-digit ids: exact integers, not floats that round together
+    ids.write_text("text,label\na,12345678901234567890\nb,12345678901234567891\n")
+    assert _prepare(ids, tmp_path, val_fraction=0.01).labels == ["12345678901234567890", "12345678901234567891"]
     flags.write_text('{"text": "x", "label": true}\n{"text": "y", "label": "True"}\n{"text": "z", "label": false}\n')
     assert _prepare(flags, tmp_path, val_fraction=0.01).labels == ["false", "true"]
     tsv = tmp_path / "r.tsv"
@@ -64,6 +67,9 @@ def test_parquet_rows(tmp_path):
                    tmp_path / "r.parquet")
     data = _prepare(tmp_path / "r.parquet", tmp_path)
     assert data.labels == ["0", "1"] and len(data.train) + len(data.val) == 40
+    pq.write_table(pa.table({"text": [t for t, _ in rows], "label": [lab.encode() for _, lab in rows]}),
+                   tmp_path / "b.parquet")
+    assert _prepare(tmp_path / "b.parquet", tmp_path).labels == ["neg", "pos"]  # binary labels: their text
 
 
 @pytest.mark.parametrize("content, fragments", [

@@ -171,6 +171,11 @@ def test_search_mistakes_are_user_errors(tmp_path):
         run_search(SearchConfig(base=fast_config(tmp_path, objective="classify", data=str(rows)), trials=1,
                                 storage=f"sqlite:///{storage}", out=str(tmp_path / "s")))
     assert not storage.exists()
+    with pytest.raises(ConfigError, match="--pool first reads the model's first position"):  # nor a model mistake
+        run_search(SearchConfig(base=fast_config(tmp_path, objective="classify", data=str(rows), text_field="review",
+                                                 pool="first", val_fraction=0.5), trials=1, storage=f"sqlite:///{storage}",
+                                out=str(tmp_path / "s")))
+    assert not storage.exists()
 
 
 def test_an_unreachable_storage_exits_2_with_one_line(tmp_path):

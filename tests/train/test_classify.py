@@ -102,11 +102,16 @@ def test_a_classifier_learns_the_labels_and_records_them(tmp_path):
     warned = run_cli("sample", run.dir, "--prompt", "great", "--temperature", "0.5", cwd=tmp_path)
     assert warned.returncode == 0 and "--temperature ignored" in warned.stderr
     assert_user_error(run_cli("sample", run.dir, "--prompt", " ", cwd=tmp_path), "--prompt is empty")
+    blanks = run_cli("sample", run.dir, "--prompt", "-", cwd=tmp_path, input="\n  \ngreat superb\n")
+    assert blanks.returncode == 0 and len(blanks.stdout.splitlines()) == 1 and "2 blank line(s)" in blanks.stderr
     # labels.json edited or deleted: said as such, not blamed on the model (nor loaded as a language model)
     labels = run.dir / "labels.json"
     kept = json.loads(labels.read_text())
     labels.write_text(json.dumps({**kept, "labels": ["neg", "pos", "meh"]}))
-    with pytest.raises(DataError, match="names 3 classes, but the run trained a classifier of 2"):
+    with pytest.raises(DataError, match="names 3 classes, but the run trained 2"):
+        tierlab.load(run.dir)
+    labels.write_text(json.dumps({**kept, "labels": ["pos", "neg"]}))  # the same count, the names swapped
+    with pytest.raises(DataError, match=r"names the classes \['pos', 'neg'\], but the run trained \['neg', 'pos'\]"):
         tierlab.load(run.dir)
     labels.write_text(json.dumps({**kept, "pad_token_id": 255}))
     with pytest.raises(DataError, match="says the padding token is id 255"):
@@ -114,6 +119,9 @@ def test_a_classifier_learns_the_labels_and_records_them(tmp_path):
     labels.unlink()
     assert_user_error(run_cli("sample", run.dir, "--prompt", "great", cwd=tmp_path),
                       "is a classification run, but its labels.json", "restore labels.json")
+    from tierlab.track.plots import confusion_table
+
+    assert "labels.json is missing" in confusion_table(run.dir)
     assert not (tmp_path / "e").exists()
 
 
@@ -194,6 +202,9 @@ def test_a_language_model_head_or_no_labels_is_refused_plainly(tmp_path):
         _config(tmp_path, data, pool="max")
     with pytest.raises(ConfigError, match="--pool first reads the model's first position, and this model is causal"):
         tierlab.train(config=_config(tmp_path, data, pool="first"))  # TinyGPT: position 0 has read one token
+    checked = tierlab.validate("tiny-gpt", model_args=dict(TINY), objective="classify", classes=2, pool="first",
+                               doctor=False)
+    assert checked["causality"].status == "fail" and "--pool last" in checked["causality"].advice
     missing = run_cli("train", "--objective", "classify", "--data", data, "--label-field", "stars", cwd=tmp_path)
     assert_user_error(missing, "has no column \"stars\"", "--label-field")
     assert not (tmp_path / "runs").exists()

@@ -53,8 +53,21 @@ def run(ns: argparse.Namespace) -> int:
                         ", ".join(ignored))
         labels = run_labels(Path(ns.run), config, tokenizer)["labels"]
         texts = sys.stdin.read().splitlines() if ns.prompt == "-" else [ns.prompt]
+        if ns.prompt == "-":
+            blank = sum(1 for t in texts if not t.strip())
+            texts = [t for t in texts if t.strip()]
+            if blank:
+                log.warning("%d blank line(s) of stdin skipped: there is no text to label on them", blank)
+            if not texts:
+                raise UserError("--prompt - read no text from stdin.",
+                                "pipe one text per line into it, e.g. tierlab sample RUN --prompt - < texts.txt.")
+        seq_len = int(config["seq_len"])
+        cut = sum(1 for t in texts if len(tokenizer.encode(t)) > seq_len)
+        if cut:
+            log.warning("%d text(s) longer than the run's --seq-len %d tokens: their first %d tokens are labelled, "
+                        "as training cut its rows", cut, seq_len, seq_len)
         for text in texts:
-            scores = classify(model, tokenizer, text, labels, int(config["seq_len"]), config.get("pool") or "mean")
+            scores = classify(model, tokenizer, text, labels, seq_len, config.get("pool") or "mean")
             shown = "  ".join(f"{label} {p:.3f}" for label, p in scores[:SHOWN_LABELS])
             print(f"{scores[0][0]}\t{shown}" + ("\t" + text if len(texts) > 1 else ""))
     elif objective == "mlm":

@@ -178,7 +178,11 @@ def _class_ids(raw: list[object]) -> tuple[list[str], np.ndarray]:
     """
     names = [_label_name(v) for v in raw]
 
-    def numeric(name: str) -> float | None:
+    def numeric(name: str) -> int | float | None:
+        try:
+            return int(name)  # exact: 20-digit ids stay apart (as floats they would round together)
+        except ValueError:
+            pass
         try:
             return float(name)
         except ValueError:
@@ -208,7 +212,9 @@ def _label_name(value: object) -> str:
         return value.strip()
     if isinstance(value, (bool, int, float)) or value is None:
         return json.dumps(value)
-    return str(value)  # a Parquet date, decimal, bytes...: as Python writes it
+    if isinstance(value, bytes):  # a Parquet binary column: its text, not b'...'
+        return value.decode("utf-8", errors="replace").strip()
+    return str(value)  # a Parquet date, decimal...: as Python writes it
 
 
 def _rows_hash(corpus: Corpus, label_field: str) -> str:

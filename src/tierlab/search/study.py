@@ -260,11 +260,15 @@ def _unreachable(exc: BaseException) -> bool:
 
 def run_search(cfg: SearchConfig, cache_dir: str | Path | None = None) -> SearchResult:
     """Run trials until the study holds ``cfg.trials`` of them; then write the outputs."""
-    from ..train.setup import read_data
+    import torch
 
-    # A data mistake (a missing column, an empty corpus) would fail every trial: say it before
-    # a study or a trial is recorded.  The tokenized data is cached, so the first trial reuses it.
-    read_data(cfg.base, Path(cache_dir) if cache_dir else None)
+    from ..train.setup import prepare
+
+    # A mistake of the data or the model (a missing column, a model with the wrong output, --pool
+    # first on a causal model) would fail every trial: said before a study or a trial is recorded.
+    # The model is built and probed once on the CPU; the tokenized data is cached for the trials.
+    prepare(None, cfg.base.replace(max_steps=cfg.steps_per_trial, epochs=None, warmup_steps=None),
+            torch.device("cpu"), cache_dir=Path(cache_dir) if cache_dir else None)
     study = open_study(cfg)
     from optuna.trial import TrialState
 

@@ -178,9 +178,12 @@ def confusion_table(run_dir: Path) -> str | None:
     from ..train.objective import CONFUSION_CLASSES
 
     labels = read_labels(Path(run_dir))
-    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "eval" and "val_acc" in r]
-    if labels is None or not evals:
+    evals = [r for r in read_jsonl(Path(run_dir) / METRICS) if r.get("kind") == "eval" and "val_f1" in r]
+    if not evals:
         return None
+    if labels is None:  # a classification run (its evaluations say so) without its labels.json
+        return (f"{_run_name(run_dir)}: its labels.json is missing, so the confusion matrix has no class names: "
+                "restore labels.json from a copy of the run to see it")
     last, names = evals[-1], [str(n) for n in labels["labels"]]
     if "confusion" not in last:
         return (f"{_run_name(run_dir)}: {len(names)} classes at step {last['step']} (accuracy {last['val_acc']:.3f}, "

@@ -20,8 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..run_files import EVENTS, TOKENIZER, WEIGHTS
-from ..track.records import read_jsonl
+from ..run_files import LABELS, TOKENIZER, WEIGHTS
 from .checkpoint import latest_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -140,13 +139,17 @@ def _say_other_labels(source: WeightSource, labels: list[str], whole_head: bool)
     """Warn when the weights are a classifier of other labels whose head was taken as it is."""
     from ..data.rows import read_labels
 
-    theirs = read_labels(source.run_dir) if source.run_dir is not None else None
-    if theirs is None or theirs["labels"] == labels or not whole_head:
+    if source.run_dir is None or not whole_head:
         return
-    pairs = ", ".join(f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(theirs["labels"], labels)))
+    record = read_labels(source.run_dir) if (source.run_dir / LABELS).is_file() else None
+    theirs = record["labels"] if record else _run_start(source.run_dir).get("labels")  # (labels.json deleted)
+    if not isinstance(theirs, list) or theirs == labels:
+        return
+    pairs = ", ".join(f"{i}: {a!r} -> {b!r}" for i, (a, b) in enumerate(zip(theirs, labels)))
     log.warning("--init-from %s is a classifier of other labels, and its class head was taken as it is: class %s. "
-                "If they mean other things, it starts from the wrong answers (a fresh head needs a model built "
-                "without it, or relabelled data)", source.run_dir, pairs)
+                "If the new names mean other things than the old ones at the same id, the classifier starts from "
+                "the wrong answers: rename the labels in your data to the old names where they mean the same, or "
+                "start from a language-model run (its head is then new)", source.run_dir, pairs)
 
 
 def _safetensors_with_aliases(path: Path) -> dict[str, Any]:
@@ -207,4 +210,10 @@ def _shape(text: str) -> str:
 
 def _run_tokenizer(run_dir: Path) -> str | None:
     """The tokenizer identity a run recorded in its run_start event, or None (not a tierlab run)."""
-    return next((e.get("tokenizer") for e in read_jsonl(run_dir / EVENTS) if e.get("event") == "run_start"), None)
+    return _run_start(run_dir).get("tokenizer")
+
+
+def _run_start(run_dir: Path) -> dict[str, Any]:
+    from ..run_reader import run_start_event
+
+    return run_start_event(run_dir)

@@ -116,6 +116,29 @@ class Classification:
         return (logits * weights).sum(1) / weights.sum(1).clamp_min(1)
 
 
+POOL_FIRST_ON_CAUSAL = ("--pool first reads the model's first position, and this model is causal: that position "
+                        "sees only the first token of each row, so the classifier would learn next to nothing.")
+POOL_FIRST_FIX = "use --pool last (the position that has read the whole row) or --pool mean."
+
+
+def first_position_is_blind(model: torch.nn.Module, ids: torch.Tensor) -> bool:
+    """Whether the first position of ``model``'s [B, T, C] output ignores the rest of the row (a causal model).
+
+    False when it cannot be told (one token, or two forwards that differ: dropout left on).
+    """
+    from ..models import eval_mode, extract_logits, future_leak, repeatable_logits
+
+    length = ids.size(1)
+    if length < 2:
+        return False
+    with eval_mode(model), torch.no_grad():
+        def logits_of(x: torch.Tensor) -> torch.Tensor:
+            return extract_logits(model(x))
+
+        base = repeatable_logits(logits_of, ids)
+        return base is not None and future_leak(logits_of, ids, length - 1, vocab=2, base=base) is None
+
+
 def split_block(block: torch.Tensor, classify: Classification | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(inputs, targets) of a training block: the next tokens [B, T], or a classification's class ids [B]."""
     return classify.split(block) if classify is not None else (block[:, :-1], block[:, 1:])

@@ -26,12 +26,13 @@ from ..data import LabelledData, TokenData, prepare_data, prepare_rows
 from ..data.sampler import block_at, eval_starts
 from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
-                      max_positions, refuse_non_logits, repeatable_logits, vocab_fix)
+                      max_positions, refuse_non_logits, vocab_fix)
 from ..models.causal_mask import refuse_unreached
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
-from .objective import Classification, check_class_scores, missing_mask_row, missing_pad_row, model_vocab
+from .objective import (POOL_FIRST_FIX, POOL_FIRST_ON_CAUSAL, Classification, check_class_scores,
+                        first_position_is_blind, missing_mask_row, missing_pad_row, model_vocab)
 from .precision import PrecisionDecision, decide_precision, low_precision_weights
 from .resume import check_same_data, check_same_model
 from .schedule import default_warmup
@@ -243,17 +244,8 @@ def _refuse_a_future_leak(model: nn.Module, ids: torch.Tensor) -> None:
 
 def _refuse_a_blind_first_position(model: nn.Module, ids: torch.Tensor) -> None:
     """``--pool first`` on a causal model: its first position has read one token, so it would train at chance."""
-    length = ids.size(1)
-    if length < 2:
-        return
-    with eval_mode(model), torch.no_grad():
-        logits_of = lambda x: extract_logits(model(x))  # noqa: E731
-        base = repeatable_logits(logits_of, ids)
-        blind = base is not None and future_leak(logits_of, ids, length - 1, vocab=2, base=base) is None
-    if blind:
-        raise ConfigError("--pool first reads the model's first position, and this model is causal: that position "
-                          "sees only the first token of each row, so the classifier would learn next to nothing.",
-                          "use --pool last (the position that has read the whole row) or --pool mean.")
+    if first_position_is_blind(model, ids):
+        raise ConfigError(POOL_FIRST_ON_CAUSAL, POOL_FIRST_FIX)
 
 
 def _short_position_tables(model: nn.Module, seq_len: int, vocab: int) -> list[tuple[str, int]]:

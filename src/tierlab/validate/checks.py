@@ -22,7 +22,7 @@ from ..models import (CAUSAL_FIX, PROBABILITIES_FIX, extract_logits, future_leak
                       repeatable_logits)
 from ..train.device import synchronize
 from ..train.memory import SavedForBackward
-from ..train.objective import Classification
+from ..train.objective import POOL_FIRST_FIX, POOL_FIRST_ON_CAUSAL, Classification, first_position_is_blind
 from ..train.precision import DTYPES, low_precision_weights
 from .report import CheckResult
 
@@ -114,6 +114,13 @@ def class_shapes(p: Probe) -> CheckResult:
 def causality(p: Probe) -> CheckResult:
     """Changing token p must not change the logits at positions before p (a masked LM: see :func:`mlm_context`)."""
     if p.classify is not None:
+        if p.classify.pool == "first" and p.seq_len > 1:  # the one pooling a causal model cannot serve
+            ids = p.tokens(1, min(16, p.max_len or 16, p.seq_len), seed=1)
+            with torch.no_grad():
+                per_position = extract_logits(p.model.eval()(ids)).dim() == 3
+            if per_position and first_position_is_blind(p.model, ids):
+                return CheckResult("causality", "fail", POOL_FIRST_ON_CAUSAL.rstrip("."), {"pool": "first"},
+                                   POOL_FIRST_FIX.rstrip("."))
         return CheckResult("causality", "skip", "not tested: a classifier (--objective classify) reads the whole row "
                            "by design", {"objective": "classify"})
     if p.mask_id is not None:
