@@ -20,7 +20,7 @@ from typing import NoReturn, Sequence
 from .. import __version__
 from ..disk import STORAGE_ERRNOS, describe, free_space, os_error_in
 from ..errors import UserError
-from . import analyze, bench, export, report, sample, search, sync, train, validate
+from . import analyze, bench, compare, export, report, sample, search, sync, train, validate
 from .common import EXIT_INTERRUPTED, EXIT_USER_ERROR, Parser
 from .train import config_from_args
 
@@ -30,7 +30,7 @@ log = logging.getLogger("tierlab")
 
 # In the order `tierlab --help` lists them.
 COMMANDS = {"train": train, "sample": sample, "validate": validate, "report": report, "bench": bench,
-            "search": search, "analyze": analyze, "export": export, "sync": sync}
+            "search": search, "analyze": analyze, "export": export, "sync": sync, "compare": compare}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,13 +25,15 @@ from .causal_mask import add_causal_mask
 log = logging.getLogger(__name__)
 
 BUILTIN = "tiny-gpt"
-# Built-in sizes of the same architecture: name -> TinyGPT arguments (``--model-arg`` still overrides).
+# Built-in models: name -> arguments (``--model-arg`` still overrides); TinyGPT sizes, and the Llama-style one.
 CLASS_ARGUMENTS = ("num_classes", "num_labels", "n_classes")  # a factory's argument for the number of classes
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny-gpt": {},
     # GPT-2 small: 12 layers x 12 heads x 768, 1024 positions, GPT-2's 50,257-token vocabulary
     # rounded up to 50,304 (a multiple of 64, as nanoGPT does for faster matmuls): 124 M parameters.
     "gpt2-small": {"n_layer": 12, "n_head": 12, "d_model": 768, "max_seq_len": 1024, "vocab_size": 50304},
+    # Another architecture, the baseline of `tierlab compare --baseline llama`: RMSNorm, rotary positions, SwiGLU.
+    "llama": {},
 }
 # What load_model knew about each model it built (see vocab_fix): where from, whether its factory takes a
 # vocab_size argument, and the vocab_size it was given.
@@ -79,8 +81,9 @@ def load_model(spec: str, model_args: dict[str, Any], vocab_size: int, causal_ma
     preset: dict[str, Any] = {}
     export = None
     if spec in PRESETS:
+        from .llama import Llama
         from .tiny_gpt import TinyGPT
-        factory: Callable[..., Any] = TinyGPT
+        factory: Callable[..., Any] = Llama if spec == "llama" else TinyGPT
         where = f"the built-in {spec}"
         preset = PRESETS[spec]
     else:
