@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 from helpers import TINY_MODEL, assert_user_error, run_cli, write_model
 
 from tierlab.compare.sizing import TOLERANCE, count_parameters, size_baseline
@@ -95,6 +94,10 @@ def test_two_identical_configs_are_a_tie_and_a_second_call_keeps_the_runs(tmp_pa
     again = run_cli("compare", *common, "--baseline", f"{model}:build", "--baseline-arg", "n_layer=1",
                     "--baseline-arg", "d_model=32", cwd=tmp_path, timeout=600)
     assert again.returncode == 0 and again.stderr.count(": kept (completed") == 4, again.stderr
+    other = [a if a != "10" else "12" for a in common]  # --max-steps 12: not the runs it has
+    changed = run_cli("compare", *other, "--baseline", f"{model}:build", "--baseline-arg", "n_layer=1",
+                      "--baseline-arg", "d_model=32", cwd=tmp_path)
+    assert_user_error(changed, "was trained with other options than this comparison's", "max_steps", "--name")
 
 
 def test_compare_mistakes_are_plain(tmp_path):

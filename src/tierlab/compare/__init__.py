@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,7 @@ from ..atomic import write_json_atomic
 from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..models.loader import split_spec
-from ..run_files import METRICS, SUMMARY
+from ..run_files import CONFIG, METRICS, SUMMARY
 from .sizing import BASELINES, Counts, count_parameters, model_depth, size_baseline
 from .stats import Spread, Verdict, spread, verdict
 
@@ -109,7 +110,7 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
             cache_dir: str | Path | None = None) -> CompareResult:
     """Train ``cfg`` (the user's model) and ``baseline`` for ``seeds`` seeds each and compare them."""
     from ..data import prepare_data
-    from ..models import load_model
+    from ..models import load_model, max_positions
 
     if cfg.objective != "clm":
         raise ConfigError(f"tierlab compare measures language models (--objective clm); this is --objective "
@@ -129,7 +130,9 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
         if baseline_args:
             raise ConfigError(f"--baseline-arg sets the size of a baseline model file; the built-in {baseline} is "
                               "sized to your model.", "drop --baseline-arg, or pass --baseline PATH.py with it.")
-        sized = size_baseline(baseline, model.counts.non_embedding, vocab, cfg.seq_len, model_depth(user))
+        # As many positions as the model (or the run's --seq-len): the same tables on both sides where they match.
+        sized = size_baseline(baseline, model.counts.non_embedding, vocab, max_positions(user) or cfg.seq_len,
+                              model_depth(user))
         other = Side(sized.model, sized.args, count_parameters(load_model(sized.model, sized.args, vocab), vocab),
                      sized.describe())
         log.info("baseline %s sized to the model's %s non-embedding parameters: %s", baseline,
@@ -196,6 +199,7 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
     if summary_path.is_file():
         done = json.loads(summary_path.read_text())
         if done.get("status") in FINISHED:
+            _refuse_other_options(cfg, run_dir)
             log.info("%s: kept (%s, %s steps)", cfg.name, done.get("status"), done.get("steps"))
             return done
     configs = root / ".configs"
@@ -214,6 +218,24 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
                         "fix that and run tierlab compare again: finished runs are kept, this one resumes.")
     log.info("%s: done in %.1f s", cfg.name, time.perf_counter() - started)
     return json.loads(summary_path.read_text())
+
+
+def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
+    """A finished run is kept only when this comparison would train it with the same options."""
+    from ..train.resume import absolute_paths, check_same_run
+
+    recorded = json.loads((run_dir / CONFIG).read_text())
+    wanted = absolute_paths(cfg)
+    # Options this config leaves to their defaults (the warm-up) were resolved by that run: take its values.
+    wanted = wanted.replace(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__
+                               and getattr(wanted, k) is None})
+    try:
+        check_same_run(wanted.replace(allow_config_change=False), recorded, run_dir)
+    except ConfigError as err:
+        changes = re.search(r"\(([^()]*)\)\.?$", err.problem)  # check_same_run's "(key: old -> new; ...)"
+        raise ConfigError(f"{run_dir} was trained with other options than this comparison's "
+                          f"({changes[1] if changes else err.problem}).",
+                          "pass another --name for a new comparison, or the options this one was run with.") from None
 
 
 def _figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
