@@ -54,9 +54,10 @@ def _move(bundle: Path, tmp_path: Path) -> Path:
 
 
 def test_a_language_model_file_bundle_generates_what_sample_does(tmp_path):
-    model = write_model(tmp_path / "src", "from layers import squash\n" +
+    # (a name no other test's model imports: Python keeps one module per name for the process)
+    model = write_model(tmp_path / "src", "from bundle_layers import squash\n" +
                         textwrap.dedent(LM).replace("torch.tanh(", "squash("))
-    write_model(tmp_path / "src", "import torch\n\ndef squash(x):\n    return torch.tanh(x)\n", "layers.py")
+    write_model(tmp_path / "src", "import torch\n\ndef squash(x):\n    return torch.tanh(x)\n", "bundle_layers.py")
     corpus = write_corpus(tmp_path / "corpus.txt", sentences=600)
     run = tierlab.train(config=fast_config(tmp_path, model=f"{model}:build", model_args={}, data=str(corpus),
                                            tokenizer="bpe:300", max_steps=10))
@@ -65,7 +66,7 @@ def test_a_language_model_file_bundle_generates_what_sample_does(tmp_path):
     assert {"predict.py", "requirements.txt", "model.safetensors", "tokenizer.json", "README.md", "vendor",
             "model"} <= set(result.files)
     assert (tmp_path / "bundle" / "model" / "my_model.py").read_text() == model.read_text()
-    assert (tmp_path / "bundle" / "model" / "layers.py").is_file()  # the module it imports from its own folder
+    assert (tmp_path / "bundle" / "model" / "bundle_layers.py").is_file()  # the module it imports from its own folder
     pins = (tmp_path / "bundle" / "requirements.txt").read_text()
     assert f"torch=={torch.__version__.split('+')[0]}" in pins and "tokenizers==" in pins
     card = (tmp_path / "bundle" / "README.md").read_text()

@@ -73,7 +73,7 @@ def build_model(vocab_size=256):
 
 @pytest.mark.parametrize("spec, args, fragment", [
     ("missing.py", {}, "does not exist"),
-    ("model.txt", {}, "neither a built-in model (tiny-gpt, gpt2-small), a Python file nor a folder holding model.py"),
+    ("model.txt", {}, "neither a built-in model (tiny-gpt, gpt2-small, llama), a Python file nor a folder holding model.py"),
     ("{path}:nothing", {}, "no callable named 'nothing'"),
     ("{path}:not_a_model", {}, "returned int, not a torch.nn.Module"),
     ("{path}", {"depth": 3}, "does not accept the argument(s) depth"),
