@@ -80,6 +80,9 @@ def test_a_language_model_file_bundle_generates_what_sample_does(tmp_path):
     trained, tokenizer = tierlab.load(run.dir, model=str(moved / "model" / "my_model.py:build"))
     assert out.stdout.rstrip("\n") == generate(trained, tokenizer, "the cat", 12, 0.0)
     assert "--max-new-tokens" in _predict(moved, "--help", cwd=tmp_path).stdout
+    empty = _predict(moved, "", cwd=tmp_path)
+    assert empty.returncode == 2 and "predict.py: error: The prompt is empty" in empty.stderr
+    assert "Traceback" not in empty.stderr
 
 
 def test_a_builder_classifier_bundle_labels_as_sample_does(tmp_path):
@@ -123,6 +126,17 @@ def test_requirements_name_transformers_for_a_hugging_face_model():
                                                                  n_layer=1, n_head=2))
     pins = requirements(model, hf_tokenizer=False)
     assert f"transformers=={transformers.__version__}" in pins and "tokenizers" not in pins
+
+
+def test_requirements_name_what_the_model_files_import(tmp_path):
+    pytest.importorskip("pandas")
+    from importlib import metadata
+
+    main = write_model(tmp_path, "import json\nimport pandas\nfrom helpers_of_mine import block\n", "net.py")
+    local = write_model(tmp_path, "import numpy\n", "helpers_of_mine.py")
+    pins = requirements(torch.nn.Linear(2, 2), False, [main, local])
+    assert f"pandas=={metadata.version('pandas')}" in pins
+    assert "json" not in pins and "helpers_of_mine" not in pins and pins.count("numpy==") == 1
 
 
 @pytest.mark.slow  # a fresh virtual environment, installed from the bundle's requirements.txt (~1-2 min)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,9 @@ def write_bundle(staging: Path, run_dir: Path, config: dict[str, Any], source: s
     package = Path(__file__).resolve().parent
     shutil.copytree(package, staging / VENDOR_DIR / "tierlab", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (staging / PREDICT).write_text(_predict_script(config.get("objective") or "clm"), encoding="utf-8")
-    (staging / "requirements.txt").write_text(requirements(model, tokenizer_name != "byte"), encoding="utf-8")
+    sources = sorted((staging / SOURCE_DIR).rglob("*.py")) if (staging / SOURCE_DIR).is_dir() else []
+    (staging / "requirements.txt").write_text(requirements(model, tokenizer_name != "byte", sources),
+                                              encoding="utf-8")
     spec = json.loads((staging / "model_config.json").read_text())
     spec.update({"model": source, "seq_len": int(config["seq_len"]), "tokenizer": tokenizer_name})
     (staging / "model_config.json").write_text(json.dumps(spec, indent=2) + "\n")
@@ -113,16 +116,32 @@ def write_bundle(staging: Path, run_dir: Path, config: dict[str, Any], source: s
         shutil.copyfile(run_dir / DASHBOARD, staging / DASHBOARD)
 
 
-def requirements(model: torch.nn.Module, hf_tokenizer: bool) -> str:
-    """requirements.txt: what the vendored code and the model import, pinned to the versions installed here."""
+def requirements(model: torch.nn.Module, hf_tokenizer: bool, sources: list[Path] = ()) -> str:
+    """requirements.txt: what the vendored code and the model import, pinned to the versions installed here.
+
+    The model's own imports are read from its bundled source files (``sources``): every module
+    that is neither the standard library's nor one of those files is a distribution to install.
+    """
     names = ["torch", "numpy", "safetensors", "tqdm"]
     if hf_tokenizer:
         names.append("tokenizers")
     if any(type(m).__module__.startswith("transformers") for m in model.modules()):
         names.append("transformers")
+    local = {f.stem for f in sources} | {f.parent.name for f in sources}
+    imported = sorted(set().union(*(_imported_names(f) for f in sources)) - local - set(sys.stdlib_module_names)
+                      - {"tierlab"}) if sources else []
+    distributions = metadata.packages_distributions()
+    unknown = []
+    for module in imported:
+        found = distributions.get(module)
+        if found:
+            names += [d for d in found if d not in names]
+        else:
+            unknown.append(module)
     lines = ["# The versions this bundle was exported and checked with.",
              f"# torch build here: {torch.__version__} (for a GPU build, install torch as pytorch.org says for your "
              "CUDA, at this version)"]
+    lines += [f"# {m}: imported by the model, but no installed distribution provides it here" for m in unknown]
     for name in names:
         try:
             version = metadata.version(name)
@@ -134,7 +153,8 @@ def requirements(model: torch.nn.Module, hf_tokenizer: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, parity: str, files: list[str]) -> str:
+def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, parity: str, files: list[str],
+               source: str | None = None) -> str:
     """README.md of a bundle: what the model is, what it was trained on and how, and how it came out."""
     from .track.records import read_jsonl
 
@@ -165,7 +185,8 @@ def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, pa
         "Nothing of tierlab needs to be installed: `vendor/tierlab` holds the code that builds the model "
         "and runs it exactly as training did.", "",
         "## Model", "",
-        f"- `{config['model']}` with `{json.dumps(config.get('model_args', {}))}`"
+        f"- `{source or config['model']}` with `{json.dumps(config.get('model_args', {}))}`"
+        + (f" (trained from `{config['model']}`)" if source and source != config["model"] else "")
         + (" (made causal by --causal-mask hooks)" if config.get("causal_mask") else ""),
         f"- objective: {objective}" + (f", {start.get('classes')} classes, pooled by --pool "
                                        f"{config.get('pool') or 'mean'}" if objective == "classify" else ""),
@@ -180,7 +201,8 @@ def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, pa
         f"- tokenizer: {start.get('tokenizer', config.get('tokenizer'))}", "",
         "## Training", "",
         f"- status {summary.get('status', '-')}, {fmt(summary.get('steps'))} steps, {fmt(summary.get('tokens'))} "
-        f"tokens, {fmt(summary.get('wall_seconds'))} s on {start.get('device', '-')} (torch {start.get('torch', '-')})",
+        f"tokens, {fmt(summary.get('wall_seconds'))} s of wall time in its last session on "
+        f"{start.get('device', '-')} (torch {start.get('torch', '-')})",
         f"- precision {summary.get('precision', precision.get('used', '-'))}: "
         f"{summary.get('precision_reason', precision.get('reason', '-'))}",
         f"- final val loss {fmt(summary.get('final_val_loss'))}, best {fmt(summary.get('best_val_loss'))}"
@@ -238,7 +260,7 @@ def main() -> int:
     load_weights(model, str(HERE / ns.weights))
     model = model.to(ns.device).eval()
     tokenizer = load_tokenizer_file(str(HERE / "{TOKENIZER}")) if (HERE / "{TOKENIZER}").is_file() else ByteTokenizer()
-    texts = sys.stdin.read().splitlines() if ns.text == "-" else [ns.text]
+    texts = [t for t in sys.stdin.read().splitlines() if t.strip()] if ns.text == "-" else [ns.text]
     with torch.no_grad():
         for text in texts:
             if OBJECTIVE == "classify":
@@ -255,5 +277,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tierlab.errors import UserError  # noqa: E402
+
+    try:
+        sys.exit(main())
+    except (UserError, OSError, ValueError, RuntimeError) as err:  # a mistake of the input: one line, no traceback
+        sys.stderr.write(f"predict.py: error: {{err}}\\n")
+        sys.exit(2)
 '''

@@ -149,7 +149,7 @@ def export_run(run: str | Path, fmt: str, out: str | Path | None = None, batches
 
             write_bundle(staging, run_dir, config, built["model"], model, tokenizer.identity)
             files = sorted([p.name for p in staging.iterdir()] + ["README.md"])
-            readme = model_card(run_dir, config, model, _parity_text(result), files)
+            readme = model_card(run_dir, config, model, _parity_text(result), files, built["model"])
         else:
             readme = _readme(result, config, labels, tokenizer.identity, tokenizer.vocab_size)
         (staging / "README.md").write_text(readme, encoding="utf-8")

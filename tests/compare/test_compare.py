@@ -98,6 +98,11 @@ def test_two_identical_configs_are_a_tie_and_a_second_call_keeps_the_runs(tmp_pa
     changed = run_cli("compare", *other, "--baseline", f"{model}:build", "--baseline-arg", "n_layer=1",
                       "--baseline-arg", "d_model=32", cwd=tmp_path)
     assert_user_error(changed, "was trained with other options than this comparison's", "max_steps", "--name")
+    (root / "baseline-seed1338" / "summary.json").unlink()  # as if cut short after its last checkpoint
+    resumed = run_cli("compare", *common, "--baseline", f"{model}:build", "--baseline-arg", "n_layer=1",
+                      "--baseline-arg", "d_model=32", cwd=tmp_path, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr  # resumed (its warm-up, left to the default, as it resolved it)
+    assert resumed.stderr.count(": kept (completed") == 3 and "baseline-seed1338: training" in resumed.stderr
 
 
 def test_compare_mistakes_are_plain(tmp_path):
@@ -105,3 +110,5 @@ def test_compare_mistakes_are_plain(tmp_path):
                       "--baseline 'mamba' is neither gpt, llama nor a model file")
     assert_user_error(run_cli("compare", "--baseline", "gpt", "--objective", "mlm", cwd=tmp_path),
                       "tierlab compare measures language models")
+    assert_user_error(run_cli("compare", "--baseline", "gpt", "--early-stop", "3", cwd=tmp_path),
+                      "does not take --early-stop", "equal tokens")

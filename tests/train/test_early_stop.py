@@ -62,6 +62,17 @@ def test_an_early_stopping_run_resumes_exactly(tmp_path):
     assert all(torch.equal(full_best[n], part_best[n]) for n in full_best)
 
 
+def test_a_resume_between_the_last_evaluation_and_the_stop_stops_where_the_run_did(tmp_path):
+    # Evaluations at 3, 6, 9 (patience out), log steps every 5: the run stops at 10; a checkpoint at 9 is
+    # past the evaluation that ran out of patience but before the stop.
+    cfg = fast_config(tmp_path, **{**STOPS, "eval_every": 3, "ckpt_every": 1, "keep_ckpts": 20})
+    full = tierlab.train(config=cfg.replace(name="full"))
+    assert full.summary["steps"] == 10 and full.summary["status"] == "early_stopped"
+    part = tierlab.train(config=cfg.replace(name="part")).dir
+    tierlab.resume(part / "checkpoints" / "step-00000009.pt")
+    assert_same_run(full.dir, part)
+
+
 def test_a_run_that_keeps_improving_completes(tmp_path):
     run = tierlab.train(config=fast_config(tmp_path, max_steps=20, eval_every=5, early_stop=3))
     assert run.summary["status"] == "completed" and run.summary["steps"] == 20

@@ -48,5 +48,9 @@ def run(ns: argparse.Namespace) -> int:
     if ns.markdown:
         Path(ns.markdown).write_text(table)
     print(table.rstrip())
+    if result.equal_seconds and "val_loss_equal_time" in result.metrics and any(
+            v.std is None and v.mean != v.mean for v in result.metrics["val_loss_equal_time"].values()):
+        print(f"(no evaluation of one side fell within {result.equal_seconds:.3g} s of training: evaluate more "
+              "often, --eval-every, to compare at equal time)")
     print(f"runs, compare.json, compare.md, compare.png: {result.out}")
     return 0

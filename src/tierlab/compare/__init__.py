@@ -121,6 +121,13 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
     if not cfg.eval_every:
         raise ConfigError("tierlab compare compares validation losses, and --eval-every 0 turns them off.",
                           "drop --eval-every 0 (or pass e.g. --eval-every 100).")
+    for option, why in (("early_stop", "would end the sides after different numbers of tokens, and the table "
+                                       "compares them at equal tokens"),
+                        ("resume", "resumes its own runs by itself (run the same command again)"),
+                        ("init_from", "trains both sides from scratch (the baseline could not take your weights)")):
+        if getattr(cfg, option):
+            flag = "--" + option.replace("_", "-")
+            raise ConfigError(f"tierlab compare does not take {flag}: it {why}.", f"drop {flag}.")
     tokens = prepare_data(cfg.data, cfg.tokenizer, cfg.val_fraction, Path(cache_dir) if cache_dir else None,
                           cfg.text_field)
     vocab = tokens.tokenizer.vocab_size
@@ -169,12 +176,23 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
              if equal and all(r["val_loss_equal_time"] is not None for s in (model, other) for r in s.runs)
              else None)
     result = CompareResult(root, seed_list, model, other, metrics, final, timed, equal, cfg.seq_len, precision)
-    write_json_atomic(root / "compare.json", result.to_dict())
+    write_json_atomic(root / "compare.json", _finite(result.to_dict()))
     (root / "compare.md").write_text(result.markdown(), encoding="utf-8")
     from .plot import save_plot
 
     save_plot(result, root / "compare.png")
     return result
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as null: compare.json is JSON every parser reads."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def shown(spec: str) -> str:
@@ -196,6 +214,7 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
     """Train one side's run in its own process (or keep it, finished); its summary."""
     run_dir = root / cfg.name
     summary_path = run_dir / SUMMARY
+    cfg = _with_resolved_defaults(cfg, run_dir)
     if summary_path.is_file():
         done = json.loads(summary_path.read_text())
         if done.get("status") in FINISHED:
@@ -214,10 +233,22 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
         raise KeyboardInterrupt
     if child.returncode not in (0, 3):  # 3: diverged, a result like any other (its skipped steps say why)
         said = (child.stderr.strip().splitlines() or ["(no message)"])[-1].removeprefix("tierlab: error: ")
-        raise UserError(f"The run {run_dir} stopped (exit {child.returncode}): {said}",
-                        "fix that and run tierlab compare again: finished runs are kept, this one resumes.")
+        raise UserError(f"The run {run_dir} stopped (exit {child.returncode}; once that is fixed, tierlab compare "
+                        f"run again keeps the finished runs and resumes this one): {said}")
     log.info("%s: done in %.1f s", cfg.name, time.perf_counter() - started)
     return json.loads(summary_path.read_text())
+
+
+def _with_resolved_defaults(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+    """``cfg`` with the options it leaves to their defaults (the warm-up) as the run already there resolved them.
+
+    A run records the values it trained with; asked again with ``None``, a resume would see a change.
+    """
+    if not (run_dir / CONFIG).is_file():
+        return cfg
+    recorded = json.loads((run_dir / CONFIG).read_text())
+    return cfg.replace(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__
+                          and getattr(cfg, k) is None and v is not None})
 
 
 def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
@@ -226,9 +257,6 @@ def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
 
     recorded = json.loads((run_dir / CONFIG).read_text())
     wanted = absolute_paths(cfg)
-    # Options this config leaves to their defaults (the warm-up) were resolved by that run: take its values.
-    wanted = wanted.replace(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__
-                               and getattr(wanted, k) is None})
     try:
         check_same_run(wanted.replace(allow_config_change=False), recorded, run_dir)
     except ConfigError as err:

@@ -24,6 +24,8 @@ class Spread:
     values: list[float]
 
     def text(self, digits: int = 4) -> str:
+        if not math.isfinite(self.mean):
+            return "-"
         return f"{self.mean:.{digits}f}" + (f" ± {self.std:.{digits}f}" if self.std is not None else "")
 
 
@@ -77,9 +79,9 @@ def verdict(model: list[float], baseline: list[float], names: tuple[str, str] = 
         text = (f"{lower} is better: {what} lower by {abs(diff):.4f} ({ratio:.1f}x the seed-to-seed spread of "
                 f"{pooled:.4f}; Welch t = {abs(t):.2f} > {critical:.2f}, 95%)")
         return Verdict(lower, diff, pooled, t, critical, text)
-    text = (f"a tie: {lower} is lower by {abs(diff):.4f}, but that is {ratio:.1f}x the seed-to-seed spread of "
-            f"{pooled:.4f} (Welch t = {abs(t):.2f} <= {critical:.2f}, 95%): not more than noise; {higher} is not "
-            "shown worse")
+    text = (f"a tie: {lower} is lower by {abs(diff):.4f} ({ratio:.1f}x the seed-to-seed spread of {pooled:.4f}), "
+            f"but with {n_a} and {n_b} seeds that is within noise (Welch t = {abs(t):.2f} <= {critical:.2f}, 95%): "
+            f"{higher} is not shown worse; more seeds can tell")
     return Verdict(None, diff, pooled, t, critical, text)
 
 

@@ -156,8 +156,9 @@ class Trainer:
         if cfg.on_nonfinite == "rollback" and latest_checkpoint(self.run_dir) is None:
             self.checkpoint()  # rollback needs a good state to return to, even at step 0
         self._start_window()
-        # Resumed when patience had already run out: nothing more to train (a larger --early-stop goes on).
-        self.state.early_stopped = self._early_stop_due()
+        # Resumed from the checkpoint an early stop wrote: nothing more to train (a larger --early-stop goes on).
+        # A checkpoint between the evaluation that ran out of patience and the log step goes on to that step.
+        self.state.early_stopped = self.state.early_stopped and self._early_stop_due()
         while self.state.step < self.max_steps and not self.state.early_stopped:
             self.train_step()
             step = self.state.step
@@ -402,10 +403,11 @@ class Trainer:
         s.early_stopped = True
         self.events.emit("early_stop", step=s.step, patience=self.cfg.early_stop, delta=self.cfg.early_stop_delta,
                          best_step=s.best_step, best_val_loss=s.best_val_loss)
-        log.info("early stop at step %d: %d evaluations without a val_loss below %.4f%s; the best (%.4f, step %s) "
-                 "is in %s", s.step, s.evals_without_improvement, s.early_stop_reference,
-                 f" - {self.cfg.early_stop_delta:g}" if self.cfg.early_stop_delta else "", s.best_val_loss,
-                 s.best_step, BEST_WEIGHTS)
+        log.info("early stop at step %d: %d evaluations in a row without a val_loss below %.4f%s (the last one "
+                 "that counted as an improvement%s); the lowest val_loss, %.4f at step %s, is in %s", s.step,
+                 s.evals_without_improvement, s.early_stop_reference,
+                 f" - {self.cfg.early_stop_delta:g}" if self.cfg.early_stop_delta else "",
+                 ", less the delta" if self.cfg.early_stop_delta else "", s.best_val_loss, s.best_step, BEST_WEIGHTS)
 
     def _save_best_weights(self) -> None:
         """best.safetensors: the weights of the best evaluation so far (a collective under --fsdp)."""
