@@ -73,6 +73,7 @@ def test_a_language_model_file_bundle_generates_what_sample_does(tmp_path):
     params = sum(p.numel() for p in run.model.parameters())
     assert f"parameters: {params:,}" in card and run.events("run_start")[0]["corpus_sha256"] in card
     assert "status completed, 10 steps" in card and "largest absolute logit difference 0" in card
+    assert "`SmallLM`" in card and "`model/my_model.py:build` with" in card  # the bundle's own copy of the source
     moved = _move(tmp_path / "bundle", tmp_path)
     shutil.rmtree(model.parent)  # the model file is gone from its old place: the bundle has its own copy
     out = _predict(moved, "the cat", "--max-new-tokens", "12", "--temperature", "0", cwd=tmp_path)

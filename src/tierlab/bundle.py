@@ -162,7 +162,12 @@ def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, pa
     start = next((e for e in events if e.get("event") == "run_start"), {})
     precision = next((e for e in reversed(events) if e.get("event") == "precision"), {})
     summary = json.loads((run_dir / SUMMARY).read_text()) if (run_dir / SUMMARY).is_file() else {}
+    from .compare.sizing import model_depth
+
     total = sum(p.numel() for p in model.parameters())
+    depth = model_depth(model)
+    width = next((getattr(owner, a) for owner in (model, getattr(model, "config", None)) for a in
+                  ("d_model", "n_embd", "hidden_size", "dim") if isinstance(getattr(owner, a, None), int)), None)
     embedding = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding))
     scales = [e for e in events if e.get("event") == "loss_scale_change"]
     scale_line = (" → ".join([f"{scales[0].get('from')}"] + [f"{e.get('to')} (step {e.get('step')})"
@@ -190,7 +195,8 @@ def model_card(run_dir: Path, config: dict[str, Any], model: torch.nn.Module, pa
         + (" (made causal by --causal-mask hooks)" if config.get("causal_mask") else ""),
         f"- objective: {objective}" + (f", {start.get('classes')} classes, pooled by --pool "
                                        f"{config.get('pool') or 'mean'}" if objective == "classify" else ""),
-        f"- parameters: {total:,} ({embedding:,} in embeddings, {total - embedding:,} others)", "",
+        f"- `{type(model).__name__}`" + (f", {depth} layers" if depth else "") + (f" of width {width}" if width else "")
+        + f"; parameters: {total:,} ({embedding:,} in embeddings, {total - embedding:,} others)", "",
         "## Data", "",
         f"- `{config['data']}`" + (f", {Path(config['data']).stat().st_size:,} bytes" if Path(config["data"]).is_file()
                                    else "") + (f" (text field `{config.get('text_field')}`)" if config.get("text_field") not in

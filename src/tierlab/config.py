@@ -223,6 +223,9 @@ class TrainConfig:
         need(self.early_stop is None or self.eval_every > 0,
              "--early-stop counts evaluations, and --eval-every 0 turns them off.",
              "pass --eval-every N (e.g. 100) with --early-stop, or drop --early-stop.")
+        need(self.early_stop is not None or not self.early_stop_delta,
+             f"--early-stop-delta {self.early_stop_delta:g} is given without --early-stop, which it is a part of.",
+             "add --early-stop PATIENCE (e.g. 3), or drop --early-stop-delta.")
         need(math.isfinite(self.early_stop_delta) and self.early_stop_delta >= 0,
              f"--early-stop-delta must be a finite number, 0 or more, got {self.early_stop_delta}.",
              "use e.g. 0.01 (a fall of val_loss smaller than that is no improvement).")

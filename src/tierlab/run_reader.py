@@ -63,7 +63,9 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "c
     elif isinstance(model, str):
         model = load_model(model, config.get("model_args", {}), built_vocab(config, tokenizer),
                            bool(config.get("causal_mask")), built_classes(run_dir, config, tokenizer))
-    if checkpoint is not None:
+    if checkpoint is not None and Path(checkpoint).suffix == ".safetensors":  # e.g. --early-stop's best weights
+        load_run_weights(model, run_dir, Path(checkpoint))
+    elif checkpoint is not None:
         model.load_state_dict(load_checkpoint(Path(checkpoint))["model"])
     else:
         load_run_weights(model, run_dir)
@@ -170,14 +172,14 @@ def run_tokenizer(run_dir: Path) -> Tokenizer:
     return load_tokenizer_file(str(path)) if path.is_file() else ByteTokenizer()
 
 
-def load_run_weights(model: nn.Module, run_dir: Path) -> nn.Module:
-    """Load a run's final weights (model.safetensors) into ``model``, with a plain error when they are missing."""
+def load_run_weights(model: nn.Module, run_dir: Path, weights: Path | None = None) -> nn.Module:
+    """Load a run's final weights (model.safetensors, or ``weights``) into ``model``, with a plain error when missing."""
     from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
-    weights = run_dir / WEIGHTS
+    weights = weights if weights is not None else run_dir / WEIGHTS
     if not weights.is_file():
-        raise UserError(f"Run {str(run_dir)!r} has no {WEIGHTS} (it may still be running or was killed).",
+        raise UserError(f"Run {str(run_dir)!r} has no {weights.name} (it may still be running or was killed).",
                         f"use a finished run, or a checkpoint: {run_dir}/checkpoints/step-....pt")
     try:
         load_safetensors(model, str(weights))

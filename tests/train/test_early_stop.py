@@ -34,6 +34,8 @@ def test_a_run_stops_early_and_keeps_the_best_evaluations_weights(tmp_path):
     saved = load_file(str(run.dir / "best.safetensors"))
     at_best = load_checkpoint(run.dir / "checkpoints" / f"step-{best['step']:08d}.pt")["model"]
     assert all(torch.equal(saved[name], at_best[name]) for name in saved)
+    best_model, _ = tierlab.load(run.dir, checkpoint=run.dir / "best.safetensors")  # as sample --checkpoint takes it
+    assert all(torch.equal(best_model.state_dict()[name], saved[name]) for name in saved)
     assert (run.dir / "model.safetensors").is_file() and (run.dir / "checkpoints" / "step-00000015.pt").is_file()
 
     # Resumed as it is: patience has run out, so nothing more is trained.
@@ -83,6 +85,7 @@ def test_a_run_that_keeps_improving_completes(tmp_path):
     (dict(early_stop=0), "--early-stop must be a number of evaluations, 1 or more"),
     (dict(early_stop=3, eval_every=0), "--early-stop counts evaluations, and --eval-every 0 turns them off"),
     (dict(early_stop=3, early_stop_delta=-0.1), "--early-stop-delta must be a finite number, 0 or more"),
+    (dict(early_stop_delta=0.1), "--early-stop-delta 0.1 is given without --early-stop"),
 ])
 def test_bad_early_stop_options_are_plain_errors(tmp_path, changes, fragment):
     with pytest.raises(ConfigError, match=fragment):

@@ -228,7 +228,7 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
     log.info("%s: training %s (%s steps)", cfg.name, cfg.model, cfg.max_steps or "default")
     started = time.perf_counter()
     child = subprocess.run([sys.executable, "-m", "tierlab", "train", "--config", str(config_file)],
-                           capture_output=True, text=True, env=dict(os.environ))
+                           capture_output=True, text=True, env=dict(os.environ), preexec_fn=_stop_with_parent)
     if child.returncode == 130:
         raise KeyboardInterrupt
     if child.returncode not in (0, 3):  # 3: diverged, a result like any other (its skipped steps say why)
@@ -249,6 +249,17 @@ def _with_resolved_defaults(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
     recorded = json.loads((run_dir / CONFIG).read_text())
     return cfg.replace(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__
                           and getattr(cfg, k) is None and v is not None})
+
+
+def _stop_with_parent() -> None:
+    """In the child, before it runs: on Linux, a SIGTERM when compare dies (even by SIGKILL), so the run
+    checkpoints and stops instead of training on, orphaned; the next compare resumes it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
