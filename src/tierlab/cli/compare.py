@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import sys
 from pathlib import Path
 
@@ -33,8 +33,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(ns: argparse.Namespace) -> int:
+    from ..atomic import write_json_atomic
     from ..compare import compare
     from ..config import parse_model_arg
+    from ..track.records import finite_tree
     from ..progress import console, quieted
 
     options = {k: v for k, v in vars(ns).items() if k not in ("baseline", "baseline_arg", "seeds", "json", "markdown")}
@@ -43,13 +45,12 @@ def run(ns: argparse.Namespace) -> int:
     with console(quiet=cfg.quiet, stream=sys.stderr), quieted("tierlab.data", "tierlab.models"):
         result = compare(cfg, ns.baseline, baseline_args, ns.seeds)
     table = result.markdown()
-    if ns.json:
-        Path(ns.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if ns.json:  # the same document as compare.json
+        write_json_atomic(Path(ns.json), finite_tree(result.to_dict()))
     if ns.markdown:
         Path(ns.markdown).write_text(table)
     print(table.rstrip())
-    if result.equal_seconds and "val_loss_equal_time" in result.metrics and any(
-            v.std is None and v.mean != v.mean for v in result.metrics["val_loss_equal_time"].values()):
+    if result.equal_seconds and any(math.isnan(v.mean) for v in result.metrics["val_loss_equal_time"].values()):
         print(f"(no evaluation of one side fell within {result.equal_seconds:.3g} s of training: evaluate more "
               "often, --eval-every, to compare at equal time)")
     print(f"runs, compare.json, compare.md, compare.png: {result.out}")

@@ -27,10 +27,11 @@ from typing import Any
 import torch
 
 from ..atomic import write_json_atomic
+from ..track.records import finite_tree
 from ..config import TrainConfig
 from ..errors import ConfigError, UserError
 from ..models.loader import split_spec
-from ..run_files import CONFIG, METRICS, SUMMARY
+from ..run_files import CONFIG, METRICS, SUMMARY, WEIGHTS
 from .sizing import BASELINES, Counts, count_parameters, model_depth, size_baseline
 from .stats import Spread, Verdict, spread, verdict
 
@@ -48,6 +49,7 @@ class Side:
     counts: Counts
     sized: str | None = None  # how a built-in baseline was sized, in words
     runs: list[dict[str, Any]] = field(default_factory=list)  # per seed: the figures of its run
+    curves: list[list[tuple[int, float, float]]] = field(default_factory=list)  # per seed: (tokens, s, val loss)
 
 
 @dataclass
@@ -85,7 +87,7 @@ class CompareResult:
                 label = label.format(seconds=f"{self.equal_seconds:.3g}" if self.equal_seconds else "-")
             if key == "latency_ms":
                 label = label.format(tokens=self.latency_tokens)
-            rows.append((label, *(self.metrics[key][s].text(digits) if key in self.metrics else "-" for s in SIDES)))
+            rows.append((label, *(self.metrics[key][s].text(digits) for s in SIDES)))
         width = max(len(r[0]) for r in rows)
         names = (f"model: `{shown(self.model.spec)}`", f"baseline: `{shown(self.baseline.spec)}`")
         lines = [f"| {'':{width}} | {names[0]} | {names[1]} |", f"|{'-' * (width + 2)}|---|---|"]
@@ -140,8 +142,7 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
         # As many positions as the model (or the run's --seq-len): the same tables on both sides where they match.
         sized = size_baseline(baseline, model.counts.non_embedding, vocab, max_positions(user) or cfg.seq_len,
                               model_depth(user))
-        other = Side(sized.model, sized.args, count_parameters(load_model(sized.model, sized.args, vocab), vocab),
-                     sized.describe())
+        other = Side(sized.model, sized.args, sized.counts, sized.describe())
         log.info("baseline %s sized to the model's %s non-embedding parameters: %s", baseline,
                  f"{model.counts.non_embedding:,}", sized.describe())
     else:
@@ -163,11 +164,13 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
                                   resume="auto", allow_config_change=False)
             summary = _train(run_cfg, root)
             precision = summary.get("precision") or precision  # auto decides once; the other runs use its choice
-            side.runs.append(_figures(root / run_cfg.name, summary))
+            figures, curve = _figures(root / run_cfg.name, summary)
+            side.runs.append(figures)
+            side.curves.append(curve)
     equal = min((r["train_seconds"] for s in (model, other) for r in s.runs if r["train_seconds"]), default=None)
     for side in (model, other):
-        for run in side.runs:
-            run["val_loss_equal_time"] = _loss_at(run.pop("curve"), equal) if equal else None
+        for run, curve in zip(side.runs, side.curves):
+            run["val_loss_equal_time"] = _loss_at(curve, equal) if equal else None
             run["latency_ms"] = _latency(root / run["run"], cfg.seq_len, cfg.device)
     metrics = {key: {name: spread([r[key] for r in side.runs]) for name, side in zip(SIDES, (model, other))}
                for key, _, _ in METRIC_ROWS}
@@ -176,23 +179,12 @@ def compare(cfg: TrainConfig, baseline: str, baseline_args: dict[str, Any] | Non
              if equal and all(r["val_loss_equal_time"] is not None for s in (model, other) for r in s.runs)
              else None)
     result = CompareResult(root, seed_list, model, other, metrics, final, timed, equal, cfg.seq_len, precision)
-    write_json_atomic(root / "compare.json", _finite(result.to_dict()))
+    write_json_atomic(root / "compare.json", finite_tree(result.to_dict()))
     (root / "compare.md").write_text(result.markdown(), encoding="utf-8")
     from .plot import save_plot
 
     save_plot(result, root / "compare.png")
     return result
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and infinities as null: compare.json is JSON every parser reads."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
 
 
 def shown(spec: str) -> str:
@@ -214,11 +206,13 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
     """Train one side's run in its own process (or keep it, finished); its summary."""
     run_dir = root / cfg.name
     summary_path = run_dir / SUMMARY
-    cfg = _with_resolved_defaults(cfg, run_dir)
+    recorded = json.loads((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).is_file() else None
+    if recorded is not None:
+        cfg = _with_resolved_defaults(cfg, recorded)
     if summary_path.is_file():
         done = json.loads(summary_path.read_text())
         if done.get("status") in FINISHED:
-            _refuse_other_options(cfg, run_dir)
+            _refuse_other_options(cfg, recorded or {}, run_dir)
             log.info("%s: kept (%s, %s steps)", cfg.name, done.get("status"), done.get("steps"))
             return done
     configs = root / ".configs"
@@ -239,14 +233,12 @@ def _train(cfg: TrainConfig, root: Path) -> dict[str, Any]:
     return json.loads(summary_path.read_text())
 
 
-def _with_resolved_defaults(cfg: TrainConfig, run_dir: Path) -> TrainConfig:
+def _with_resolved_defaults(cfg: TrainConfig, recorded: dict[str, Any]) -> TrainConfig:
     """``cfg`` with the options it leaves to their defaults (the warm-up) as the run already there resolved them.
 
-    A run records the values it trained with; asked again with ``None``, a resume would see a change.
+    A run records the values it trained with (``recorded``, its config.json); asked again with ``None``,
+    a resume would see a change.
     """
-    if not (run_dir / CONFIG).is_file():
-        return cfg
-    recorded = json.loads((run_dir / CONFIG).read_text())
     return cfg.replace(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__
                           and getattr(cfg, k) is None and v is not None})
 
@@ -262,11 +254,10 @@ def _stop_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
-    """A finished run is kept only when this comparison would train it with the same options."""
+def _refuse_other_options(cfg: TrainConfig, recorded: dict[str, Any], run_dir: Path) -> None:
+    """A finished run is kept only when this comparison would train it with the same options (``recorded``)."""
     from ..train.resume import absolute_paths, check_same_run
 
-    recorded = json.loads((run_dir / CONFIG).read_text())
     wanted = absolute_paths(cfg)
     try:
         check_same_run(wanted.replace(allow_config_change=False), recorded, run_dir)
@@ -277,20 +268,20 @@ def _refuse_other_options(cfg: TrainConfig, run_dir: Path) -> None:
                           "pass another --name for a new comparison, or the options this one was run with.") from None
 
 
-def _figures(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
-    """One run's figures: final val loss and perplexity, throughput, memory, skips, and its val-loss curve."""
+def _figures(run_dir: Path, summary: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[int, float, float]]]:
+    """One run's figures (final val loss and perplexity, throughput, memory, skips) and its val-loss curve."""
     from ..track.records import read_jsonl
     from .plot import eval_curve
 
     records = read_jsonl(run_dir / METRICS)
-    curve, seconds = eval_curve(run_dir)
+    curve, seconds = eval_curve(records)
     memory = [r["mem_peak_mb"] for r in records if r.get("kind") == "train" and r.get("mem_peak_mb") is not None]
     val = summary.get("final_val_loss")
     return {"run": run_dir.name, "status": summary.get("status"), "steps": summary.get("steps"),
             "tokens": summary.get("tokens"), "val_loss": val,
             "val_ppl": math.exp(min(val, 700.0)) if val is not None else None,
             "tokens_per_s": summary.get("median_tokens_per_s"), "peak_memory_mb": max(memory) if memory else None,
-            "skipped_steps": summary.get("skipped_steps"), "train_seconds": seconds, "curve": curve}
+            "skipped_steps": summary.get("skipped_steps"), "train_seconds": seconds}, curve
 
 
 def _loss_at(curve: list[tuple[int, float, float]], seconds: float) -> float | None:
@@ -304,7 +295,7 @@ def _latency(run_dir: Path, seq_len: int, device: str) -> float | None:
     from ..run_reader import load
     from ..train.device import resolve_device, synchronize
 
-    if not (run_dir / "model.safetensors").is_file():
+    if not (run_dir / WEIGHTS).is_file():
         return None
     target = resolve_device(device)
     model, _ = load(run_dir, device=str(target))

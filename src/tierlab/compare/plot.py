@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..run_files import METRICS
-from ..track.records import read_jsonl
 
 if TYPE_CHECKING:
     from . import CompareResult
@@ -24,7 +22,7 @@ def save_plot(result: CompareResult, path: Path) -> Path:
 
     fig, (by_tokens, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for name, side in (("model", result.model), ("baseline", result.baseline)):
-        curves = [eval_curve(result.out / run["run"])[0] for run in side.runs]
+        curves = side.curves
         label = f"{name}: {shown(side.spec)} ({side.counts.non_embedding:,} non-embedding params)"
         for axis, x in ((by_tokens, 0), (by_time, 1)):
             _band(axis, curves, x, COLOURS[name], label)
@@ -41,15 +39,15 @@ def save_plot(result: CompareResult, path: Path) -> Path:
     return path
 
 
-def eval_curve(run_dir: Path) -> tuple[list[tuple[float, float, float]], float]:
-    """((tokens, training seconds, val loss) at each evaluation, total training seconds) of a run.
+def eval_curve(records: list[dict]) -> tuple[list[tuple[float, float, float]], float]:
+    """((tokens, training seconds, val loss) at each evaluation, total training seconds) of a run's metrics records.
 
     Training time is summed from the step times of the train records (evaluations left out),
     so both sides are timed alike, whatever else the machine did between log steps.
     """
     seconds, last, at = 0.0, 0, {0: 0.0}
     points = []
-    for r in read_jsonl(run_dir / METRICS):
+    for r in records:
         if r.get("kind") == "train" and r.get("step_ms") is not None:
             seconds += r["step_ms"] / 1000 * (r["step"] - last)
             last, at[r["step"]] = r["step"], seconds

@@ -51,8 +51,12 @@ def count_parameters(model: nn.Module, vocab_size: int) -> Counts:
 class Sized:
     model: str  # the built-in model's name
     args: dict[str, Any]  # its --model-arg values
-    non_embedding: int
+    counts: Counts  # of the model built with them (for the vocabulary it was sized for)
     target: int
+
+    @property
+    def non_embedding(self) -> int:
+        return self.counts.non_embedding
 
     @property
     def off_by(self) -> float:
@@ -95,7 +99,7 @@ def size_baseline(baseline: str, target: int, vocab_size: int, max_seq_len: int,
         from ..models import load_model
 
         built = load_model(name, args, vocab_size)
-    return Sized(name, args, count_parameters(built, vocab_size).non_embedding, target)
+    return Sized(name, args, count_parameters(built, vocab_size), target)
 
 
 def _formula(baseline: str, layers: int, width: int) -> int:

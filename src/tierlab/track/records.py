@@ -19,11 +19,20 @@ from ..disk import continue_fix, write_failed
 log = logging.getLogger(__name__)
 
 
-def _clean(value: Any) -> Any:
+def finite_or_none(value: Any) -> Any:
     """JSON has no NaN/Infinity: a non-finite number is written as null (events say what it was)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def finite_tree(value: Any) -> Any:
+    """``value`` with every non-finite number in it, however nested, as null (a whole JSON document)."""
+    if isinstance(value, dict):
+        return {k: finite_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_tree(v) for v in value]
+    return finite_or_none(value)
 
 
 class JsonlWriter:
@@ -43,7 +52,7 @@ class JsonlWriter:
 
     def write(self, record: dict[str, Any], forward: bool = True) -> dict[str, Any]:
         """Append ``record``; returns it as written (non-finite numbers as None)."""
-        clean = {k: _clean(v) for k, v in record.items()}
+        clean = {k: finite_or_none(v) for k, v in record.items()}
         self._append((json.dumps(clean) + "\n").encode("utf-8"))
         if forward and self.listener is not None:
             self.listener(clean)

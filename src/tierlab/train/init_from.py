@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..run_files import LABELS, TOKENIZER, WEIGHTS
+from ..run_files import TOKENIZER, WEIGHTS
 from .checkpoint import latest_checkpoint, load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def _say_other_labels(source: WeightSource, labels: list[str], whole_head: bool)
 
     if source.run_dir is None or not whole_head:
         return
-    record = read_labels(source.run_dir) if (source.run_dir / LABELS).is_file() else None
+    record = read_labels(source.run_dir)
     theirs = record["labels"] if record else _run_start(source.run_dir).get("labels")  # (labels.json deleted)
     if not isinstance(theirs, list) or theirs == labels:
         return

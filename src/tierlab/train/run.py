@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import statistics
 import time
@@ -24,6 +23,7 @@ from ..disk import STORAGE_ERRNOS, continue_fix, describe, free_space, is_storag
 from ..errors import ConfigError, UserError
 from ..run_files import CKPT_DIR, CONFIG, DASHBOARD, EVENTS, METRICS, SUMMARY, WEIGHTS
 from ..track import EventLog, JsonlWriter, read_jsonl
+from ..track.records import finite_or_none
 from . import identity
 from .checkpoint import latest_or_none, save_weights
 from .distributed import Dist, full_model_state
@@ -261,12 +261,6 @@ class _Closing:
     def _kept(self) -> str:
         newest = latest_or_none(self.run_dir)
         return f"the last checkpoint {newest} is intact" if newest else "no checkpoint was written"
-
-
-def finite_or_none(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def write_dashboard(run_dir: Path, failed: bool = False) -> None:
