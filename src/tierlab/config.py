@@ -32,6 +32,7 @@ PRECISIONS = CHOICES  # "auto" and every entry of tierlab.precisions
 NONFINITE_POLICIES = ("skip", "raise", "rollback")
 # torch.compile's modes ("default" passes none).
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "max-autotune", "reduce-overhead")
+ATTENTION_BACKENDS = ("auto", "cudnn", "flash", "efficient", "math")  # train/attention.py
 WANDB_MODES = ("online", "offline", "disabled")
 OBJECTIVES = ("clm", "mlm", "classify")  # next token; masked tokens; a label per row (train/objective.py)
 POOLS = ("mean", "last", "first")  # how --objective classify reduces per-position outputs [B, T, C] to [B, C]
@@ -95,6 +96,12 @@ class TrainConfig:
     compile_mode: str = _opt("default", "torch.compile mode with --compile: default, max-autotune-no-cudagraphs "
                              "(benchmarks the matrix kernels: minutes more compile, faster GPU steps), max-autotune "
                              "or reduce-overhead (both add CUDA graphs)", role=SESSION)
+    chunked_loss: bool = _opt(False, "compute the output layer and the cross-entropy in chunks of rows, never holding "
+                              "the full [batch x seq, vocab] logits (less memory, the same loss; language-model "
+                              "objectives, a model whose last step is one nn.Linear)", role=SESSION)
+    attention_backend: str = _opt("auto", "scaled_dot_product_attention kernel: auto (the fastest this GPU has: cuDNN, "
+                                  "then flash, then memory-efficient), cudnn, flash, efficient or math; named at "
+                                  "start-up", role=SESSION)
     fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the ranks with "
                              "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)", role=SESSION)
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
@@ -189,6 +196,14 @@ class TrainConfig:
              f"use one of {', '.join(COMPILE_MODES)}.")
         need(not (self.fsdp and self.compile), "--fsdp and --compile were both given.",
              "drop --compile (tierlab does not compile sharded models yet) or --fsdp.")
+        need(self.attention_backend in ATTENTION_BACKENDS,
+             f"--attention-backend {self.attention_backend!r} is not an attention kernel.",
+             f"use one of {', '.join(ATTENTION_BACKENDS)}.")
+        need(not (self.chunked_loss and self.objective == "classify"), "--chunked-loss was given with --objective "
+             "classify.", "drop --chunked-loss: a classifier's [batch, classes] scores are small, there is nothing "
+             "to save.")
+        need(not (self.chunked_loss and self.fsdp), "--chunked-loss and --fsdp were both given.",
+             "drop one of them (under FSDP the output head's weight is sharded outside its forward).")
         need(self.compile or self.compile_mode == "default", f"--compile-mode {self.compile_mode} was given "
              "without --compile.", "add --compile, or drop --compile-mode.")
         need(self.device == "auto" or self.device == "cpu" or self.device == "cuda"
@@ -432,7 +447,8 @@ PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metada
 OPTION_GROUPS = {
     "model": ("model", "model_args", "objective", "causal_mask", "pool"),
     "data": ("data", "text_field", "label_field", "tokenizer", "val_fraction"),
-    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "loss_scale_init",
+    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "chunked_loss",
+                             "attention_backend", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
     "length and batch": ("max_steps", "epochs", "early_stop", "early_stop_delta", "batch_size", "grad_accum",

@@ -32,6 +32,7 @@ from ..precisions import NAMES
 from ..progress import quieted
 from ..run_files import EVENTS, METRICS
 from ..track import EventLog, JsonlWriter
+from ..train.speedups import choose_speedups
 from ..train.objective import classification_for
 from ..train.setup import first_block, prepare
 from ..train.step_buffer import read
@@ -198,14 +199,16 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     replica.load_state_dict(init_state)
     policy.check_model(replica)
     loss_fn = None
+    classify = classification_for(cfg.objective, tokens, cfg.pool)
+    speedups = choose_speedups(cfg, replica, first_block(tokens, cfg), device, policy, classify)
     if cfg.compile:
         loss_fn, row.compile_s = compile_model(replica, first_block(tokens, cfg), policy, device, cfg.compile_mode,
-                                               classification_for(cfg.objective, tokens, cfg.pool))
+                                               classify, speedups.head, speedups.attention)
     run_dir = scratch / row.precision
     run_dir.mkdir()
     trainer = Trainer(replica, tokens, cfg.replace(precision=row.precision), policy, device, run_dir,
                       JsonlWriter(run_dir / METRICS), EventLog(run_dir / EVENTS), cfg.max_steps,
-                      identity={}, loss_fn=loss_fn)
+                      identity={}, loss_fn=loss_fn, head=speedups.head, attention=speedups.attention)
     replica.train()
     return _Contender(row, trainer)
 

@@ -44,6 +44,7 @@ from .resume import absolute_paths, check_same_run, find_checkpoint, layered, mo
 from .run import Run, close_run, default_run_name, open_run_dir, refuse_existing, write_dashboard
 from .run_lock import NoLock, RunLock
 from .setup import Prepared, decide_for_run, prepare
+from .speedups import Speedups, choose_speedups
 
 if TYPE_CHECKING:
     from ..progress import Progress
@@ -108,10 +109,12 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
                                              cache, classify))
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
+    speedups = choose_speedups(cfg, model, prepared.block, device, policy, classify)
     net = dist.wrap(model, device, prepared.block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
-    loss_fn, compile_seconds = _compile(net, prepared, policy, device, classify) if cfg.compile else (None, None)
+    loss_fn, compile_seconds = (_compile(net, prepared, policy, device, classify, speedups) if cfg.compile else
+                                (None, None))
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
@@ -127,9 +130,9 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
         trackers.start(recorded["config"])  # (W&B's start, waiting on a server, would swallow a Ctrl-C)
     metrics.listener, events.listener = trackers.log, trackers.event
     trainer = Trainer(net, prepared.tokens, cfg, policy, device, run_dir, metrics, events, prepared.max_steps,
-                      recorded, progress, loss_fn, dist)
+                      recorded, progress, loss_fn, dist, speedups.head, speedups.attention)
     trainer.stop_requested = bool(held)  # a Ctrl-C while they started: stop after the first step, checkpointed
-    _announce(trainer, prepared, resume_state, ckpt_path, compile_seconds)
+    _announce(trainer, prepared, resume_state, ckpt_path, compile_seconds, speedups)
     started, status, failure = time.perf_counter(), "failed", None
     try:
         status = _fit(trainer, run_dir)
@@ -226,10 +229,11 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
 
 
 def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy, device: torch.device,
-             classify: Classification | None) -> tuple[Any, float]:
+             classify: Classification | None, speedups: Speedups) -> tuple[Any, float]:
     """torch.compile now, before the run directory exists: a failure costs nothing."""
     try:
-        return compile_model(net, prepared.block, policy, device, prepared.cfg.compile_mode, classify)
+        return compile_model(net, prepared.block, policy, device, prepared.cfg.compile_mode, classify,
+                             speedups.head, speedups.attention)
     except Exception as exc:
         if is_out_of_memory(exc):  # the compile pass runs the training shape: too big for the device
             raise out_of_memory(exc, prepared.cfg, device, "while compiling (one training step)") from None
@@ -237,7 +241,7 @@ def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy, device
 
 
 def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any] | None, ckpt_path: Path | None,
-              compile_seconds: float | None) -> None:
+              compile_seconds: float | None, speedups: Speedups) -> None:
     """The run's first events (run_start or resume, init_from, precision, compiled) and log lines."""
     events, dist, tokens, decision = trainer.events, trainer.dist, prepared.tokens, trainer.policy.decision
     if resume_state is not None:
@@ -263,6 +267,8 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
     events.emit("precision", **decision.as_event(), weights_warning=prepared.weights_warning)
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
+    if speedups.head is not None or speedups.attention.order:  # (a default run's records stay as they were)
+        events.emit("speedups", step=trainer.state.step, **speedups.as_event())
     log.info("precision: %s (%s)", decision.used, decision.reason)
     log.info("global batch: %d sequences x %d micro-batches x %d process(es) = %d sequences, %d tokens per step",
              trainer.cfg.batch_size, trainer.cfg.grad_accum, dist.world_size, trainer.global_batch,

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ModelError
 from .device import synchronize
+from .attention import AttentionPolicy
 from .loss import LossFn, make_loss_fn
 from .memory import is_out_of_memory
 from .objective import Classification, split_block
@@ -37,12 +38,14 @@ BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
 
 def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
                   device: torch.device, mode: str = "default",
-                  classify: Classification | None = None) -> tuple[LossFn, float]:
+                  classify: Classification | None = None, head: nn.Linear | None = None,
+                  attention: AttentionPolicy | None = None) -> tuple[LossFn, float]:
     """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1].
 
     ``mode``: torch.compile's mode ("default" passes none); "max-autotune-no-cudagraphs"
     times candidate matrix-multiply kernels for each shape at compile time and keeps the
-    fastest, which pays off on big GPU models.
+    fastest, which pays off on big GPU models.  ``head``, ``attention``: as for
+    :func:`~tierlab.train.loss.make_loss_fn` (``--chunked-loss``, ``--attention-backend``).
     """
     backend = os.environ.get(BACKEND_ENV, "inductor")
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
@@ -51,8 +54,8 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     synchronize(device)
     started = time.perf_counter()
     try:
-        compiled = torch.compile(make_loss_fn(model, policy, classify), backend=backend,
-                                 mode=None if mode == "default" else mode)
+        compiled = make_loss_fn(model, policy, classify, head, attention=attention, compiler=lambda fn: torch.compile(
+            fn, backend=backend, mode=None if mode == "default" else mode))
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
             compiled(x, y).backward()
         synchronize(device)

@@ -52,6 +52,7 @@ from .checkpoint import (
 from .distributed import SINGLE, Dist, full_model_state, full_optimizer_state, load_full_state
 from .flops import flops_per_token, peak_flops
 from .guards import Diverged, Guard, GuardState
+from .attention import AttentionPolicy
 from .loss import LossFn, make_loss_fn
 from .memory import peak_memory_mb
 from .evaluate import classification_figures, eval_rows, validation_figures
@@ -93,7 +94,7 @@ class Trainer:
     def __init__(self, model: nn.Module, data: TokenData | LabelledData, cfg: TrainConfig, policy: PrecisionPolicy,
                  device: torch.device, run_dir: Path, metrics: JsonlWriter, events: EventLog, max_steps: int,
                  identity: dict[str, Any], progress: Progress | None = None, loss_fn: LossFn | None = None,
-                 dist: Dist = SINGLE):
+                 dist: Dist = SINGLE, head: nn.Linear | None = None, attention: AttentionPolicy | None = None):
         # ``model`` may come wrapped in DDP: ``net`` runs the training forward (its hooks
         # all-reduce the gradients), ``self.model`` is the plain module everything else uses.
         self.net = model
@@ -101,8 +102,10 @@ class Trainer:
         self.model, self.data, self.cfg, self.policy, self.device, self.dist = model, data, cfg, policy, device, dist
         # --objective classify: rows of text and a class id, the output pooled to [B, C]; None otherwise.
         self.classify = classification_for(cfg.objective, data, cfg.pool)
-        # Forward + loss of a micro-batch; compiled under --compile (the weights are ``model``'s either way).
-        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(self.net, policy, self.classify)
+        # Forward + loss of a micro-batch; compiled under --compile (the weights are ``model``'s either way);
+        # ``head``: --chunked-loss's output layer, ``attention``: --attention-backend's kernels.
+        self.loss_fn = loss_fn if loss_fn is not None else make_loss_fn(self.net, policy, self.classify, head,
+                                                                        attention=attention)
         self.run_dir, self.metrics, self.events, self.max_steps = run_dir, metrics, events, max_steps
         self.identity, self.progress = identity, progress
         self.optimizer, self.lr = build_optimizer(model, cfg, device)
