@@ -162,7 +162,7 @@ class Model(torch.nn.Module):
     (["--model", "no_such_model.py"], ["does not exist"]),
     (["--model-arg", "vocab_size=40"], ["token id", "only 40 outputs", "vocab_size"]),
     (["--seq-len", "100"], ["longer than the model's 64 positions"]),
-    (["--precision", "fp8"], ["--precision 'fp8'", "auto, fp32, tf32, bf16, fp16"]),
+    (["--precision", "int4"], ["--precision 'int4'", "auto, fp32, tf32, bf16, fp16, fp8"]),
     (["--max-steps", "many"], ["--max-steps", "invalid int value"]),
     (["--bogus-option"], ["unrecognized arguments: --bogus-option"]),
     (["--config", "typo.toml"], ["Unknown option 'batch_sise'", "did you mean 'batch_size'"]),

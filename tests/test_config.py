@@ -24,7 +24,7 @@ def test_the_final_lr_follows_lr_unless_given():
 
 
 @pytest.mark.parametrize("changes, fragment", [
-    ({"precision": "fp8"}, "--precision 'fp8'"),
+    ({"precision": "int4"}, "--precision 'int4'"),
     ({"device": "tpu"}, "--device 'tpu'"),
     ({"device": "mps"}, "Apple's Metal backend is not supported yet"),
     ({"max_steps": 0}, "--max-steps must be at least 1"),

@@ -18,7 +18,7 @@ def test_config_and_help_accept_exactly_the_table():
         assert TrainConfig(precision=name).precision == name
         assert name in field_help()["precision"]
     with pytest.raises(Exception, match="is not a precision"):
-        TrainConfig(precision="fp8")
+        TrainConfig(precision="int4")
 
 
 def test_validate_offers_the_portable_ones():

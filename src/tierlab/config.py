@@ -90,6 +90,9 @@ class TrainConfig:
                                "classify, of the rows (drawn with a fixed seed, so the same rows every run)", role=IDENTITY)
     # --- precision and device ---------------------------------------------------------
     precision: str = _opt("auto", _precision_help())
+    fp8_layers: str = _opt("auto", "--precision fp8: which linear layers run in fp8: auto (those whose shapes are "
+                           "expected to gain, said per layer at start-up) or all (every one whose sizes are multiples "
+                           "of 16)")
     strict_precision: bool = _opt(False, "fail instead of falling back to fp32 when the precision cannot run")
     device: str = _opt("auto", "auto, cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the model (the compile time is measured and reported on its own)", role=SESSION)
@@ -196,6 +199,10 @@ class TrainConfig:
              f"use one of {', '.join(COMPILE_MODES)}.")
         need(not (self.fsdp and self.compile), "--fsdp and --compile were both given.",
              "drop --compile (tierlab does not compile sharded models yet) or --fsdp.")
+        need(self.fp8_layers in ("auto", "all"), f"--fp8-layers {self.fp8_layers!r} is not auto or all.",
+             "use --fp8-layers auto (the layers that gain) or all.")
+        need(self.fp8_layers == "auto" or self.precision == "fp8", f"--fp8-layers {self.fp8_layers} was given "
+             f"with --precision {self.precision}.", "add --precision fp8, or drop --fp8-layers.")
         need(self.attention_backend in ATTENTION_BACKENDS,
              f"--attention-backend {self.attention_backend!r} is not an attention kernel.",
              f"use one of {', '.join(ATTENTION_BACKENDS)}.")
@@ -447,7 +454,7 @@ PATH_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metada
 OPTION_GROUPS = {
     "model": ("model", "model_args", "objective", "causal_mask", "pool"),
     "data": ("data", "text_field", "label_field", "tokenizer", "val_fraction"),
-    "precision and device": ("precision", "strict_precision", "device", "compile", "compile_mode", "chunked_loss",
+    "precision and device": ("precision", "fp8_layers", "strict_precision", "device", "compile", "compile_mode", "chunked_loss",
                              "attention_backend", "loss_scale_init",
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),

@@ -22,6 +22,7 @@ class Precision:
     cuda_feature: str = ""  # the hardware behind ``cuda_compute``: "GPU X has no <cuda_feature>"
     not_on_cpu: str = ""  # why a CPU cannot run it: "<not_on_cpu>; it does not exist on a CPU"
     peak_as: str | None = None  # whose column of the peak-FLOPS table its matmuls run at (default: its own)
+    linear_fp8: bool = False  # linear layers that gain run as fp8 matmuls (torchao), see tierlab.train.fp8
 
     @property
     def peak_column(self) -> str:
@@ -39,12 +40,20 @@ PRECISIONS: dict[str, Precision] = {p.name: p for p in (
               autocast="bfloat16"),
     Precision("fp16", "fp16 autocast over fp32 weights, with a GradScaler", "fp16 with a GradScaler was requested",
               autocast="float16", loss_scaling=True),
+    # MFU is counted against the bf16 peak: most of a model's work stays bf16, and a speed-up
+    # from fp8 then shows as a higher MFU, comparable with bf16's.
+    Precision("fp8", "fp8 matmuls (torchao float8 training) in the linear layers whose shapes gain, bf16 autocast for "
+              "the rest, no loss scaling (CUDA, compute capability 8.9+)",
+              "fp8 was requested: fp8 matmuls in the linear layers whose shapes gain, bf16 autocast for the rest",
+              autocast="bfloat16", cuda_compute=(8, 9), cuda_feature="fp8 tensor cores (Ada, Hopper or newer needed)",
+              not_on_cpu="fp8 matmuls need the fp8 tensor cores of an NVIDIA GPU (Ada, Hopper or newer)",
+              peak_as="bf16", linear_fp8=True),
 )}
 
 NAMES = tuple(PRECISIONS)  # most accurate first
 CHOICES = ("auto", *NAMES)  # what --precision accepts
 # What validate's speed check and the doctor can run on any device: fp32 and the autocast ones.
-AUTOCAST_NAMES = tuple(n for n, p in PRECISIONS.items() if p.autocast)
+AUTOCAST_NAMES = tuple(n for n, p in PRECISIONS.items() if p.autocast and p.cuda_compute is None)
 PORTABLE_NAMES = tuple(n for n, p in PRECISIONS.items() if p.cuda_compute is None)
 
 

@@ -23,16 +23,17 @@ def bench(tmp_path_factory):
     return where, result, json.loads((where / "bench.json").read_text())
 
 
-def test_every_precision_has_a_row_and_tf32_says_why_not(bench):
+def test_every_precision_has_a_row_and_tf32_and_fp8_say_why_not(bench):
     _, result, data = bench
     rows = {r["precision"]: r for r in data["rows"]}
-    assert list(rows) == ["fp32", "tf32", "bf16", "fp16"]
+    assert list(rows) == ["fp32", "tf32", "bf16", "fp16", "fp8"]
     for name in ("fp32", "bf16", "fp16"):
         assert rows[name]["status"] == "ok", rows[name]
         assert len(rows[name]["step_ms"]) == STEPS
         assert rows[name]["val_loss"] > 0 and rows[name]["peak_mem_mb"] > 0
         assert rows[name]["mfu"] is None  # no known peak for a CPU
     assert rows["tf32"]["status"] == "unavailable" and "CPU" in rows["tf32"]["reason"]
+    assert rows["fp8"]["status"] == "unavailable" and "fp8 tensor cores" in rows["fp8"]["reason"]
     assert "tf32" in result.stdout and "unavailable" in result.stdout  # shown, not silently skipped
     assert "| bf16 |" in result.stdout  # the Markdown table
 
@@ -123,7 +124,7 @@ def test_on_a_cpu_with_native_bf16_bench_says_and_saves_what_auto_picks(tmp_path
 
 
 @pytest.mark.parametrize("args, fragments", [
-    (["--precisions", "fp32,fp8"], ["--precisions", "fp8", "fp32,tf32,bf16,fp16"]),
+    (["--precisions", "fp32,int4"], ["--precisions", "int4", "fp32,tf32,bf16,fp16,fp8"]),
     (["--json", "no/such/dir/b.json"], ["folder does not exist"]),
 ])
 def test_bad_options_are_user_errors(tmp_path, args, fragments):

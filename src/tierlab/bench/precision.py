@@ -198,6 +198,7 @@ def _prepare(row: BenchRow, model: nn.Module, init_state: dict, tokens: TokenDat
     replica = copy.deepcopy(model)
     replica.load_state_dict(init_state)
     policy.check_model(replica)
+    policy.prepare_model(replica, cfg.batch_size * cfg.seq_len, cfg.fp8_layers)  # fp8: the linear layers that gain
     loss_fn = None
     classify = classification_for(cfg.objective, tokens, cfg.pool)
     speedups = choose_speedups(cfg, replica, first_block(tokens, cfg), device, policy, classify)

@@ -109,6 +109,7 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
                                              cache, classify))
     policy = PrecisionPolicy(decision, device, cfg.loss_scale_init, cfg.loss_scale_growth_interval)
     policy.check_model(model)
+    policy.prepare_model(model, cfg.batch_size * cfg.seq_len, cfg.fp8_layers)  # fp8: the linear layers that gain become fp8
     speedups = choose_speedups(cfg, model, prepared.block, device, policy, classify)
     net = dist.wrap(model, device, prepared.block[:, :-1])  # DDP (or FSDP2) under torchrun
     if dist.rank:
@@ -265,6 +266,8 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
     if prepared.init_source is not None:
         events.emit("init_from", weights=str(prepared.init_source.path), tokenizer=prepared.init_source.tokenizer)
     events.emit("precision", **decision.as_event(), weights_warning=prepared.weights_warning)
+    if trainer.policy.fp8_plan is not None:
+        events.emit("fp8", layers=[r.as_dict() for r in trainer.policy.fp8_plan])
     if compile_seconds is not None:
         events.emit("compiled", step=trainer.state.step, seconds=compile_seconds)
     if speedups.head is not None or speedups.attention.order:  # (a default run's records stay as they were)

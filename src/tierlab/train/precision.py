@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ModelError, PrecisionError
 from ..precisions import PRECISIONS
 from ._torch_internals import fused_step_unless, scaler_found_inf, scaler_scale
+from . import fp8
 from .device import cpu_native_bf16
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,10 @@ def decide_precision(requested: str, device: torch.device, strict: bool = False,
                                  warning=f"{requested} cannot run here ({problem}); training in fp32 instead",
                                  fallback=True)
     warning = None
-    if device.type == "cpu" and spec.autocast and not (spec.autocast == "bfloat16" and cpu_native_bf16()):
+    if device.type == "cpu" and spec.linear_fp8:  # (only with fp8.EMULATE_ENV set)
+        warning = (f"fp8 on this CPU is emulated ({fp8.EMULATE_ENV}=1): the same conversion and rounding as on a GPU, "
+                   "for checking, at many times fp32's step time")
+    elif device.type == "cpu" and spec.autocast and not (spec.autocast == "bfloat16" and cpu_native_bf16()):
         kind = _dtype_name(DTYPES[requested]).replace("bfloat16", "bf16").replace("float16", "fp16")
         warning = (f"{requested} autocast on this CPU is a correctness path, not a speed path: it runs "
                    f"several times slower than fp32 (no native {kind} matrix units); use --precision fp32 for speed")
@@ -88,13 +92,15 @@ def _auto(device: torch.device, measure: Callable[[str], PrecisionDecision] | No
 def _cannot_run(precision: str, device: torch.device) -> str | None:
     """Why torch cannot run ``precision`` on ``device``, or None when it can (probed for real)."""
     spec = PRECISIONS[precision]
-    if spec.cuda_compute is not None:
+    if spec.cuda_compute is not None and not (spec.linear_fp8 and device.type == "cpu" and fp8.emulated()):
         if device.type != "cuda":
             return f"{spec.not_on_cpu}; it does not exist on a CPU"
         major, minor = torch.cuda.get_device_capability(device)
         if (major, minor) < spec.cuda_compute:
             return (f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor}) has no "
                     f"{spec.cuda_feature}")
+    if spec.linear_fp8 and fp8.torchao_problem():
+        return fp8.torchao_problem()
     if spec.autocast is None:
         return None
     if device.type == "cuda" and spec.autocast == "bfloat16" and not torch.cuda.is_bf16_supported():
@@ -121,6 +127,7 @@ class PrecisionPolicy:
         self.dtype = DTYPES[decision.used]
         self.scaler = (torch.amp.GradScaler(device.type, init_scale=init_scale, growth_interval=growth_interval)
                        if self.spec.loss_scaling else None)
+        self.fp8_plan: list[fp8.LayerPlan] | None = None  # --precision fp8: per linear layer, set by prepare_model
 
     @property
     def scales_loss(self) -> bool:
@@ -130,6 +137,14 @@ class PrecisionPolicy:
     @property
     def name(self) -> str:
         return self.decision.used
+
+    def prepare_model(self, model: nn.Module, tokens_per_batch: int, layers: str = "auto") -> list[fp8.LayerPlan] | None:
+        """fp8: swap the linear layers that gain at ``tokens_per_batch`` rows (``layers="all"``: every one the
+        kernels take) for fp8 ones, in place; the plan."""
+        if not self.spec.linear_fp8:
+            return None
+        self.fp8_plan = fp8.convert(model, tokens_per_batch, layers)
+        return self.fp8_plan
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse fp16 trainable parameters under a GradScaler before any step runs."""
