@@ -160,7 +160,7 @@ def healthy():
 
 
 CHECKS = ["shapes", "causality", "gradient_flow", "numerics", "initialisation", "memory", "speed", "determinism",
-          "precision_doctor"]
+          "precision_doctor", "fp8"]
 
 
 def test_the_built_in_model_passes_every_check(healthy):
@@ -260,7 +260,7 @@ def test_checks_that_need_logits_of_the_right_shape_are_skipped_when_shapes_fail
     # One failure, said plainly: no raw PyTorch errors from checks that could not mean anything.
     assert "FAIL  shapes" in result.stdout and "raised" not in result.stdout, result.stdout
     assert "Expected input batch_size" not in result.stdout and "FAIL  causality" not in result.stdout
-    dependent = [n for n in CHECKS if n not in ("shapes", "initialisation")]
+    dependent = [n for n in CHECKS if n not in ("shapes", "initialisation", "fp8")]  # (fp8: planned from layer shapes)
     for name in dependent:
         assert f"SKIP  {name}" in result.stdout, result.stdout
     assert f"result: FAILED: shapes (skipped: {', '.join(dependent)})" in result.stdout
@@ -296,4 +296,18 @@ def test_a_model_whose_forward_raises_fails_shapes_and_skips_the_rest(tmp_path):
     assert [c.name for c in report.checks] == CHECKS and not report.ok
     assert report["shapes"].status == "fail" and "forward is not written yet" in report["shapes"].summary
     assert report["initialisation"].status == "pass"  # it reads the weights, and runs nothing
-    assert {c.status for c in report.checks if c.name not in ("shapes", "initialisation")} == {"skip"}
+    assert report["fp8"].status == "pass"  # (a plan from the layer shapes: it runs nothing either)
+    assert {c.status for c in report.checks if c.name not in ("shapes", "initialisation", "fp8")} == {"skip"}
+
+
+def test_the_doctor_says_which_layers_fp8_would_convert_at_the_training_shape(tmp_path):
+    from tierlab.validate import validate
+
+    small = validate("tiny-gpt", fp8_tokens=16 * 1024)["fp8"]
+    assert small.status == "pass" and small.figures["converted"] == 0 and "kept bf16" in small.summary
+    wide = validate("tiny-gpt", model_args={"d_model": 2048, "n_head": 16, "n_layer": 1}, batch_size=1, seq_len=8,
+                    fp8_tokens=32 * 1024, doctor=True)["fp8"]
+    converted = {r["name"] for r in wide.figures["layers"] if r["convert"]}
+    assert {"blocks.0.mlp.0", "blocks.0.mlp.2"} <= converted and "would run in fp8: " in wide.summary
+    result = run_cli("validate", "--fp8-tokens", "0", cwd=tmp_path)
+    assert_user_error(result, "--fp8-tokens")

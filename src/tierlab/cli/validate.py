@@ -43,7 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_device_option(val)
     val.add_argument("--precision", default="fp32", choices=list(PORTABLE_NAMES),
                      help="autocast precision of the speed check (default fp32)")
-    val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor")
+    val.add_argument("--no-doctor", action="store_true", help="skip the precision doctor (and the fp8 plan)")
+    val.add_argument("--fp8-tokens", type=int, default=16 * 1024, metavar="N",
+                     help="tokens per micro-batch (batch x seq len) of your training run, for the doctor's plan of "
+                          "which linear layers --precision fp8 would convert (default 16384 = 16 x 1024)")
     val.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
 
 
@@ -51,11 +54,11 @@ def run(ns: argparse.Namespace) -> int:
     from ..train.device import resolve_device
     from ..validate import validate
 
-    positive(ns, "batch_size", "seq_len", "vocab_size", "num_classes")
+    positive(ns, "batch_size", "seq_len", "vocab_size", "num_classes", "fp8_tokens")
     report = validate(ns.model, model_args=model_args_of(ns), vocab_size=ns.vocab_size, batch_size=ns.batch_size,
                       seq_len=ns.seq_len, max_len=ns.max_len, device=str(resolve_device(ns.device)),
                       doctor=not ns.no_doctor, precision=ns.precision, causal_mask=ns.causal_mask,
-                      objective=ns.objective, classes=ns.num_classes, pool=ns.pool)
+                      objective=ns.objective, classes=ns.num_classes, pool=ns.pool, fp8_tokens=ns.fp8_tokens)
     print(report.text())
     if ns.json:
         Path(ns.json).write_text(report.to_json() + "\n")

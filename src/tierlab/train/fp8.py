@@ -110,6 +110,25 @@ def said_per_layer(rows: list[LayerPlan]) -> list[str]:
     return lines
 
 
+def doctor_summary(rows: list[LayerPlan]) -> str:
+    """What ``--precision fp8`` would do, in one line for ``tierlab validate``."""
+    if not rows:
+        return "the model has no nn.Linear layers: --precision fp8 would change nothing"
+    kinds: dict[tuple[bool, str], list[LayerPlan]] = {}
+    for r in rows:
+        kinds.setdefault((r.convert, re.sub(r"\.\d+\.", ".*.", f".{r.name}.", count=1).strip(".")), []).append(r)
+
+    def listed(convert: bool) -> str:
+        return ", ".join(f"{name} ({group[0].gain:.2f}x)" for (c, name), group in kinds.items() if c == convert)
+
+    converted = [r for r in rows if r.convert]
+    head = (f"at {rows[0].m:,} tokens per micro-batch on an {REFERENCE}, {len(converted)} of {len(rows)} linear "
+            "layer(s) would run in fp8")
+    if converted:
+        head += f": {listed(True)}"
+    return head + (f"; kept bf16: {listed(False)}" if len(converted) < len(rows) else "")
+
+
 def torchao_problem() -> str | None:
     """Why torchao's float8 training cannot be imported, or None when it can."""
     try:

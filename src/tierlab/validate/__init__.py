@@ -9,6 +9,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import extract_logits, max_positions
+from ..train import fp8
 from ..train.device import cpu_native_bf16
 from ..train.objective import Classification, missing_mask_row, missing_pad_row, model_vocab
 from ..train.setup import build_or_adopt
@@ -23,7 +24,7 @@ __all__ = ["CheckResult", "Report", "validate"]
 def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None, vocab_size: int = 256,
              batch_size: int = 4, seq_len: int = 64, max_len: int | None = None, device: str = "cpu",
              doctor: bool = True, seed: int = 0, precision: str = "fp32", causal_mask: bool = False,
-             objective: str = "clm", classes: int = 2, pool: str = "mean") -> Report:
+             objective: str = "clm", classes: int = 2, pool: str = "mean", fp8_tokens: int = 16 * 1024) -> Report:
     """Run every check on ``model`` (a module, ``path.py[:factory]`` or an export's folder) and return the :class:`Report`.
 
     ``causal_mask``: check the model as ``tierlab train --causal-mask`` trains it.  ``objective``
@@ -31,6 +32,8 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
     the causality check becomes "a masked position reads both sides").  ``"classify"``: as
     ``--objective classify`` trains it with ``classes`` labels (a padding token after the
     ``vocab_size`` tokens; the output [B, C], or [B, T, C] pooled by ``pool``; no causality check).
+    ``fp8_tokens``: the tokens per micro-batch (batch x sequence length) of the training run the
+    doctor's fp8 plan is for (which linear layers ``--precision fp8`` would convert, and the gain).
     """
     cpu_native_bf16()  # a bad TIERLAB_CPU_NATIVE_BF16 is a user error now, not a failed check later
     if objective == "classify" and classes < 2:
@@ -90,7 +93,15 @@ def validate(model: nn.Module | str, *, model_args: dict[str, Any] | None = None
             except Exception as exc:  # noqa: BLE001
                 result = CheckResult("precision_doctor", "fail", f"raised {type(exc).__name__}: {exc}")
         results.append(result)
+        results.append(_guarded("fp8", lambda: _fp8_plan(model, fp8_tokens)))
     return Report(name, results, recommendation)
+
+
+def _fp8_plan(model: nn.Module, tokens: int) -> CheckResult:
+    rows = fp8.plan(model, tokens)
+    return CheckResult("fp8", "pass", fp8.doctor_summary(rows), {
+        "tokens_per_micro_batch": tokens, "reference_gpu": fp8.REFERENCE, "layers": [r.as_dict() for r in rows],
+        "converted": sum(r.convert for r in rows)})
 
 
 def _guarded(name: str, run) -> CheckResult:
