@@ -18,7 +18,7 @@ from .common import Parser, add_device_option, add_model_and_data_options, folde
 
 # Train options `tierlab bench precision` passes on (the rest keep TrainConfig's defaults).
 BENCH_TRAIN_OPTIONS = ("model", "causal_mask", "objective", "pool", "data", "text_field", "label_field", "tokenizer", "batch_size", "seq_len", "lr", "device", "seed",
-                       "compile", "compile_mode")
+                       "compile", "compile_mode", "chunked_loss", "attention_backend")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prec.add_argument("--compile", action="store_true", help="torch.compile each copy (compile time reported apart)")
     prec.add_argument("--compile-mode", metavar="MODE", help=f"torch.compile mode: {', '.join(COMPILE_MODES[:-1])} "
                                                              f"or {COMPILE_MODES[-1]}")
+    prec.add_argument("--chunked-loss", action="store_true", default=None,
+                      help="the output layer and cross-entropy by chunks of rows, as tierlab train --chunked-loss")
+    prec.add_argument("--attention-backend", metavar="KERNEL", help="auto, cudnn, flash, efficient or math, as "
+                                                                    "tierlab train --attention-backend")
     add_device_option(prec, default=None)  # None: --config's, else auto
     prec.add_argument("--seed", type=int, metavar="S", help="seed for the weights and the batches")
     prec.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
