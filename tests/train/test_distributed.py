@@ -80,6 +80,9 @@ def test_only_rank_0_writes(full, tmp_path):
     assert torch.equal(rank0["sampler"]["generator"], rank1["sampler"]["generator"])  # one global batch stream
 
 
+# ~50 s of torchrun jobs: `-m slow` (exact resume under torchrun stays in the default run through
+# test_distributed_vs_one_process's DDP/FSDP resume tests, kill-and-resume through test_resume's).
+@pytest.mark.slow
 def test_kill_and_resume_continues_exactly(full, tmp_path):
     (tmp_path / "runs").mkdir()
     part = tmp_path / "runs" / "part"
