@@ -117,8 +117,12 @@ class TrainConfig:
                                         "best.safetensors)")
     early_stop_delta: float = _opt(0.0, "--early-stop: the least fall of val_loss that counts as an improvement")
     # --- batch ------------------------------------------------------------------------
-    batch_size: int = _opt(16, "sequences per micro-batch")
+    batch_size: int | str = _opt(16, "sequences per micro-batch, or auto: the largest that fits the device's memory, "
+                                     "found on real training steps of the model (recorded in the run, kept on "
+                                     "resume)")
     grad_accum: int = _opt(1, "micro-batches per optimizer step")
+    global_batch_size: int | None = _opt(None, "sequences per optimizer step over all processes: sets --grad-accum "
+                                               "to reach it (with --batch-size auto, once the micro-batch is found)")
     seq_len: int = _opt(128, "tokens per sequence")
     # --- optimizer and schedule -------------------------------------------------------
     lr: float = _opt(1e-3, "peak learning rate (AdamW)")
@@ -229,9 +233,23 @@ class TrainConfig:
         need(self.epochs is None or (math.isfinite(self.epochs) and 0 < self.epochs <= 1e6),
              f"--epochs must be a positive number of passes (at most a million), got {self.epochs}.",
              "pass e.g. --epochs 1.")
+        need(self.batch_size == "auto" or not isinstance(self.batch_size, str),
+             f"--batch-size must be a whole number or auto, got {self.batch_size!r}.",
+             "write e.g. --batch-size 16, or --batch-size auto for the largest that fits.")
+        need(self.global_batch_size is None or 1 <= self.global_batch_size <= LIMITS["batch_size"],
+             f"--global-batch-size must be between 1 and {LIMITS['batch_size']:,}, got {self.global_batch_size}.",
+             "pass a positive number of sequences per optimizer step.")
+        need(self.global_batch_size is None or not isinstance(self.batch_size, int)
+             or self.global_batch_size % (self.batch_size * self.grad_accum) == 0,
+             f"--global-batch-size {self.global_batch_size} is not a multiple of --batch-size {self.batch_size}"
+             + (f" x --grad-accum {self.grad_accum}" if self.grad_accum != 1 else "") + ".",
+             "pass a global batch that the micro-batch divides (or --batch-size auto), and leave --grad-accum out: "
+             "--global-batch-size sets it.")
         for name in ("batch_size", "grad_accum", "seq_len", "log_every", "eval_batches",
                      "loss_scale_growth_interval"):
             value = getattr(self, name)
+            if value == "auto":
+                continue
             need(value >= 1, f"{_flag(name)} must be at least 1, got {value}.", f"pass a positive {_flag(name)}.")
             need(value <= LIMITS[name], f"{_flag(name)} must be at most {LIMITS[name]:,}, got {value}.",
                  f"pass a smaller {_flag(name)}.")
@@ -459,6 +477,7 @@ OPTION_GROUPS = {
                              "loss_scale_growth_interval"),
     "several processes (torchrun)": ("fsdp", "dist_timeout"),
     "length and batch": ("max_steps", "epochs", "early_stop", "early_stop_delta", "batch_size", "grad_accum",
+                         "global_batch_size",
                          "seq_len"),
     "optimizer and schedule": ("lr", "min_lr", "warmup_steps", "weight_decay", "beta1", "beta2", "clip_grad"),
     "checkpoints and faults": ("ckpt_every", "keep_ckpts", "resume", "allow_config_change", "init_from", "on_nonfinite",

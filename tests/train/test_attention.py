@@ -5,7 +5,7 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TINY_MODEL, assert_user_error, fast_config, run_cli
+from helpers import TINY_MODEL, fast_config
 from torch import nn
 
 import tierlab
@@ -77,9 +77,9 @@ def test_a_run_with_a_named_kernel_records_it_and_trains_the_same(tmp_path):
     assert math.summary["final_loss"] == pytest.approx(plain.summary["final_loss"], rel=1e-4)
 
 
-def test_cli_errors(tmp_path):
-    assert_user_error(run_cli("train", "--attention-backend", "cudnn", "--max-steps", "1", "--device", "cpu",
-                              cwd=tmp_path), "--attention-backend cudnn is a CUDA kernel")
-    assert_user_error(run_cli("train", "--attention-backend", "fast", cwd=tmp_path),
-                      "--attention-backend 'fast' is not an attention kernel")
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+def test_a_cuda_kernel_asked_for_on_a_cpu_stops_the_run_before_it_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="--attention-backend cudnn is a CUDA kernel"):
+        tierlab.train(config=fast_config(tmp_path, attention_backend="cudnn", device="cpu"))
+    assert not (tmp_path / "runs" / "run").exists()
+    with pytest.raises(ConfigError, match="--attention-backend 'fast' is not an attention kernel"):
+        fast_config(tmp_path, attention_backend="fast")

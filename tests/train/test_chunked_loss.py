@@ -135,7 +135,7 @@ def test_a_masked_lm_trains_with_it(tmp_path):
     assert chunked.summary["final_loss"] == pytest.approx(plain.summary["final_loss"], rel=1e-5)
 
 
-def test_cli_refuses_a_soft_capped_model_and_classify_and_writes_nothing(tmp_path):
+def test_cli_refuses_a_soft_capped_model_and_writes_nothing_and_classify_is_refused(tmp_path):
     model = write_model(tmp_path, '''
         import torch
         from torch import nn
@@ -154,5 +154,5 @@ def test_cli_refuses_a_soft_capped_model_and_classify_and_writes_nothing(tmp_pat
     capped = run_cli("train", "--model", model, "--chunked-loss", "--max-steps", "2", "--name", "c", cwd=tmp_path)
     assert_user_error(capped, "--chunked-loss", "drop --chunked-loss")
     assert not (tmp_path / "runs" / "c").exists()
-    classify = run_cli("train", "--objective", "classify", "--chunked-loss", cwd=tmp_path)
-    assert_user_error(classify, "--chunked-loss was given with --objective classify")
+    with pytest.raises(ConfigError, match="--chunked-loss was given with --objective classify"):
+        fast_config(tmp_path, objective="classify", chunked_loss=True)

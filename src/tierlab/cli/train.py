@@ -37,11 +37,16 @@ def add_config_options(parser: argparse.ArgumentParser) -> None:
             if bool in types:
                 group.add_argument(flag, dest=name, action="store_true", default=argparse.SUPPRESS, help=helps[name])
                 continue
-            kind = float if float in types else types[0]
-            metavar = {int: "N", float: "X"}.get(kind, name.upper())
+            kind = float if float in types else _whole_or_word if (int in types and str in types) else types[0]
+            metavar = {int: "N", float: "X", _whole_or_word: "N|auto"}.get(kind, name.upper())
             default_text = f" (default: {f.default})" if f.default is not None else ""
             group.add_argument(flag, dest=name, type=kind, default=argparse.SUPPRESS, metavar=metavar,
                                help=helps[name] + default_text.replace("%", "%%"))
+
+
+def _whole_or_word(text: str) -> int | str:
+    """A value that is a number or a word (``--batch-size 16`` or ``auto``): the config says which words it takes."""
+    return int(text) if text.strip().lstrip("-").isdigit() else text
 
 
 def config_from_args(ns: argparse.Namespace) -> TrainConfig:

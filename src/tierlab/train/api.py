@@ -206,6 +206,11 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
         if ckpt_path is not None:
             resume_state = load_checkpoint(ckpt_path)
             cfg = cfg.replace(out=str(run_dir.parent), name=run_dir.name)
+            if cfg.batch_size == "auto":  # found when the run started: searching again could pick another
+                recorded = resume_state["config"]
+                cfg = cfg.replace(batch_size=recorded["batch_size"], grad_accum=recorded["grad_accum"])
+                log.info("--batch-size auto: resuming with the micro-batch the run found, %d x %d accumulation",
+                         cfg.batch_size, cfg.grad_accum)
             check_same_run(cfg, resume_state["config"], ckpt_path)
             identity.check_model_source(run_dir, cfg.model, str(resume_state["config"].get("model")))
         elif run_dir.exists():
@@ -265,6 +270,8 @@ def _announce(trainer: Trainer, prepared: Prepared, resume_state: dict[str, Any]
             "global_batch_size": trainer.global_batch, "tokens_per_step": trainer.tokens_per_step, **objective})
     if prepared.init_source is not None:
         events.emit("init_from", weights=str(prepared.init_source.path), tokenizer=prepared.init_source.tokenizer)
+    if prepared.batch_event is not None:
+        events.emit("batch_size", step=trainer.state.step, **prepared.batch_event)
     events.emit("precision", **decision.as_event(), weights_warning=prepared.weights_warning)
     if trainer.policy.fp8_plan is not None:
         events.emit("fp8", layers=[r.as_dict() for r in trainer.policy.fp8_plan])

@@ -28,12 +28,14 @@ from ..errors import ConfigError, DataError, ModelError, UserError
 from ..models import (CAUSAL_FIX, adapt, eval_mode, extract_logits, future_leak, load_model,
                       max_positions, refuse_non_logits, vocab_fix)
 from ..models.causal_mask import refuse_unreached
+from . import batch_size
 from .auto_precision import AutoProbe
 from .distributed import SINGLE, Dist
 from .init_from import WeightSource, load_initial_weights
 from .objective import (POOL_FIRST_FIX, POOL_FIRST_ON_CAUSAL, Classification, check_class_scores,
-                        first_position_is_blind, missing_mask_row, missing_pad_row, model_vocab)
-from .precision import PrecisionDecision, decide_precision, low_precision_weights
+                        classification_for, first_position_is_blind, missing_mask_row, missing_pad_row, model_vocab,
+                        split_block)
+from .precision import PrecisionDecision, PrecisionPolicy, decide_precision, low_precision_weights
 from .resume import check_same_data, check_same_model
 from .schedule import default_warmup
 
@@ -55,6 +57,7 @@ class Prepared:
     max_steps: int
     weights_warning: str | None  # trainable weights stored in bf16/fp16, in words
     init_source: WeightSource | None = None  # where --init-from took the weights from
+    batch_event: dict[str, Any] | None = None  # --batch-size auto / --global-batch-size: what was chosen, how
 
 
 def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: torch.device, *,
@@ -70,15 +73,9 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
     tokens = dist.main_first(lambda: read_data(cfg, cache_dir))
     if resume_state is not None:
         check_same_data(resume_state, tokens.tokenizer.identity, tokens.corpus_hash, ckpt_path)
-    max_steps = cfg.max_steps or steps_for_epochs(cfg, tokens)
-    if max_steps > MAX_STEPS:
-        raise ConfigError(f"--epochs {cfg.epochs:g} is {max_steps:,} steps of {cfg.batch_size} x {cfg.seq_len} tokens "
-                          f"here, more than tierlab's {MAX_STEPS:,}.", "pass fewer --epochs or a larger batch.")
-    if cfg.warmup_steps is None:
-        cfg = cfg.replace(warmup_steps=default_warmup(max_steps))
-    if cfg.warmup_steps > max_steps:  # warm-up only (==) is a legitimate schedule
-        raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
-                          "shorten the warm-up or train longer.")
+    if cfg.batch_size != "auto":  # (--batch-size auto: the length is known once the batch is found, below)
+        cfg, batch_event = batch_size.resolve(cfg, dist.world_size, find=None)
+        cfg, max_steps = _length(cfg, tokens)
     check_sizes(cfg, tokens)
     classes = len(tokens.labels) if isinstance(tokens, LabelledData) else None
     model = build_or_adopt(model_or_path, cfg.model, cfg.model_args,
@@ -93,8 +90,40 @@ def prepare(model_or_path: nn.Module | str | None, cfg: TrainConfig, device: tor
                                            labels=tokens.labels if isinstance(tokens, LabelledData) else None)
     model.to(device)
     vocab = probe_model(model, cfg, tokens, device)
+    if cfg.batch_size == "auto":
+        cfg, batch_event = _find_batch(model, cfg, tokens, device, dist)
+        cfg, max_steps = _length(cfg, tokens)
     return Prepared(cfg, tokens, model, vocab, first_block(tokens, cfg), max_steps,
-                    low_precision_warning(model, say=dist.is_main), init_source)
+                    low_precision_warning(model, say=dist.is_main), init_source, batch_event)
+
+
+def _length(cfg: TrainConfig, tokens: TokenData | LabelledData) -> tuple[TrainConfig, int]:
+    """(config with the warm-up resolved, max_steps): --max-steps, or --epochs over the training split."""
+    max_steps = cfg.max_steps or steps_for_epochs(cfg, tokens)
+    if max_steps > MAX_STEPS:
+        raise ConfigError(f"--epochs {cfg.epochs:g} is {max_steps:,} steps of {cfg.batch_size} x {cfg.seq_len} tokens "
+                          f"here, more than tierlab's {MAX_STEPS:,}.", "pass fewer --epochs or a larger batch.")
+    if cfg.warmup_steps is None:
+        cfg = cfg.replace(warmup_steps=default_warmup(max_steps))
+    if cfg.warmup_steps > max_steps:  # warm-up only (==) is a legitimate schedule
+        raise ConfigError(f"--warmup-steps ({cfg.warmup_steps}) is longer than the run ({max_steps} steps).",
+                          "shorten the warm-up or train longer.")
+    return cfg, max_steps
+
+
+def _find_batch(model: nn.Module, cfg: TrainConfig, tokens: TokenData | LabelledData, device: torch.device,
+                dist: Dist) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """--batch-size auto on the real model, under the precision the run will most likely take; rank 0's choice for all."""
+    classify = classification_for(cfg.objective, tokens, cfg.pool)
+    policy = PrecisionPolicy(decide_precision(cfg.precision, device), device)
+
+    def make_batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return split_block(first_block(tokens, cfg.replace(batch_size=size, global_batch_size=None)).to(device), classify)
+
+    resolved, event = batch_size.resolve(cfg, dist.world_size, lambda cap: batch_size.find_largest(
+        model, cfg, device, make_batch, policy, batch_size.cap_for(device, cap)))
+    chosen = dist.broadcast((resolved.batch_size, resolved.grad_accum, event))
+    return cfg.replace(batch_size=chosen[0], grad_accum=chosen[1]), chosen[2]
 
 
 def read_data(cfg: TrainConfig, cache_dir: Path | None) -> TokenData | LabelledData:
