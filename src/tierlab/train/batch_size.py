@@ -200,7 +200,7 @@ def _budget_mb(device: torch.device) -> float:
             value = -1
         if not value > 0:
             raise ConfigError(f"{BUDGET_ENV}={os.environ[BUDGET_ENV]!r} is not a positive number of megabytes.",
-                              f"set it to e.g. 8000, or unset it for the device's memory.")
+                              "set it to e.g. 8000, or unset it for the device's memory.")
         return value
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory / 2**20
