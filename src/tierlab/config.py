@@ -106,7 +106,8 @@ class TrainConfig:
                                   "then flash, then memory-efficient), cudnn, flash, efficient or math; named at "
                                   "start-up", role=SESSION)
     fsdp: bool = _opt(False, "under torchrun: shard parameters, gradients and optimizer state over the ranks with "
-                             "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU)", role=SESSION)
+                             "FSDP2 instead of replicating them with DDP (for models that do not fit one GPU); with --compile each "
+                             "block is compiled on its own", role=SESSION)
     dist_timeout: float = _opt(600.0, "under torchrun: seconds a collective may wait for the other ranks before the "
                                "job ends with an error (a hung or lost rank)", role=SESSION)
     # --- how long ---------------------------------------------------------------------
@@ -201,8 +202,6 @@ class TrainConfig:
              f"use one of {', '.join(PRECISIONS)}.")
         need(self.compile_mode in COMPILE_MODES, f"--compile-mode {self.compile_mode!r} is not a torch.compile mode.",
              f"use one of {', '.join(COMPILE_MODES)}.")
-        need(not (self.fsdp and self.compile), "--fsdp and --compile were both given.",
-             "drop --compile (tierlab does not compile sharded models yet) or --fsdp.")
         need(self.fp8_layers in ("auto", "all"), f"--fp8-layers {self.fp8_layers!r} is not auto or all.",
              "use --fp8-layers auto (the layers that gain) or all.")
         need(self.fp8_layers == "auto" or self.precision == "fp8", f"--fp8-layers {self.fp8_layers} was given "

@@ -62,3 +62,24 @@ def test_fsdp_resume_continues_exactly(fp32_runs, tmp_path):
     # A sharded checkpoint is resumed the way it was written, or refused plainly.
     refused = run_cli("train", "--resume", str(copy), "--max-steps", "12", "--allow-config-change", cwd=tmp_path)
     assert refused.returncode == 2 and "was written with --fsdp" in refused.stderr, refused.stderr
+
+
+def test_fsdp_with_compile_compiles_each_block_matches_eager_and_resumes_exactly(fp32_runs, tmp_path):
+    cwd = tmp_path
+    fp32 = [*MODEL, *COMMON, "--precision", "fp32", "--max-steps", "10", "--ckpt-every", "5", "--batch-size", "4"]
+    env = {"TIERLAB_COMPILE_BACKEND": "aot_eager"}  # the same tracing as inductor, without generating C++
+    code, err = finish(torchrun(cwd, *fp32, "--fsdp", "--compile", "--name", "compiled", env_extra=env))
+    assert code == 0, err
+    compiled = cwd / "runs" / "compiled"
+    events = [json.loads(line) for line in (compiled / "events.jsonl").read_text().splitlines()]
+    (event,) = [e for e in events if e["event"] == "compiled"]
+    assert event["seconds"] > 0
+    for a, b in zip(train_records(compiled), train_records(fp32_runs / "fsdp"), strict=True):
+        for key in ("loss", "val_loss", "grad_norm"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-5), (a["step"], key)
+    copy = tmp_path / "copy" / "compiled"
+    shutil.copytree(compiled, copy)
+    code, err = finish(torchrun(tmp_path, "--resume", str(copy / "checkpoints" / "step-00000005.pt"), env_extra=env))
+    assert code == 0, err
+    assert_same_run(compiled, copy)

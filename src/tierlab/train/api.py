@@ -32,7 +32,7 @@ from ..track import sinks as tracker_sinks
 from ..track.trackers import Trackers
 from . import identity
 from .checkpoint import load_checkpoint
-from .compile import compile_model
+from .compile import block_compiler, compile_model
 from .distributed import Dist, setup
 from .failures import model_failure
 from .guards import Diverged
@@ -111,11 +111,13 @@ def _train_owned(model_or_path: nn.Module | str | None, cfg: TrainConfig, dist: 
     policy.check_model(model)
     policy.prepare_model(model, cfg.batch_size * cfg.seq_len, cfg.fp8_layers)  # fp8: the linear layers that gain become fp8
     speedups = choose_speedups(cfg, model, prepared.block, device, policy, classify)
-    net = dist.wrap(model, device, prepared.block[:, :-1])  # DDP (or FSDP2) under torchrun
+    per_block = cfg.compile and dist.sharded  # --fsdp --compile: each block compiled, then sharded
+    net = dist.wrap(model, device, prepared.block[:, :-1],  # DDP (or FSDP2) under torchrun
+                    block_compiler(cfg.compile_mode) if per_block else None)
     if dist.rank:
         torch.manual_seed(cfg.seed + dist.rank)  # different dropout masks on each rank
-    loss_fn, compile_seconds = (_compile(net, prepared, policy, device, classify, speedups) if cfg.compile else
-                                (None, None))
+    loss_fn, compile_seconds = (_compile(net, prepared, policy, device, classify, speedups, whole=not per_block)
+                                if cfg.compile else (None, None))
 
     # --- every check passed: only now is the run directory written -------------------------
     if dist.is_main:
@@ -235,11 +237,11 @@ def _what_to_resume(cfg: TrainConfig, dist: Dist) -> tuple[TrainConfig, Path | N
 
 
 def _compile(net: nn.Module, prepared: Prepared, policy: PrecisionPolicy, device: torch.device,
-             classify: Classification | None, speedups: Speedups) -> tuple[Any, float]:
+             classify: Classification | None, speedups: Speedups, whole: bool) -> tuple[Any, float]:
     """torch.compile now, before the run directory exists: a failure costs nothing."""
     try:
         return compile_model(net, prepared.block, policy, device, prepared.cfg.compile_mode, classify,
-                             speedups.head, speedups.attention)
+                             speedups.head, speedups.attention, whole)
     except Exception as exc:
         if is_out_of_memory(exc):  # the compile pass runs the training shape: too big for the device
             raise out_of_memory(exc, prepared.cfg, device, "while compiling (one training step)") from None

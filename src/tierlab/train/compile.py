@@ -39,13 +39,16 @@ BACKEND_ENV = "TIERLAB_COMPILE_BACKEND"
 def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy,
                   device: torch.device, mode: str = "default",
                   classify: Classification | None = None, head: nn.Linear | None = None,
-                  attention: AttentionPolicy | None = None) -> tuple[LossFn, float]:
+                  attention: AttentionPolicy | None = None, whole: bool = True) -> tuple[LossFn, float]:
     """(compiled loss function, seconds it took to compile) for ``model`` on ``batch`` [B, T + 1].
 
     ``mode``: torch.compile's mode ("default" passes none); "max-autotune-no-cudagraphs"
     times candidate matrix-multiply kernels for each shape at compile time and keeps the
     fastest, which pays off on big GPU models.  ``head``, ``attention``: as for
     :func:`~tierlab.train.loss.make_loss_fn` (``--chunked-loss``, ``--attention-backend``).
+    ``whole=False`` (``--fsdp``): the blocks were compiled one by one (:func:`block_compiler`)
+    before they were sharded; the step around them stays eager, and this pass pays their
+    compile time up front, as for a whole-step compile.
     """
     backend = os.environ.get(BACKEND_ENV, "inductor")
     block = batch.to(device)  # sliced on the device, as the prefetcher does: the same strides, no recompile
@@ -54,8 +57,9 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     synchronize(device)
     started = time.perf_counter()
     try:
-        compiled = make_loss_fn(model, policy, classify, head, attention=attention, compiler=lambda fn: torch.compile(
-            fn, backend=backend, mode=None if mode == "default" else mode))
+        compiler = (lambda fn: torch.compile(fn, backend=backend, mode=None if mode == "default" else mode)) if whole \
+            else None
+        compiled = make_loss_fn(model, policy, classify, head, attention=attention, compiler=compiler)
         with torch.random.fork_rng(devices=devices, device_type=device.type), policy.activate():
             compiled(x, y).backward()
         synchronize(device)
@@ -70,5 +74,16 @@ def compile_model(model: nn.Module, batch: torch.Tensor, policy: PrecisionPolicy
     finally:
         model.zero_grad(set_to_none=True)
     seconds = time.perf_counter() - started
-    log.info("torch.compile (%s, mode %s): compiled in %.1f s", backend, mode, seconds)
+    log.info("torch.compile (%s, mode %s%s): compiled in %.1f s", backend, mode, "" if whole else ", per block",
+             seconds)
     return compiled, seconds
+
+
+def block_compiler(mode: str = "default"):
+    """``--fsdp --compile``: a function that compiles one block in place (its state-dict names unchanged)."""
+    backend = os.environ.get(BACKEND_ENV, "inductor")
+
+    def compile_block(block: nn.Module) -> None:
+        block.compile(backend=backend, mode=None if mode == "default" else mode)
+
+    return compile_block

@@ -124,7 +124,8 @@ class Dist:
         return work()
 
     # ------------------------------------------------------------------ the model
-    def wrap(self, model: nn.Module, device: torch.device, probe: torch.Tensor) -> nn.Module:
+    def wrap(self, model: nn.Module, device: torch.device, probe: torch.Tensor,
+             compile_block: Callable[[nn.Module], None] | None = None) -> nn.Module:
         """``model`` in DistributedDataParallel, or sharded with FSDP2 (the model itself for one process).
 
         DDP copies rank 0's weights and buffers to every rank here, so all replicas start
@@ -135,7 +136,7 @@ class Dist:
         if not self.active:
             return model
         if self.sharded:
-            return shard(model, device, self.world_size)
+            return shard(model, device, self.world_size, compile_block)
         unused = parameters_without_gradient(model, probe.to(device))
         if unused:
             shown = ", ".join(unused[:8]) + (f" and {len(unused) - 8} more" if len(unused) > 8 else "")
@@ -216,12 +217,16 @@ def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     return best
 
 
-def shard(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
+def shard(model: nn.Module, device: torch.device, world_size: int,
+          compile_block: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """FSDP2: each transformer block its own unit (gathered just before it runs), then the rest.
 
     Parameters, gradients and AdamW state live sharded over the ranks, so each GPU holds
     about 1/world_size of them; a block's full weights exist only while it computes.
     Embeddings and an output head tied to them stay together in the root unit.
+    ``compile_block`` (``--fsdp --compile``): applied to each block before it is sharded --
+    torch.compile per block, as torchtitan does: FSDP2's gather and scatter stay between the
+    compiled blocks, where they overlap with compute, instead of inside one graph.
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -229,7 +234,12 @@ def shard(model: nn.Module, device: torch.device, world_size: int) -> nn.Module:
     mesh = init_device_mesh(device.type, (world_size,))
     blocks = repeated_blocks(model)
     for block in blocks:
+        if compile_block is not None:
+            compile_block(block)
         fully_shard(block, mesh=mesh)
+    if compile_block is not None and not blocks:
+        log.warning("--compile with --fsdp compiles the model's repeated blocks, and this model has none that "
+                    "tierlab can find (an nn.ModuleList of like modules): it trains uncompiled")
     fully_shard(model, mesh=mesh)
     log.info("FSDP2: %d block(s) and the root sharded over %d ranks", len(blocks), world_size)
     return model
